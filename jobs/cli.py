@@ -1,0 +1,32 @@
+"""Shared command line of the jobs: ``--config FILE`` and repeated ``--set key.path=value``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ftcircuits.config import ConfigError, Schema, load_config
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, help="YAML config file (defaults if omitted)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set finetune.lr=3e-4 (repeatable)",
+    )
+    return parser
+
+
+def parse_config(schema: type[Schema], args: argparse.Namespace, extra: list[str] = ()) -> Schema:
+    """Return the validated config, or exit with status 2 and the error on stderr."""
+    try:
+        return load_config(schema, args.config, [*extra, *args.overrides])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,198 @@
+"""Validated config schemas (one per job), loaded from YAML with dotted overrides.
+
+Every error (unknown field, wrong type, unknown task, bad range, unreadable
+model path) is raised as one ConfigError naming the field, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
+
+from ftcircuits.models.loader import ModelSourceError, resolve_model_source
+from ftcircuits.tasks.registry import TASKS, TaskSpecError, task_family
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(Strict):
+    """One task: its family name and parameters, size and seed."""
+
+    name: str
+    range: int | None = Field(None, description="addsub operand range R in {100..500}")
+    part: Literal["full", "inner", "outer"] | None = None
+    geometric_share: float | None = Field(None, ge=0, le=1)
+    size: int | None = Field(None, ge=10, description="items before the split; default: the paper's")
+    seed: int = 0
+    circuit_share: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; allowed: {', '.join(sorted(TASKS))}")
+        return name
+
+    @model_validator(mode="after")
+    def _parameters_fit_task(self) -> TaskSpec:
+        try:
+            self.family()
+        except TaskSpecError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """Return the family parameters that are set."""
+        fields = {"range": self.range, "part": self.part, "geometric_share": self.geometric_share}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def family(self):
+        return task_family(self.name, **self.parameters())
+
+    def dataset_name(self) -> str:
+        """Return a file-system name such as ``addsub-100`` or ``compositional-inner``."""
+        values = [str(v) for k, v in sorted(self.parameters().items()) if k != "geometric_share"]
+        return "-".join([self.name, *values])
+
+    def items(self) -> int:
+        return self.size or self.family().default_size
+
+
+def _checked_model(source: str) -> str:
+    try:
+        resolve_model_source(source)
+    except ModelSourceError as error:
+        raise ValueError(str(error)) from None
+    return source
+
+
+class DataConfig(Strict):
+    """``jobs.make_data``: build task datasets under a model's tokenizer."""
+
+    tasks: list[TaskSpec]
+    model: str = "tiny"
+    out: Path = Path("data")
+    perturb_ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
+
+    @field_validator("perturb_ratios")
+    @classmethod
+    def _ratios_in_unit_interval(cls, ratios: list[float]) -> list[float]:
+        bad = [r for r in ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"perturbation ratios must lie in (0, 1), got {bad}")
+        return ratios
+
+
+class PlainFinetuneConfig(Strict):
+    """A plain-PyTorch full fine-tune (no Ray), answer-token loss."""
+
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 42
+
+
+def all_paper_tasks() -> list[TaskSpec]:
+    """Return one spec per task of the paper (Add/Sub at every range, compositional and its parts)."""
+    specs = [TaskSpec(name="addsub", range=r) for r in (100, 200, 300, 400, 500)]
+    specs += [TaskSpec(name=n) for n in ("muldiv", "sequence", "lcm", "function")]
+    specs += [TaskSpec(name="compositional", part=p) for p in ("full", "inner", "outer")]
+    return specs
+
+
+class StudyConfig(Strict):
+    """The main job: data for every task, base accuracy, a short fine-tune, accuracy after."""
+
+    model: str = "tiny"
+    tasks: list[TaskSpec] = Field(default_factory=all_paper_tasks)
+    finetune_task: TaskSpec = TaskSpec(name="addsub", range=100)
+    finetune: PlainFinetuneConfig = PlainFinetuneConfig()
+    out: Path = Path("runs/study")
+    eval_batch_size: int = Field(256, ge=1)
+    threads: int = Field(2, ge=1)
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def schema_defaults(schema: type[BaseModel]) -> dict:
+    """Return the JSON-like defaults of ``schema``'s fields that have one."""
+    out = {}
+    for name, field in schema.model_fields.items():
+        if not field.is_required():
+            out[name] = to_jsonable_python(field.get_default(call_default_factory=True, validated_data={}))
+    return out
+
+
+def apply_override(tree: dict, assignment: str, defaults: dict | None = None) -> dict:
+    """Return ``tree`` with ``a.b.c=value`` set; the value is parsed as YAML (numbers, lists, ...).
+
+    A section the tree lacks is first filled from ``defaults``, so
+    ``finetune_task.range=200`` keeps the default task's other fields.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node, default = tree, defaults or {}
+    for key in keys[:-1]:
+        default = default.get(key, {}) if isinstance(default, dict) else {}
+        child = node.setdefault(key, dict(default) if isinstance(default, dict) else {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+    return tree
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Return one message naming every bad field and why."""
+    lines = []
+    for issue in error.errors():
+        where = ".".join(str(p) for p in issue["loc"]) or "(top level)"
+        message = issue["msg"].removeprefix("Value error, ")
+        if issue["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{where}: {message}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(schema: type[Schema], path: Path | None = None, overrides: list[str] = ()) -> Schema:
+    """Load ``schema`` from a YAML file (or defaults) with dotted overrides; raise ConfigError."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    defaults = schema_defaults(schema)
+    for assignment in overrides:
+        tree = apply_override(tree, assignment, defaults)
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None

@@ -1,0 +1,1 @@
+"""Fine-tuning: prompt encoding, the training loop as a plain function, accuracy."""

@@ -1,0 +1,129 @@
+"""The one prompt/answer format shared by training and the accuracy probe.
+
+A prompt is tokenized as the model's tokenizer does by default (the tiny
+tokenizer adds ``[BOS]``); the answer is the single next token after the
+prompt, found as the extra token of ``prompt + " " + answer``. Training
+puts the loss on that token at the prompt's last position and the probe
+reads the same position, so both use exactly the same format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+class AnswerTokenError(ValueError):
+    """An answer is not exactly one token after its prompt."""
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """Return the token ids of each prompt, special tokens included."""
+    return tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+
+
+def answer_token_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]
+) -> list[int | None]:
+    """Return each answer's single token id after its prompt, or None where it is not one token."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    bare = prompt_ids(tokenizer, prompts)
+    full = prompt_ids(tokenizer, [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)])
+    result: list[int | None] = []
+    for head, whole in zip(bare, full, strict=True):
+        single = len(whole) == len(head) + 1 and whole[: len(head)] == head
+        result.append(whole[-1] if single and whole[-1] != tokenizer.unk_token_id else None)
+    return result
+
+
+def require_answer_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]
+) -> list[int]:
+    """Return each answer's token id; raise AnswerTokenError naming the first multi-token answer."""
+    ids = answer_token_ids(tokenizer, prompts, answers)
+    for prompt, answer, token in zip(prompts, answers, ids, strict=True):
+        if token is None:
+            raise AnswerTokenError(f"answer {answer!r} after prompt {prompt!r} is not one token")
+    return ids  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Padded prompts with the position of each prompt's last real token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    last_index: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.last_index))
+        )
+
+
+def pad_prompts(ids: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> PromptBatch:
+    """Pad token id lists on ``side`` ("left" or "right").
+
+    Position ids count real tokens only, so learned-position models see the
+    same positions under either padding side.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    if not ids:
+        raise ValueError("cannot pad an empty list of prompts")
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    last = torch.full((len(ids),), width - 1, dtype=torch.long) if side == "left" else mask.sum(dim=1) - 1
+    return PromptBatch(input_ids, mask, positions, last)
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """Token ids with a target token at some positions (-100 elsewhere).
+
+    ``labels[i, t]`` is the token the model must predict *after* position t, so
+    a prompt's answer sits at the prompt's last position, as the probe reads it.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> LabelledBatch:
+        return LabelledBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.labels))
+        )
+
+
+IGNORE_INDEX = -100
+
+
+def answer_batch(batch: PromptBatch, answers: torch.Tensor) -> LabelledBatch:
+    """Label each prompt's last real position with its answer token; nothing else."""
+    labels = torch.full_like(batch.input_ids, IGNORE_INDEX)
+    labels[torch.arange(labels.shape[0]), batch.last_index] = answers
+    return LabelledBatch(batch.input_ids, batch.attention_mask, batch.position_ids, labels)
+
+
+def last_token_logits(model: torch.nn.Module, batch: PromptBatch) -> torch.Tensor:
+    """Return the logits at each prompt's last real token, shape (batch, vocab)."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    return out.logits[rows, batch.last_index]

@@ -1,0 +1,86 @@
+"""One loader: the shipped tiny model, a local path, a hub id, or a known shape with random weights."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ftcircuits.models.architecture import Architecture, describe_architecture
+from ftcircuits.models.shapes import build_same_shape, known_shapes
+from ftcircuits.paths import TINY_BASE_DIR
+
+TINY = "tiny"
+SHAPE_PREFIX = "shape:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelSourceError(ValueError):
+    """A model source is neither the tiny model, a readable model directory, a known shape nor a hub id."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer (None for a bare shape) and its architecture description."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    architecture: Architecture
+    source: str
+
+
+def resolve_model_source(source: str) -> str:
+    """Return a canonical source: a model directory, ``shape:NAME`` or a hub id.
+
+    Raises ModelSourceError, naming the source, for a missing or unreadable
+    path or an unknown shape, before anything is loaded.
+    """
+    if source == TINY:
+        source = str(TINY_BASE_DIR)
+    if source.startswith(SHAPE_PREFIX):
+        name = source.removeprefix(SHAPE_PREFIX)
+        if name not in known_shapes():
+            raise ModelSourceError(f"unknown model shape {name!r}; known: {', '.join(known_shapes())}")
+        return source
+    path = Path(source).expanduser()
+    looks_like_path = source.startswith((".", "/", "~")) or path.exists() or not _HUB_ID.match(source)
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelSourceError(f"model path {source!r} is not a readable directory")
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model path {source!r} has no config.json (not a Hugging Face model)")
+        return str(path.resolve())
+    return source
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of ``source`` (a pad token is set if the model has none)."""
+    resolved = resolve_model_source(source)
+    if resolved.startswith(SHAPE_PREFIX):
+        raise ModelSourceError(f"{source!r} is a bare shape with random weights and has no tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except OSError as error:
+        raise ModelSourceError(f"cannot load the tokenizer of {source!r}: {error}") from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    source: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Load a model by ``source`` ("tiny", a directory, a hub id, or ``shape:NAME``), in eval mode."""
+    resolved = resolve_model_source(source)
+    if resolved.startswith(SHAPE_PREFIX):
+        model = build_same_shape(resolved.removeprefix(SHAPE_PREFIX), device=device, dtype=dtype)
+        return LoadedModel(model, None, describe_architecture(model.config), resolved)
+    tokenizer = load_tokenizer(resolved)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype).to(device)
+    except OSError as error:
+        raise ModelSourceError(f"cannot load model {source!r}: {error}") from error
+    return LoadedModel(model.eval(), tokenizer, describe_architecture(model.config), resolved)

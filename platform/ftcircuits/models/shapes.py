@@ -1,0 +1,51 @@
+"""Known shapes of the study's models, shipped as config files for offline same-shape builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
+
+
+def known_shapes() -> list[str]:
+    """Return the names of the shipped shapes (e.g. "pythia-1.4b-deduped")."""
+    return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
+
+
+def shape_hub_id(name: str) -> str:
+    """Return the hub id whose shape ``name`` records."""
+    return json.loads(_shape_path(name).read_text())["hub_id"]
+
+
+def _shape_path(name: str) -> Path:
+    path = SHAPES_DIR / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"unknown model shape {name!r}; known: {', '.join(known_shapes())}")
+    return path
+
+
+def shape_config(name: str, **overrides) -> PretrainedConfig:
+    """Return the Hugging Face config of shape ``name`` with ``overrides`` applied (e.g. fewer layers)."""
+    fields = json.loads(_shape_path(name).read_text())
+    fields.pop("hub_id")
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **{**fields, **overrides})
+
+
+def build_same_shape(
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **overrides,
+) -> PreTrainedModel:
+    """Build a random-weight model of shape ``name``; ``device="meta"`` allocates nothing."""
+    config = shape_config(name, **overrides)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
