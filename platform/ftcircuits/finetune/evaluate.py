@@ -57,3 +57,18 @@ def accuracy(
     """Return top-1 exact-match accuracy of the next token after each prompt."""
     hits = correct_answers(model, tokenizer, prompts, answers, batch_size, padding_side)
     return sum(hits) / len(hits) if hits else float("nan")
+
+
+def task_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items,  # polars.DataFrame with prompt, answer, kind
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Return accuracy overall (key "all") and per kind on a dataset frame."""
+    import polars as pl
+
+    hits = correct_answers(model, tokenizer, items["prompt"].to_list(), items["answer"].to_list(), batch_size)
+    scored = items.select("kind").with_columns(pl.Series("hit", hits, dtype=pl.Float64))
+    per_kind = scored.group_by("kind").agg(pl.col("hit").mean()).sort("kind")
+    return {"all": float(scored["hit"].mean()), **dict(per_kind.iter_rows())}

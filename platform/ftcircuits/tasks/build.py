@@ -75,15 +75,15 @@ def draw_items(
 ) -> tuple[list[dict], BuildCounts]:
     """Draw ``size`` checked items, unique by (prompt, corrupted prompt), in the family's kind shares.
 
-    Pairs in ``exclude`` and prompts in ``exclude_prompts`` are never returned. A kind whose distribution cannot
-    fill its share within the draw budget comes up short; the shortfall is
-    recorded in ``counts.short_of_target``.
+    Pairs in ``exclude`` and prompts in ``exclude_prompts`` are never returned.
+    A kind whose distribution cannot fill its share within the draw budget
+    comes up short; the shortfall is recorded in ``counts.short_of_target``.
     """
     counts = BuildCounts()
     seen = set(exclude)
     rows: list[dict] = []
     shares = family.kinds()
-    targets = _kind_targets(shares, size)
+    targets = _apportion(shares, size)
     for kind, target in targets.items():
         got, budget = 0, max_draws_per_item * target
         while got < target and budget > 0:
@@ -118,12 +118,15 @@ def draw_items(
     return rows, counts
 
 
-def _kind_targets(shares: dict[str, float], size: int) -> dict[str, int]:
-    total = sum(shares.values())
-    targets = {kind: int(size * share / total) for kind, share in shares.items()}
-    for kind in list(targets)[: size - sum(targets.values())]:
-        targets[kind] += 1
-    return targets
+def _apportion(weights: dict[str, float], size: int) -> dict[str, int]:
+    """Split ``size`` over the keys in proportion to ``weights`` (largest remainder, exact sum)."""
+    total = sum(weights.values())
+    exact = {key: size * weight / total for key, weight in weights.items()}
+    counts = {key: int(value) for key, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda key: exact[key] - counts[key], reverse=True)
+    for key in by_remainder[: size - sum(counts.values())]:
+        counts[key] += 1
+    return counts
 
 
 def split_by_prompt(rows: list[dict], circuit_share: float, rng: random.Random) -> list[str]:
@@ -137,10 +140,12 @@ def split_by_prompt(rows: list[dict], circuit_share: float, rng: random.Random) 
     by_kind: dict[str, dict[str, list[int]]] = {}
     for index, row in enumerate(rows):
         by_kind.setdefault(row["kind"], {}).setdefault(row["prompt"], []).append(index)
-    for groups in by_kind.values():
+    sizes = {kind: sum(len(g) for g in groups.values()) for kind, groups in by_kind.items()}
+    targets = _apportion(sizes, round(circuit_share * len(rows)))
+    for kind, groups in by_kind.items():
         prompts = sorted(groups)
         rng.shuffle(prompts)
-        target = round(circuit_share * sum(len(g) for g in groups.values()))
+        target = targets[kind]
         taken = 0
         for prompt in prompts:
             if taken >= target:

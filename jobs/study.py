@@ -1,0 +1,84 @@
+"""The main job (until the whole-study pipeline exists): data for every task, base accuracy,
+a short full fine-tune on Add/Sub-100, accuracy after.
+
+    python -m jobs.study [--config jobs/configs/tiny.yaml] [--set finetune.epochs=2]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from tqdm import tqdm
+
+from ftcircuits.config import StudyConfig
+from ftcircuits.finetune.evaluate import task_accuracy
+from ftcircuits.finetune.plain import plain_finetune
+from ftcircuits.models.loader import load_model
+from ftcircuits.paths import atomic_file
+from ftcircuits.report.figures import accuracy_bars
+from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.io import read_items
+from jobs.cli import config_parser, parse_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = parse_config(StudyConfig, args)
+    torch.set_num_threads(config.threads)
+    started = time.time()
+    loaded = load_model(config.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    print(f"model {loaded.source}: {loaded.architecture.layers} layers, {loaded.architecture.heads} heads")
+
+    data_dir = config.out / "data"
+    directories = {}
+    for spec in tqdm([*config.tasks, config.finetune_task], desc="datasets"):
+        directories[spec.dataset_name()], _ = make_task_dataset(spec, tokenizer, config.model, data_dir)
+
+    def accuracies() -> dict[str, float]:
+        return {
+            name: task_accuracy(model, tokenizer, read_items(path, "circuit"), config.eval_batch_size)["all"]
+            for name, path in directories.items()
+        }
+
+    base = accuracies()
+    target = config.finetune_task.dataset_name()
+    train = read_items(directories[target], "finetune")
+    bar = tqdm(desc=f"fine-tune {target}", unit="step")
+
+    def progress(step: int, loss: float) -> None:
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    losses = plain_finetune(
+        model, tokenizer, train["prompt"].to_list(), train["answer"].to_list(), config.finetune, progress
+    )
+    bar.close()
+    tuned = accuracies()
+
+    print(f"\n{'task (circuit split)':24s} {'base':>7s} {'tuned':>7s}")
+    for name in base:
+        print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
+    results = {
+        "model": loaded.source,
+        "finetune_task": target,
+        "finetune": config.finetune.model_dump(),
+        "finetune_items": train.height,
+        "loss_first_last": [losses[0], losses[-1]],
+        "accuracy_base": base,
+        "accuracy_finetuned": tuned,
+        "minutes": round((time.time() - started) / 60, 2),
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(config.out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    figure = accuracy_bars(
+        {"base": base, f"fine-tuned on {target}": tuned}, config.out / "accuracy.png", "Tiny model accuracy"
+    )
+    print(f"\nresults: {config.out / 'results.json'}, figure: {figure} ({results['minutes']} min)")
+
+
+if __name__ == "__main__":
+    main()

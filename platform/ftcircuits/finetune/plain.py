@@ -1,0 +1,41 @@
+"""A plain-PyTorch full fine-tune on a task's fine-tune split (no Ray, no DeepSpeed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import TrainSettings, epoch_batches, train_answer_model
+
+
+def plain_finetune(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    config,  # ftcircuits.config.PlainFinetuneConfig
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tune every parameter on (prompt, answer) pairs; return the loss per optimiser step."""
+    answer_ids = require_answer_ids(tokenizer, prompts, answers)
+    ids = prompt_ids(tokenizer, prompts)
+    batches_per_epoch = math.ceil(len(ids) / config.batch_size)
+    total_steps = (config.epochs * batches_per_epoch) // config.grad_accumulation
+    if total_steps < 1:
+        raise ValueError(f"{len(ids)} examples give no optimiser step at this batch size and accumulation")
+    settings = TrainSettings(
+        total_steps=total_steps,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=min(config.warmup_steps, total_steps),
+        grad_accumulation=config.grad_accumulation,
+    )
+    torch.manual_seed(config.seed)
+    batches = epoch_batches(
+        ids, answer_ids, config.batch_size, config.epochs, tokenizer.pad_token_id, config.seed
+    )
+    return train_answer_model(model, batches, settings, on_step)

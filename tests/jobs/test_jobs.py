@@ -1,0 +1,57 @@
+"""The jobs as a user runs them: files written, bad input rejected before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+
+from jobs import make_data, study
+
+
+def test_make_data_writes_a_dataset_with_manifest_and_perturbed_variants(tmp_path, small_model, tokenizer):
+    model_dir = tmp_path / "model"
+    small_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    argv = ["--task", "lcm", "--size", "200", "--model", str(model_dir), "--out", str(tmp_path / "data")]
+    make_data.main([*argv, "--set", "perturb_ratios=[0.2,0.6]"])
+    directory = tmp_path / "data" / "lcm"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["task"] == "lcm" and manifest["summary"]["items"] == 200
+    assert manifest["counts"]["kept"] == 200 and set(manifest["perturbed"]) == {"0.20", "0.60"}
+    items = pl.read_parquet(directory / "items.parquet")
+    assert dict(items.group_by("split").len().iter_rows()) == {"finetune": 160, "circuit": 40}
+
+
+def test_bad_input_exits_with_one_clear_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.make_data", "--task", "addsub", "--range", "150", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "addsub range must be one of (100, 200, 300, 400, 500), got 150" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_study_measures_base_and_finetuned_accuracy(tmp_path, small_model, tokenizer):
+    model_dir = tmp_path / "model"
+    small_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    study.main(
+        [
+            "--set", f"model={model_dir}",
+            "--set", f"out={tmp_path / 'run'}",
+            "--set", "tasks=[{name: function, size: 100}]",
+            "--set", "finetune_task={name: addsub, range: 100, size: 200}",
+            "--set", "finetune.epochs=1",
+        ]
+    )  # fmt: skip
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["accuracy_base"]) == {"function", "addsub-100"}
+    assert results["finetune_items"] == 160
+    assert all(0 <= v <= 1 for v in results["accuracy_finetuned"].values())
+    assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
