@@ -27,12 +27,12 @@ class CorpusMix(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    addsub: float = Field(0.55, ge=0)
-    muldiv: float = Field(0.15, ge=0)
-    sequence: float = Field(0.2, ge=0)
+    addsub: float = Field(0.65, ge=0)
+    muldiv: float = Field(0.1, ge=0)
+    sequence: float = Field(0.15, ge=0)
     lcm: float = Field(0.1, ge=0)
     small_range: int = Field(120, ge=2, description="operand bound of the dense add/sub share")
-    small_share: float = Field(0.6, ge=0, le=1)
+    small_share: float = Field(0.7, ge=0, le=1)
     max_context_words: int = Field(24, ge=0)
     max_number: int = Field(1000, ge=10)
 
