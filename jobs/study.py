@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data_dir = config.out / "data"
     directories = {}
-    for spec in tqdm([*config.tasks, config.finetune_task], desc="datasets"):
+    for spec in tqdm([*config.tasks, config.finetune_task], desc="datasets", mininterval=1.0):
         directories[spec.dataset_name()], _ = make_task_dataset(spec, tokenizer, config.model, data_dir)
 
     def accuracies() -> dict[str, float]:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     base = accuracies()
     target = config.finetune_task.dataset_name()
     train = read_items(directories[target], "finetune")
-    bar = tqdm(desc=f"fine-tune {target}", unit="step")
+    bar = tqdm(desc=f"fine-tune {target}", unit="step", mininterval=1.0)
 
     def progress(step: int, loss: float) -> None:
         bar.update()
