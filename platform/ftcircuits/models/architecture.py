@@ -29,6 +29,10 @@ class ModuleNames:
     final_norm: str
     embed: str
     unembed: str
+    attention_norm: str
+    mlp_norm: str
+    qkv_layout: str = "separate"  # "interleaved" (GPT-NeoX [H,3,dh]), "blocks" ([3,H,dh]), "separate"
+    conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out]
 
     def linear_modules(self) -> tuple[str, ...]:
         """Return each layer's linear module names relative to the layer (LoRA targets)."""
@@ -100,6 +104,9 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             final_norm="gpt_neox.final_layer_norm",
             embed="gpt_neox.embed_in",
             unembed="lm_head",
+            attention_norm="gpt_neox.layers.{i}.input_layernorm",
+            mlp_norm="gpt_neox.layers.{i}.post_attention_layernorm",
+            qkv_layout="interleaved",
         ),
     ),
     "gpt2": ArchitectureAdapter(
@@ -114,6 +121,10 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             final_norm="transformer.ln_f",
             embed="transformer.wte",
             unembed="lm_head",
+            attention_norm="transformer.h.{i}.ln_1",
+            mlp_norm="transformer.h.{i}.ln_2",
+            qkv_layout="blocks",
+            conv1d=True,
         ),
     ),
     "gpt_neo": ArchitectureAdapter(
@@ -128,6 +139,8 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             final_norm="transformer.ln_f",
             embed="transformer.wte",
             unembed="lm_head",
+            attention_norm="transformer.h.{i}.ln_1",
+            mlp_norm="transformer.h.{i}.ln_2",
         ),
     ),
     "opt": ArchitectureAdapter(
@@ -142,6 +155,8 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             final_norm="model.decoder.final_layer_norm",
             embed="model.decoder.embed_tokens",
             unembed="lm_head",
+            attention_norm="model.decoder.layers.{i}.self_attn_layer_norm",
+            mlp_norm="model.decoder.layers.{i}.final_layer_norm",
         ),
     ),
     "llama": ArchitectureAdapter(
@@ -156,6 +171,8 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             final_norm="model.norm",
             embed="model.embed_tokens",
             unembed="lm_head",
+            attention_norm="model.layers.{i}.input_layernorm",
+            mlp_norm="model.layers.{i}.post_attention_layernorm",
         ),
     ),
 }
