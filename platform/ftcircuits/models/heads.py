@@ -77,7 +77,7 @@ def qkv_projections(model: torch.nn.Module, arch: Architecture, layer: int) -> l
 
 
 def out_projection_heads(model: torch.nn.Module, arch: Architecture, layer: int) -> torch.Tensor:
-    """Return the attention output projection as ``[heads, d_head, d_model]``: head h writes ``W[h].T @ z_h``."""
+    """Return the output projection as ``[heads, d_head, d_model]``: head h writes ``W[h].T @ z_h``."""
     module = dict(model.named_modules())[arch.names.attention_out.format(i=layer)]
     w = module.weight
     if arch.names.conv1d:
