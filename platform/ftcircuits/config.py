@@ -129,6 +129,34 @@ class StudyConfig(Strict):
     _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
 
 
+class CircuitJobConfig(Strict):
+    """``jobs.circuits``: discover a circuit of a model on a dataset split."""
+
+    model: str = "tiny"
+    data: Path
+    split: Literal["finetune", "circuit"] = "circuit"
+    examples: int | None = Field(None, ge=1, description="first N items of the split (default: all)")
+    method: Literal["eap", "clean-corrupted", "eap-ig-inputs"] = "eap-ig-inputs"
+    steps: int = Field(5, ge=1)
+    step_convention: Literal["k=1..m", "k=0..m-1"] = "k=1..m"
+    metric: Literal["kl", "kl_vocab_mean", "logit_diff", "prob"] = "kl"
+    batch_size: int = Field(32, ge=1)
+    selection: Literal["topn", "greedy"] = "topn"
+    fraction: float = Field(0.05, gt=0, le=1)
+    curve: bool = False
+    out: Path = Path("runs/circuits")
+    threads: int = Field(2, ge=1)
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
+
+    @field_validator("data")
+    @classmethod
+    def _dataset_exists(cls, data: Path) -> Path:
+        if not (Path(data) / "manifest.json").is_file():
+            raise ValueError(f"no dataset at {str(data)!r} (manifest.json missing; run jobs.make_data)")
+        return data
+
+
 Schema = TypeVar("Schema", bound=BaseModel)
 
 

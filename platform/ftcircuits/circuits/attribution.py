@@ -156,7 +156,7 @@ def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConf
         scores[:reads, graph.mlp_destination(layer)] += torch.einsum("btsd,btd->s", delta[:, :, :reads], mlp)
     final = _mean_over_steps(grads["logits"], steps)
     scores[:, graph.logits_destination] += torch.einsum("btsd,btd->s", delta, final)
-    return scores * graph.edge_mask.to(scores.device)
+    return (scores * graph.edge_mask.to(scores.device)).detach()
 
 
 def _mean_over_steps(grad: torch.Tensor, steps: int) -> torch.Tensor:
@@ -251,4 +251,4 @@ def _attention_destination_grads(probe: ModelProbe, layer: int, grads: dict, ste
     norm = probe.attention_norms[layer]
     _, vjp = torch.func.vjp(lambda inp: norm(inp).to(probe.score_dtype), x)
     residual = torch.func.vmap(lambda g: vjp(g)[0], in_dims=2, out_dims=2)(normed)
-    return _mean_over_steps(residual.to(probe.score_dtype), steps)
+    return _mean_over_steps(residual.detach().to(probe.score_dtype), steps)
