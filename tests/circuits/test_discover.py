@@ -26,7 +26,9 @@ def items(rows: list[tuple[str, str, str, str | None]]) -> pl.DataFrame:
 
 def test_unequal_pair_lengths_are_rejected_before_any_model_work(tokenizer):
     bad = items([(f"{PREFIX}1 + 2 =", "3", f"{PREFIX}(1 - 2) =", None)])
-    with pytest.raises(PairLengthError, match="item 0: clean prompt has 20 tokens but corrupted prompt has 22"):
+    with pytest.raises(
+        PairLengthError, match="item 0: clean prompt has 20 tokens but corrupted prompt has 22"
+    ):
         pair_batches(tokenizer, bad, 8)
 
 
@@ -58,7 +60,12 @@ def test_discovered_circuit_is_within_budget_and_round_trips_through_the_file(tm
     path = write_circuit(tmp_path / "c", edges_table(found.scores, found.circuit, found.graph), {"task": "x"})
     edges, meta = read_circuit(tmp_path / "c")
     assert path.name == "c.json" and meta["edges_in_circuit"] == found.metrics["edges_in_circuit"]
-    assert edges.height == found.graph.n_edges and edges.columns == ["source", "destination", "score", "in_circuit"]
+    assert edges.height == found.graph.n_edges and edges.columns == [
+        "source",
+        "destination",
+        "score",
+        "in_circuit",
+    ]
     assert edges.filter(pl.col("in_circuit")).height == found.metrics["edges_in_circuit"]
 
 

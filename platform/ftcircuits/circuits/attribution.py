@@ -183,7 +183,7 @@ def _stacked_gradients(
     dtype = next(probe.model.parameters()).dtype
     interpolated = corrupted_embed + weights.view(-1, 1, 1, 1) * (clean_embed - corrupted_embed)
     interpolated = interpolated.flatten(0, 1).to(dtype).requires_grad_(True)
-    stacked = PromptBatch(*(t.repeat(steps, *[1] * (t.dim() - 1)) for t in _fields(batch.clean)))
+    stacked = batch.clean.repeat(steps)
 
     found: dict = {"qkv": [[None] * len(p) for p in probe.projections], "x": [None] * probe.arch.layers,
                    "mlp": [None] * probe.arch.layers, "logits": None}  # fmt: skip
@@ -233,10 +233,6 @@ def _stacked_gradients(
         for hook in hooks:
             hook.remove()
     return found
-
-
-def _fields(batch: PromptBatch) -> tuple[torch.Tensor, ...]:
-    return batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index
 
 
 def _attention_destination_grads(probe: ModelProbe, layer: int, grads: dict, steps: int) -> torch.Tensor:

@@ -60,6 +60,11 @@ class PromptBatch:
     position_ids: torch.Tensor
     last_index: torch.Tensor
 
+    def repeat(self, times: int) -> PromptBatch:
+        """Return the batch stacked ``times`` times along the batch axis."""
+        fields = (self.input_ids, self.attention_mask, self.position_ids, self.last_index)
+        return PromptBatch(*(t.repeat(times, *[1] * (t.dim() - 1)) for t in fields))
+
     def to(self, device: torch.device | str) -> PromptBatch:
         return PromptBatch(
             *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.last_index))

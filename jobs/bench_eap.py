@@ -1,0 +1,122 @@
+"""Benchmark EAP-IG against the floor and the slow per-head-copy reference, on the same batch.
+
+    python -m jobs.bench_eap [--shapes gpt2 pythia-1.4b-deduped] [--batch 4] [--length 24] [--steps 5]
+
+(a) ours: ``attribute_batch``; (b) the floor: 2 forwards + m forward+backward
+passes of the bare model (to the input embeddings, the m steps stacked as ours
+are); (c) the slow reference of the tests (a residual copy per destination).
+Prints seconds, peak resident memory above the phase's start, and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from ftcircuits.circuits.attribution import AttributionConfig, ModelProbe, PairBatch, attribute_batch
+from ftcircuits.circuits.metrics import metric_loss
+from ftcircuits.finetune.encoding import pad_prompts
+from ftcircuits.models.architecture import describe_architecture
+from ftcircuits.models.shapes import build_same_shape
+
+# Sized to finish in minutes on 2 CPU cores: full GPT-2 small; pythia-1.4b's width with 4 of its 24 layers.
+DEFAULT_OVERRIDES = {"gpt2": {}, "pythia-1.4b-deduped": {"num_hidden_layers": 4}}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured(fn: Callable[[], object]) -> tuple[float, int]:
+    """Return (seconds, peak RSS bytes above the start) of one call, sampling RSS every 2 ms."""
+    start_rss, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss() - start_rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - began
+    done.set()
+    sampler.join()
+    return seconds, max(peak[0], _rss() - start_rss)
+
+
+def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> PairBatch:
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(10, vocab, (batch, length), generator=gen)
+    corrupted = clean.clone()
+    corrupted[:, -2] = torch.randint(10, vocab, (batch,), generator=gen)
+    padded = pad_prompts(clean.tolist(), pad_id=0)
+    answers = torch.randint(10, vocab, (batch,), generator=gen)
+    return PairBatch(padded, corrupted, answers, answers)
+
+
+def floor_pass(probe: ModelProbe, batch: PairBatch, steps: int) -> None:
+    """2 forwards without gradients + one stacked forward/backward of ``steps`` copies to the embeddings."""
+    with torch.no_grad():
+        clean_logits = probe.run(batch.clean)
+        probe.run(batch.clean, batch.corrupted_ids)
+    stacked = batch.clean.repeat(steps)
+    embeds = probe.embed(stacked.input_ids).detach().requires_grad_(True)
+    hook = probe.embed.register_forward_hook(lambda m, i, o: embeds)
+    try:
+        loss = metric_loss("kl", probe.run(stacked), clean_logits.repeat(steps, 1), stacked.last_index).sum()
+        torch.autograd.grad(loss, embeds)
+    finally:
+        hook.remove()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_OVERRIDES))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-slow", action="store_true", help="skip the slow reference (c)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from tests.circuits.test_attribution import slow_scores  # the reference lives with its tests
+
+    config = AttributionConfig(steps=args.steps, metric="kl")
+    for shape in args.shapes:
+        print(benchmark_shape(shape, args, config, slow_scores), flush=True)
+
+
+def benchmark_shape(shape: str, args: argparse.Namespace, config: AttributionConfig, slow_scores) -> str:
+    """Return one line of timings, peak memory and ratios for ``shape``."""
+    model = build_same_shape(shape, **DEFAULT_OVERRIDES.get(shape, {})).float()
+    model.config._attn_implementation = "eager"
+    arch = describe_architecture(model.config)
+    probe = ModelProbe(model, arch)
+    batch = random_batch(arch.vocab, args.batch, args.length)
+    attribute_batch(probe, random_batch(arch.vocab, 1, 8), config)  # warm-up
+    ours_s, ours_m = measured(lambda: attribute_batch(probe, batch, config))
+    floor_s, floor_m = measured(lambda: floor_pass(probe, batch, args.steps))
+    line = (
+        f"{shape} ({arch.layers} layers, {probe.graph.n_edges} edges) batch {args.batch}x{args.length}, "
+        f"m={args.steps}: ours {ours_s:.2f}s / {ours_m / 2**20:.0f} MiB; "
+        f"floor {floor_s:.2f}s / {floor_m / 2**20:.0f} MiB; time ours/floor {ours_s / floor_s:.2f}"
+    )
+    if not args.skip_slow:
+        slow_s, slow_m = measured(lambda: slow_scores(model, batch, config))
+        line += (
+            f"; slow {slow_s:.2f}s / {slow_m / 2**20:.0f} MiB; time slow/ours {slow_s / ours_s:.2f}, "
+            f"peak memory ours/slow {ours_m / max(slow_m, 1):.2f}"
+        )
+    return line
+
+
+if __name__ == "__main__":
+    main()
