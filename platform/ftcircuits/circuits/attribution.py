@@ -19,7 +19,7 @@ import torch
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.metrics import METRICS, metric_loss
-from ftcircuits.finetune.encoding import PromptBatch
+from ftcircuits.finetune.encoding import PromptBatch, last_token_logits
 from ftcircuits.models.architecture import Architecture
 from ftcircuits.models.heads import out_projection_heads, qkv_projections
 
@@ -92,14 +92,7 @@ class ModelProbe:
 
     def run(self, batch: PromptBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Return last-position logits of ``batch`` (optionally with other token ids)."""
-        out = self.model(
-            input_ids=batch.input_ids if input_ids is None else input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-        rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-        return out.logits[rows, batch.last_index]
+        return last_token_logits(self.model, batch, input_ids)
 
     @torch.no_grad()
     def source_outputs(

@@ -122,13 +122,17 @@ def answer_batch(batch: PromptBatch, answers: torch.Tensor) -> LabelledBatch:
     return LabelledBatch(batch.input_ids, batch.attention_mask, batch.position_ids, labels)
 
 
-def last_token_logits(model: torch.nn.Module, batch: PromptBatch) -> torch.Tensor:
-    """Return the logits at each prompt's last real token, shape (batch, vocab)."""
-    out = model(
-        input_ids=batch.input_ids,
+def model_logits(model: torch.nn.Module, batch: PromptBatch | LabelledBatch, input_ids=None) -> torch.Tensor:
+    """Return all-position logits of ``batch`` (optionally with other token ids of the same shape)."""
+    return model(
+        input_ids=batch.input_ids if input_ids is None else input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
-    )
+    ).logits
+
+
+def last_token_logits(model: torch.nn.Module, batch: PromptBatch, input_ids=None) -> torch.Tensor:
+    """Return the logits at each prompt's last real token, shape (batch, vocab)."""
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-    return out.logits[rows, batch.last_index]
+    return model_logits(model, batch, input_ids)[rows, batch.last_index]

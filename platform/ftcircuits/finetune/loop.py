@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ftcircuits.finetune.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, pad_prompts
+from ftcircuits.finetune.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, model_logits, pad_prompts
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,7 @@ class TrainSettings:
 
 def answer_loss(model: torch.nn.Module, batch: LabelledBatch) -> torch.Tensor:
     """Return the mean cross-entropy over labelled positions only (prompt and padding carry none)."""
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    ).logits
+    logits = model_logits(model, batch)
     keep = batch.labels != IGNORE_INDEX
     return F.cross_entropy(logits[keep].float(), batch.labels[keep])
 
