@@ -98,8 +98,8 @@ class DataConfig(Strict):
 class PlainFinetuneConfig(Strict):
     """A plain-PyTorch full fine-tune (no Ray), answer-token loss."""
 
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(3, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     warmup_steps: int = Field(20, ge=0)
