@@ -16,7 +16,7 @@ from ftcircuits.config import StudyConfig
 from ftcircuits.finetune.evaluate import task_accuracy
 from ftcircuits.finetune.plain import plain_finetune
 from ftcircuits.models.loader import load_model
-from ftcircuits.paths import atomic_file
+from ftcircuits.paths import atomic_directory, atomic_file
 from ftcircuits.report.figures import accuracy_bars
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import read_items
@@ -74,10 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     config.out.mkdir(parents=True, exist_ok=True)
     with atomic_file(config.out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
+    with atomic_directory(config.out / "finetuned") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     figure = accuracy_bars(
         {"base": base, f"fine-tuned on {target}": tuned}, config.out / "accuracy.png", "Tiny model accuracy"
     )
     print(f"\nresults: {config.out / 'results.json'}, figure: {figure} ({results['minutes']} min)")
+    print(f"fine-tuned model: {config.out / 'finetuned'}")
 
 
 if __name__ == "__main__":

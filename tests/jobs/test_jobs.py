@@ -55,3 +55,4 @@ def test_study_measures_base_and_finetuned_accuracy(tmp_path, small_model, token
     assert results["finetune_items"] == 160
     assert all(0 <= v <= 1 for v in results["accuracy_finetuned"].values())
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "finetuned" / "config.json").is_file()
