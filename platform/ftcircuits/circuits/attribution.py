@@ -140,9 +140,8 @@ def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConf
     steps = len(alphas)
     for layer in range(arch.layers):
         before = graph.sources_before(layer)
-        attention = _attention_destination_grads(probe, layer, grads, steps)
-        scores[:before, graph.attention_destinations(layer)] += torch.einsum(
-            "btsd,btnd->sn", delta[:, :, :before], attention
+        scores[:before, graph.attention_destinations(layer)] += _attention_layer_scores(
+            probe, layer, grads, delta[:, :, :before], steps
         )
         reads = before if arch.parallel_blocks else before + arch.heads
         mlp = _mean_over_steps(grads["mlp"][layer], steps)
@@ -228,16 +227,51 @@ def _stacked_gradients(
     return found
 
 
-def _attention_destination_grads(probe: ModelProbe, layer: int, grads: dict, steps: int) -> torch.Tensor:
-    """Return ``[B, T, n_attention_destinations, d]``: each q/k/v head's gradient w.r.t. the residual."""
-    per_head = []
-    for projection, grad in zip(probe.projections[layer], grads["qkv"][layer], strict=True):
-        weight = projection.weight().to(probe.score_dtype)
-        normed = torch.einsum("btphk,phkd->btphd", projection.split_output(grad), weight)
-        per_head.append(normed.flatten(2, 3))
-    normed = torch.cat(per_head, dim=2)  # [steps*B, T, n, d], gradients w.r.t. the norm's output
-    x = grads["x"][layer]
+def _attention_layer_scores(
+    probe: ModelProbe, layer: int, grads: dict, delta: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Return the scores ``[sources before layer, q/k/v destinations]`` of one layer's heads.
+
+    A head's residual gradient is the norm's vector-Jacobian product of
+    ``g = W_head^T dq`` (dq: the projection output's gradient). For a
+    LayerNorm with gain w, inverse std r and unit input u,
+    ``dx = r (w*g - mean(w*g) - u mean(w*g*u))`` (RMSNorm: no centring term),
+    so ``delta . dx`` splits into three sums that never materialise a
+    per-step ``[n, d]`` gradient per position: the steps are averaged in head
+    space first and projected once.
+    """
     norm = probe.attention_norms[layer]
-    _, vjp = torch.func.vjp(lambda inp: norm(inp).to(probe.score_dtype), x)
-    residual = torch.func.vmap(lambda g: vjp(g)[0], in_dims=2, out_dims=2)(normed)
-    return _mean_over_steps(residual.detach().to(probe.score_dtype), steps)
+    dtype = probe.score_dtype
+    head_grads, weights = [], []
+    for projection, grad in zip(probe.projections[layer], grads["qkv"][layer], strict=True):
+        head_grads.append(projection.split_output(grad).flatten(2, 3))  # [mB, T, n_p, dh]
+        weights.append(projection.weight().to(dtype).flatten(0, 1))  # [n_p, dh, d]
+    dq, weight = torch.cat(head_grads, dim=2), torch.cat(weights, dim=0)
+    x = grads["x"][layer].to(dtype)
+    d_model = x.shape[-1]
+    gain = norm.weight.to(dtype)
+    layernorm = probe.arch.names.norm == "layernorm"
+    if layernorm:
+        x = x - x.mean(dim=-1, keepdim=True)
+        inverse = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + norm.eps)
+    else:
+        eps = getattr(norm, "variance_epsilon", None) or norm.eps
+        inverse = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    unit = x * inverse  # [mB, T, d]
+    scale = inverse.squeeze(-1)  # [mB, T]
+
+    # term 1: sum_bt (delta * w) . mean_k r_k g_k, with mean_k r_k g_k = (mean_k r_k dq_k) @ W
+    averaged = _mean_over_steps(dq * scale[..., None, None], steps)
+    projected = torch.einsum("btnh,nhd->btnd", averaged, weight)
+    scores = torch.einsum("btsd,btnd->sn", delta * gain, projected)
+    # term 3: r_k * mean(w * g_k * u_k) = r_k * (dq_k . W (w * u_k)) / d, times delta . u_k
+    unit_heads = torch.einsum("nhd,btd->btnh", weight, unit * gain)
+    coefficient = (dq * unit_heads).sum(-1) * scale[..., None] / d_model  # [mB, T, n]
+    batch, length = delta.shape[:2]
+    delta_unit = torch.einsum("btsd,kbtd->kbts", delta, unit.view(steps, batch, length, d_model))
+    scores -= torch.einsum("kbtn,kbts->sn", coefficient.view(steps, batch, length, -1), delta_unit) / steps
+    if layernorm:  # term 2: r_k * mean(w * g_k) = r_k * (dq_k . W w) / d, times sum_d delta
+        gain_heads = torch.einsum("nhd,d->nh", weight, gain) / d_model
+        centring = _mean_over_steps(torch.einsum("btnh,nh->btn", dq, gain_heads) * scale[..., None], steps)
+        scores -= torch.einsum("bts,btn->sn", delta.sum(-1), centring)
+    return scores

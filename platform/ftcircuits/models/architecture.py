@@ -33,6 +33,7 @@ class ModuleNames:
     mlp_norm: str
     qkv_layout: str = "separate"  # "interleaved" (GPT-NeoX [H,3,dh]), "blocks" ([3,H,dh]), "separate"
     conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out]
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
 
     def linear_modules(self) -> tuple[str, ...]:
         """Return each layer's linear module names relative to the layer (LoRA targets)."""
@@ -173,6 +174,7 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             unembed="lm_head",
             attention_norm="model.layers.{i}.input_layernorm",
             mlp_norm="model.layers.{i}.post_attention_layernorm",
+            norm="rmsnorm",
         ),
     ),
 }
