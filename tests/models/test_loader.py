@@ -69,6 +69,15 @@ def test_known_shapes_build_offline_on_the_meta_device(name):
         assert name_ in modules
 
 
+def test_lora_targets_are_each_layers_linear_modules():
+    arch = describe_architecture(shape_config("pythia-1.4b-deduped"))
+    assert arch.names.linear_modules() == (
+        "attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+    )  # fmt: skip
+    llama = describe_architecture(shape_config("tinyllama-1.1b"))
+    assert llama.names.linear_modules()[:3] == ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
 def test_known_shapes_are_listed():
     assert set(EXPECTED) == set(known_shapes())
 

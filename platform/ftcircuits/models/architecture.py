@@ -57,10 +57,6 @@ class Architecture:
     parallel_blocks: bool
     names: ModuleNames
 
-    def layer_module(self, index: int, name: str) -> str:
-        """Return the full dotted name of ``name`` (a ModuleNames template) in layer ``index``."""
-        return name.format(i=index)
-
 
 @dataclass(frozen=True)
 class ArchitectureAdapter:

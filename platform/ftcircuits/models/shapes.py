@@ -16,11 +16,6 @@ def known_shapes() -> list[str]:
     return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
 
 
-def shape_hub_id(name: str) -> str:
-    """Return the hub id whose shape ``name`` records."""
-    return json.loads(_shape_path(name).read_text())["hub_id"]
-
-
 def _shape_path(name: str) -> Path:
     path = SHAPES_DIR / f"{name}.json"
     if not path.is_file():

@@ -94,17 +94,6 @@ def corpus_example(rng: random.Random, mix: CorpusMix, family: str, context: boo
     return text, str(answer)
 
 
-def corpus_stream(mix: CorpusMix, seed: int) -> Iterator[tuple[str, str]]:
-    """Yield an endless, seed-deterministic stream of (prompt, answer) pairs."""
-    rng = random.Random(seed)
-    names = list(FAMILIES)
-    weights = [getattr(mix, name) for name in names]
-    if sum(weights) <= 0:
-        raise ValueError("corpus mix weights sum to zero")
-    while True:
-        yield corpus_example(rng, mix, rng.choices(names, weights)[0])
-
-
 def packed_windows(
     tokenizer: PreTrainedTokenizerBase, mix: CorpusMix, seq_len: int, seed: int
 ) -> Iterator[tuple[list[int], list[int]]]:

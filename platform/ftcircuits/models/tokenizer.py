@@ -9,8 +9,6 @@ single-token answer check then drops it honestly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -87,10 +85,3 @@ def build_tiny_tokenizer(max_number: int = 1000) -> PreTrainedTokenizerFast:
     )
     fast.init_kwargs["max_number"] = max_number
     return fast
-
-
-def save_tiny_tokenizer(path: Path, max_number: int = 1000) -> PreTrainedTokenizerFast:
-    """Build and save the tiny tokenizer to ``path``; return it."""
-    tokenizer = build_tiny_tokenizer(max_number)
-    tokenizer.save_pretrained(str(path))
-    return tokenizer
