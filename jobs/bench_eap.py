@@ -5,12 +5,14 @@
 (a) ours: ``attribute_batch``; (b) the floor: 2 forwards + m forward+backward
 passes of the bare model (to the input embeddings, the m steps stacked as ours
 are); (c) the slow reference of the tests (a residual copy per destination).
-Prints seconds, peak resident memory above the phase's start, and ratios.
+Prints the median seconds of --repeats interleaved runs, the largest peak resident memory above
+each run's start, and ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import threading
 import time
@@ -28,13 +30,21 @@ from ftcircuits.models.shapes import build_same_shape
 DEFAULT_OVERRIDES = {"gpt2": {}, "pythia-1.4b-deduped": {"num_hidden_layers": 4}}
 
 
+_LIBC = ctypes.CDLL("libc.so.6")
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measured(fn: Callable[[], object]) -> tuple[float, int]:
-    """Return (seconds, peak RSS bytes above the start) of one call, sampling RSS every 2 ms."""
+    """Return (seconds, peak RSS bytes above the start) of one call, sampling RSS every 2 ms.
+
+    Freed heap is first handed back to the system (glibc ``malloc_trim``), so a
+    run cannot hide its peak inside memory an earlier run left cached.
+    """
+    _LIBC.malloc_trim(0)
     start_rss, peak, done = _rss(), [0], threading.Event()
 
     def sample() -> None:
@@ -50,6 +60,12 @@ def measured(fn: Callable[[], object]) -> tuple[float, int]:
     done.set()
     sampler.join()
     return seconds, max(peak[0], _rss() - start_rss)
+
+
+def summary(runs: list[tuple[float, int]]) -> tuple[float, int]:
+    """Return the median seconds and the largest peak memory of repeated runs."""
+    seconds = sorted(s for s, _ in runs)
+    return seconds[len(seconds) // 2], max(m for _, m in runs)
 
 
 def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> PairBatch:
@@ -85,6 +101,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-slow", action="store_true", help="skip the slow reference (c)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way (median time, max memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from tests.circuits.test_attribution import slow_scores  # the reference lives with its tests
@@ -102,15 +119,25 @@ def benchmark_shape(shape: str, args: argparse.Namespace, config: AttributionCon
     probe = ModelProbe(model, arch)
     batch = random_batch(arch.vocab, args.batch, args.length)
     attribute_batch(probe, random_batch(arch.vocab, 1, 8), config)  # warm-up
-    ours_s, ours_m = measured(lambda: attribute_batch(probe, batch, config))
-    floor_s, floor_m = measured(lambda: floor_pass(probe, batch, args.steps))
+    ways = {
+        "ours": lambda: attribute_batch(probe, batch, config),
+        "floor": lambda: floor_pass(probe, batch, args.steps),
+    }
+    if not args.skip_slow:
+        ways["slow"] = lambda: slow_scores(model, batch, config)
+    runs = {name: [] for name in ways}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every way alike
+        for name, way in ways.items():
+            runs[name].append(measured(way))
+    (ours_s, ours_m), (floor_s, floor_m) = summary(runs["ours"]), summary(runs["floor"])
     line = (
         f"{shape} ({arch.layers} layers, {probe.graph.n_edges} edges) batch {args.batch}x{args.length}, "
+        f"median of {args.repeats}, "
         f"m={args.steps}: ours {ours_s:.2f}s / {ours_m / 2**20:.0f} MiB; "
         f"floor {floor_s:.2f}s / {floor_m / 2**20:.0f} MiB; time ours/floor {ours_s / floor_s:.2f}"
     )
     if not args.skip_slow:
-        slow_s, slow_m = measured(lambda: slow_scores(model, batch, config))
+        slow_s, slow_m = summary(runs["slow"])
         line += (
             f"; slow {slow_s:.2f}s / {slow_m / 2**20:.0f} MiB; time slow/ours {slow_s / ours_s:.2f}, "
             f"peak memory ours/slow {ours_m / max(slow_m, 1):.2f}"
