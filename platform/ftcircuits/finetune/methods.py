@@ -1,0 +1,87 @@
+"""Fine-tuning methods as configs over PEFT: FPFT, LoRA, AdaLoRA, IA3 (CircuitLoRA: per-module ranks).
+
+Target modules come from the architecture adapter (``ModuleNames.linear_modules``), so no
+method branches on the model type. CircuitLoRA will arrive as ``rank_pattern`` /
+``alpha_pattern`` of a LoRA config plus per-group learning rates (``lr_groups``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field
+
+from ftcircuits.models.architecture import Architecture
+
+
+class MethodConfig(BaseModel):
+    """One fine-tuning method and its hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["fpft", "lora", "adalora", "ia3"] = "lora"
+    r: int = Field(8, ge=1, description="LoRA rank (AdaLoRA: target rank)")
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha; default 2r as in the paper")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="regex -> rank (CircuitLoRA)")
+    alpha_pattern: dict[str, int] = Field(default_factory=dict, description="regex -> alpha (CircuitLoRA)")
+    adalora_init_r: int = Field(12, ge=1)
+    adalora_tinit: int = Field(25, ge=0)
+    adalora_tfinal: int = Field(50, ge=0)
+    adalora_delta_t: int = Field(10, ge=1)
+    trainable_tokens: list[str] = Field(
+        default_factory=list,
+        description="tokens whose input embeddings also train (e.g. a notation the base model never saw)",
+    )
+
+
+def target_modules(arch: Architecture) -> list[str]:
+    """Return the per-layer linear modules every adapter method targets (suffix names)."""
+    return list(arch.names.linear_modules())
+
+
+def apply_method(
+    model: torch.nn.Module,
+    arch: Architecture,
+    method: MethodConfig,
+    total_steps: int | None = None,
+    token_ids: list[int] = (),
+) -> torch.nn.Module:
+    """Return ``model`` ready to train under ``method`` (PEFT-wrapped unless FPFT).
+
+    ``token_ids`` (the ids of ``method.trainable_tokens``) get trainable input
+    embeddings in every adapter method alike, through PEFT's
+    ``trainable_token_indices``.
+    """
+    if method.name == "fpft":
+        return model
+    targets = target_modules(arch)
+    tokens = (
+        {"trainable_token_indices": {arch.names.embed.rsplit(".", 1)[-1]: list(token_ids)}}
+        if token_ids
+        else {}
+    )
+    alpha = method.alpha or 2 * method.r
+    if method.name == "lora":
+        config = LoraConfig(
+            r=method.r, lora_alpha=alpha, lora_dropout=method.dropout, target_modules=targets,
+            rank_pattern=method.rank_pattern, alpha_pattern=method.alpha_pattern, bias="none", **tokens,
+        )  # fmt: skip
+    elif method.name == "adalora":
+        if not total_steps:
+            raise ValueError("AdaLoRA needs the total number of training steps")
+        config = AdaLoraConfig(
+            init_r=method.adalora_init_r, target_r=method.r, lora_alpha=alpha, target_modules=targets,
+            tinit=method.adalora_tinit, tfinal=method.adalora_tfinal, deltaT=method.adalora_delta_t,
+            total_step=total_steps, lora_dropout=method.dropout, **tokens,
+        )  # fmt: skip
+    else:  # ia3: scale attention projections and the MLP's output input
+        mlp_out = arch.names.mlp_out.format(i=0).removeprefix(arch.names.layer.format(i=0) + ".")
+        config = IA3Config(target_modules=targets, feedforward_modules=[mlp_out], **tokens)
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

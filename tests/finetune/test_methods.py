@@ -1,0 +1,44 @@
+"""Methods over PEFT: each wraps the tiny model, trains what it should, honours per-module ranks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftcircuits.finetune.methods import MethodConfig, apply_method, trainable_parameters
+from ftcircuits.models.architecture import describe_architecture
+
+
+@pytest.mark.parametrize("name", ["fpft", "lora", "adalora", "ia3"])
+def test_each_method_wraps_and_trains_parameters(small_model, name):
+    arch = describe_architecture(small_model.config)
+    total = sum(p.numel() for p in small_model.parameters())
+    model = apply_method(small_model, arch, MethodConfig(name=name, r=2), total_steps=100)
+    trainable = trainable_parameters(model)
+    assert 0 < trainable <= total
+    assert (trainable == total) is (name == "fpft")
+    out = model(input_ids=torch.tensor([[2, 5, 6]])).logits
+    assert out.shape[-1] == arch.vocab
+
+
+def test_rank_pattern_gives_per_module_ranks(small_model):
+    arch = describe_architecture(small_model.config)
+    pattern = {r"^gpt_neox\.layers\.1\.attention\.query_key_value$": 6}
+    model = apply_method(small_model, arch, MethodConfig(name="lora", r=2, rank_pattern=pattern))
+    ranks = {n: m.r["default"] for n, m in model.named_modules() if hasattr(m, "lora_A") and m.r}
+    assert ranks["base_model.model.gpt_neox.layers.1.attention.query_key_value"] == 6
+    assert ranks["base_model.model.gpt_neox.layers.0.attention.query_key_value"] == 2
+
+
+def test_trainable_tokens_update_only_their_embedding_rows(small_model, tokenizer):
+    arch = describe_architecture(small_model.config)
+    ids = tokenizer.convert_tokens_to_ids(["+", "="])
+    before = small_model.gpt_neox.embed_in.weight.detach().clone()
+    model = apply_method(small_model, arch, MethodConfig(name="lora", r=2), token_ids=ids)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    batch = torch.tensor([[2, ids[0], 7, ids[1], 9]])
+    model(input_ids=batch).logits.sum().backward()
+    optimizer.step()
+    after = model.get_input_embeddings()(torch.arange(arch.vocab))
+    changed = (after - before).abs().sum(-1) > 0
+    assert changed[ids].all() and changed.sum() == len(ids)
