@@ -16,7 +16,7 @@ import torch
 
 from ftcircuits.finetune.encoding import LabelledBatch
 from ftcircuits.finetune.evaluate import accuracy
-from ftcircuits.finetune.loop import TrainSettings, train_answer_model
+from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, train_answer_model
 from ftcircuits.models.tiny import TinyShape, build_tiny_model
 from ftcircuits.models.tiny_corpus import FAMILIES, CorpusMix, corpus_example, packed_windows
 from ftcircuits.models.tokenizer import build_tiny_tokenizer
@@ -78,7 +78,10 @@ def main() -> None:
 
     settings = TrainSettings(total_steps=args.steps, lr=args.lr, warmup_steps=300, weight_decay=0.05)
     train_answer_model(
-        model, corpus_batches(tokenizer, mix, args.batch_size, args.seq_len, args.seed), settings, progress
+        PlainStrategy(model, settings),
+        corpus_batches(tokenizer, mix, args.batch_size, args.seq_len, args.seed),
+        settings,
+        progress,
     )
     minutes = (time.time() - started) / 60
     scores = corpus_accuracy(model, tokenizer, mix, seed=args.seed + 1)

@@ -10,6 +10,8 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -88,26 +90,75 @@ def epoch_batches(
             yield answer_batch(batch, torch.tensor([answer_ids[i] for i in chosen], dtype=torch.long))
 
 
-def train_answer_model(
-    model: torch.nn.Module,
-    batches: Iterable[LabelledBatch],
-    settings: TrainSettings,
-    on_step: Callable[[int, float], None] | None = None,
-    param_groups: list[dict] | None = None,
-) -> list[float]:
-    """Train ``model`` on answer-token loss for ``settings.total_steps`` optimiser steps.
+class TrainingStrategy(Protocol):
+    """Owns the optimiser step of one training run (plain PyTorch, or DeepSpeed)."""
 
-    ``batches`` must yield at least ``total_steps * grad_accumulation`` batches.
-    ``param_groups`` overrides the default decay groups (per-group learning rates
-    are scaled by the same schedule). Returns the loss of each optimiser step.
-    """
-    device = next(model.parameters()).device
+    def micro_step(self, batch: LabelledBatch) -> float:
+        """Run forward and backward on one micro-batch (stepping at accumulation boundaries)."""
+        ...
+
+    def save_pretrained(self, directory: Path) -> None:
+        """Save the model (or its adapter) in Hugging Face format."""
+        ...
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model being trained."""
+        ...
+
+
+class PlainStrategy:
+    """AdamW with warmup + cosine, gradient accumulation and clipping, in plain PyTorch."""
+
+    def __init__(
+        self, model: torch.nn.Module, settings: TrainSettings, param_groups: list[dict] | None = None
+    ) -> None:
+        self.model, self.settings = model, settings
+        self.device = next(model.parameters()).device
+        self.optimizer = build_optimizer(model, settings, param_groups)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(settings))
+        self.micro_steps = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def micro_step(self, batch: LabelledBatch) -> float:
+        loss = answer_loss(self.model, batch.to(self.device))
+        (loss / self.settings.grad_accumulation).backward()
+        self.micro_steps += 1
+        if self.micro_steps % self.settings.grad_accumulation == 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+
+def build_optimizer(
+    model: torch.nn.Module, settings: TrainSettings, param_groups: list[dict] | None = None
+) -> torch.optim.Optimizer:
+    """Return AdamW over ``param_groups`` (default: decay groups); a group may carry its own lr."""
     groups = param_groups or decay_groups(model, settings.weight_decay)
     for group in groups:
         group.setdefault("lr", settings.lr)
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings))
-    model.train()
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98))
+
+
+def train_answer_model(
+    strategy: TrainingStrategy,
+    batches: Iterable[LabelledBatch],
+    settings: TrainSettings,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train on answer-token loss for ``settings.total_steps`` optimiser steps; return each step's loss.
+
+    ``batches`` must yield at least ``total_steps * grad_accumulation`` micro-batches.
+    """
+    strategy.module.train()
     losses: list[float] = []
     stream = iter(batches)
     for step in range(settings.total_steps):
@@ -117,15 +168,9 @@ def train_answer_model(
                 batch = next(stream)
             except StopIteration:
                 raise ValueError(f"batches ran out at step {step} of {settings.total_steps}") from None
-            loss = answer_loss(model, batch.to(device)) / settings.grad_accumulation
-            loss.backward()
-            total += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            total += strategy.micro_step(batch) / settings.grad_accumulation
         losses.append(total)
         if on_step is not None:
             on_step(step, total)
-    model.eval()
+    strategy.module.eval()
     return losses

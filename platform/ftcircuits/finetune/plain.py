@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import TrainSettings, epoch_batches, train_answer_model
+from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
 
 
 def plain_finetune(
@@ -38,4 +38,4 @@ def plain_finetune(
     batches = epoch_batches(
         ids, answer_ids, config.batch_size, config.epochs, tokenizer.pad_token_id, config.seed
     )
-    return train_answer_model(model, batches, settings, on_step)
+    return train_answer_model(PlainStrategy(model, settings), batches, settings, on_step)

@@ -1,0 +1,87 @@
+"""The DeepSpeed strategy: one object owns ``deepspeed.initialize``, the step and saving.
+
+Runs inside a Ray Train worker (the process group already exists) or, for a
+single process, after ``single_process_environment`` sets the rendezvous
+variables DeepSpeed wants. Precision: fp32 on CPU; bf16 or fp16 on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ftcircuits.finetune.encoding import LabelledBatch
+from ftcircuits.finetune.loop import TrainSettings, answer_loss, build_optimizer, warmup_cosine
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def single_process_environment(port: int = 29500) -> None:
+    """Set the rendezvous variables of a one-process group unless a launcher already did."""
+    defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0"}  # fmt: skip
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def deepspeed_config(
+    settings: TrainSettings, micro_batch_size: int, zero_stage: int, precision: Precision
+) -> dict:
+    """Return the DeepSpeed config of a run (the optimiser and schedule are ours, passed as objects)."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage}")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": settings.grad_accumulation,
+        "gradient_clipping": settings.max_grad_norm,
+        "zero_optimization": {"stage": zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+class DeepSpeedStrategy:
+    """Trains ``model`` through a DeepSpeed engine; AdamW and warmup + cosine as the plain strategy."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: TrainSettings,
+        micro_batch_size: int,
+        zero_stage: int = 2,
+        precision: Precision = "fp32",
+        param_groups: list[dict] | None = None,
+    ) -> None:
+        import deepspeed
+
+        if precision != "fp32" and not torch.cuda.is_available():
+            raise ValueError(f"precision {precision!r} needs a GPU; use fp32 on CPU")
+        optimizer = build_optimizer(model, settings, param_groups)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(settings)),
+            config=deepspeed_config(settings, micro_batch_size, zero_stage, precision),
+        )
+        self.zero_stage = zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def micro_step(self, batch: LabelledBatch) -> float:
+        loss = answer_loss(self.engine, batch.to(self.engine.device))
+        self.engine.backward(loss)  # DeepSpeed scales by the accumulation steps itself
+        self.engine.step()  # steps the optimiser and schedule at accumulation boundaries only
+        return loss.item()
+
+    def save_pretrained(self, directory: Path) -> None:
+        """Save in Hugging Face format from rank 0; under ZeRO-3 the weights are gathered first."""
+        state = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None
+        if self.engine.global_rank == 0:
+            self.module.save_pretrained(directory, state_dict=state)
