@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
+from ftcircuits.finetune.methods import MethodConfig
 from ftcircuits.models.loader import ModelSourceError, resolve_model_source
 from ftcircuits.tasks.registry import TASKS, TaskSpecError, task_family
 
@@ -155,6 +156,52 @@ class CircuitJobConfig(Strict):
         if not (Path(data) / "manifest.json").is_file():
             raise ValueError(f"no dataset at {str(data)!r} (manifest.json missing; run jobs.make_data)")
         return data
+
+
+class TrainConfig(Strict):
+    """Optimisation of a fine-tuning run (paper appendix: batch 8 x accumulation 4, warmup 50)."""
+
+    lr: float = Field(3e-4, gt=0)
+    epochs: int = Field(2, ge=1)
+    micro_batch_size: int = Field(8, ge=1, description="per worker")
+    grad_accumulation: int = Field(4, ge=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 42
+    checkpoint_every: int = Field(25, ge=1, description="optimiser steps between checkpoints")
+
+
+class DeepSpeedSettings(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class ScalingSettings(Strict):
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+
+
+class FinetuneConfig(Strict):
+    """``jobs.finetune``: one fine-tuning run on Ray Train with DeepSpeed."""
+
+    model: str = "tiny"
+    task: TaskSpec = TaskSpec(name="addsub", range=100)
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    eval_batch_size: int = Field(256, ge=1)
+    out: Path = Path("runs/finetune")
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> FinetuneConfig:
+        if self.deepspeed.precision != "fp32" and not self.scaling.use_gpu:
+            raise ValueError(f"deepspeed.precision {self.deepspeed.precision!r} needs scaling.use_gpu=true")
+        return self
 
 
 Schema = TypeVar("Schema", bound=BaseModel)

@@ -50,10 +50,26 @@ def resolve_model_source(source: str) -> str:
     if looks_like_path:
         if not path.is_dir():
             raise ModelSourceError(f"model path {source!r} is not a readable directory")
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(f"model path {source!r} has no config.json (not a Hugging Face model)")
+        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+            raise ModelSourceError(
+                f"model path {source!r} has no config.json or {ADAPTER_CONFIG} (not a Hugging Face model)"
+            )
         return str(path.resolve())
     return source
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    """Load a PEFT adapter directory onto its base model and merge it (a plain model again)."""
+    import json
+
+    from peft import PeftModel
+
+    base_source = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_source(base_source), dtype=dtype)
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -80,7 +96,11 @@ def load_model(
         return LoadedModel(model, None, describe_architecture(model.config), resolved)
     tokenizer = load_tokenizer(resolved)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype).to(device)
+        if (Path(resolved) / ADAPTER_CONFIG).is_file():
+            model = _merged_adapter(Path(resolved), dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
     except OSError as error:
         raise ModelSourceError(f"cannot load model {source!r}: {error}") from error
+    model = model.to(device)
     return LoadedModel(model.eval(), tokenizer, describe_architecture(model.config), resolved)

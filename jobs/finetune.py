@@ -1,0 +1,35 @@
+"""Fine-tune on Ray Train with DeepSpeed; checkpoints every N steps with held-out accuracy.
+
+    python -m jobs.finetune --config jobs/configs/finetune-tiny.yaml [--set method.name=ia3]
+
+The same command runs under ``ray job submit --working-dir . -- python -m jobs.finetune ...``.
+"""
+
+from __future__ import annotations
+
+from ftcircuits.cluster.train import connect, run_finetune
+from ftcircuits.config import FinetuneConfig
+from ftcircuits.finetune.run import read_checkpoint_index
+from ftcircuits.models.loader import load_tokenizer
+from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.io import MANIFEST_FILE
+from jobs.cli import config_parser, parse_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = parse_config(FinetuneConfig, args)
+    data_dir = config.out / "data" / config.task.dataset_name()
+    if not (data_dir / MANIFEST_FILE).is_file():
+        make_task_dataset(config.task, load_tokenizer(config.model), config.model, config.out / "data")
+    connect()
+    result = run_finetune(config, data_dir)
+    if result.error is not None:
+        raise SystemExit(f"fine-tuning failed: {result.error}")
+    index = read_checkpoint_index(config.out)
+    print(index.select("step", "train_loss", "eval_accuracy"))
+    print(f"checkpoints: {config.out / 'checkpoints'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Ray glue for fine-tuning: a TorchTrainer whose workers run ``finetune_worker`` under DeepSpeed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ftcircuits.finetune.run import WorkerContext, finetune_worker
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _train_loop(payload: dict) -> None:
+    import torch
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, int(payload["config"].scaling.cpus_per_worker)))
+
+    def report(metrics: dict, path: Path | None) -> None:
+        ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    finetune_worker(
+        payload["config"], payload["data_dir"], WorkerContext(rank, context.get_world_size(), report)
+    )
+
+
+def run_finetune(config, data_dir: Path, max_failures: int = 2) -> ray.train.Result:
+    """Run one fine-tuning run (``config``: FinetuneConfig) on Ray Train; return Ray's result."""
+    out = Path(config.out).resolve()
+    config = config.model_copy(update={"out": out})
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker} | (
+        {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}
+    )
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"config": config, "data_dir": Path(data_dir).resolve()},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=out.name,
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    return trainer.fit()

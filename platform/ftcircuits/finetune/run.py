@@ -1,0 +1,114 @@
+"""One fine-tuning run as a plain function per worker: Ray Train runs it, so can one process.
+
+Checkpoints: step 0 (the base) and every ``checkpoint_every`` optimiser steps,
+in Hugging Face format (full weights, or the adapter) with the tokenizer, under
+``<out>/checkpoints/step-NNNNNN``; each is followed by the held-out (circuit
+split) accuracy, and rank 0 keeps ``<out>/checkpoints/index.parquet``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
+from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.evaluate import accuracy
+from ftcircuits.finetune.loop import TrainSettings, epoch_batches, train_answer_model
+from ftcircuits.finetune.methods import apply_method
+from ftcircuits.models.loader import load_model
+from ftcircuits.paths import atomic_file
+from ftcircuits.tasks.io import read_items
+
+INDEX_FILE = "index.parquet"
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where this worker sits and how it reports (metrics, checkpoint directory or None)."""
+
+    rank: int = 0
+    world: int = 1
+    report: Callable[[dict, Path | None], None] = lambda metrics, path: None
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return Path(out) / "checkpoints" / f"step-{step:06d}"
+
+
+def read_checkpoint_index(out: Path) -> pl.DataFrame:
+    """Return the checkpoint index (step, path, train_loss, eval_accuracy) of a run."""
+    return pl.read_parquet(Path(out) / "checkpoints" / INDEX_FILE)
+
+
+def sharded_batches(ids, answers, config, pad_id: int, context: WorkerContext) -> tuple[list, int]:
+    """Return this worker's micro-batches and the optimiser steps they make (equal on every rank)."""
+    train = config.train
+    per_epoch = math.ceil(len(ids) / train.micro_batch_size)
+    usable = per_epoch // (context.world * train.grad_accumulation) * context.world * train.grad_accumulation
+    if usable == 0:
+        raise ValueError(
+            f"{len(ids)} examples are too few for {context.world} workers x micro-batch "
+            f"{train.micro_batch_size} x accumulation {train.grad_accumulation}"
+        )
+    mine = []
+    for epoch in range(train.epochs):
+        epoch_list = list(epoch_batches(ids, answers, train.micro_batch_size, 1, pad_id, train.seed + epoch))
+        mine += epoch_list[:usable][context.rank :: context.world]
+    return mine, len(mine) // train.grad_accumulation
+
+
+def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerContext()) -> None:
+    """Fine-tune ``config.model`` (a FinetuneConfig) on the dataset's fine-tune split under DeepSpeed."""
+    torch.manual_seed(config.train.seed)
+    loaded = load_model(config.model)
+    tokenizer = loaded.tokenizer
+    train_items, held_out = read_items(data_dir, "finetune"), read_items(data_dir, "circuit")
+    ids = prompt_ids(tokenizer, train_items["prompt"].to_list())
+    answers = require_answer_ids(tokenizer, train_items["prompt"].to_list(), train_items["answer"].to_list())
+    batches, total_steps = sharded_batches(ids, answers, config, tokenizer.pad_token_id, context)
+    token_ids = tokenizer.convert_tokens_to_ids(config.method.trainable_tokens)
+    if tokenizer.unk_token_id in token_ids:
+        raise ValueError(
+            f"trainable_tokens {config.method.trainable_tokens} include tokens the tokenizer lacks"
+        )
+    train = config.train
+    settings = TrainSettings(
+        total_steps=total_steps, lr=train.lr, weight_decay=train.weight_decay,
+        warmup_steps=min(train.warmup_steps, total_steps), grad_accumulation=train.grad_accumulation,
+    )  # fmt: skip
+    model = apply_method(loaded.model, loaded.architecture, config.method, total_steps, token_ids)
+    strategy = DeepSpeedStrategy(
+        model,
+        settings,
+        config.train.micro_batch_size,
+        config.deepspeed.zero_stage,
+        config.deepspeed.precision,
+    )
+    rows: list[dict] = []
+
+    def checkpoint(step: int, loss: float) -> None:
+        path = checkpoint_path(config.out, step)
+        strategy.save_pretrained(path)  # every rank joins: ZeRO-3 gathers the weights
+        prompts, targets = held_out["prompt"].to_list(), held_out["answer"].to_list()
+        held = accuracy(strategy.module, tokenizer, prompts, targets, config.eval_batch_size)
+        strategy.module.train()
+        if context.rank == 0:
+            tokenizer.save_pretrained(path)
+            rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held})
+            with atomic_file(path.parent / INDEX_FILE) as tmp:
+                pl.DataFrame(rows).write_parquet(tmp)
+        context.report({"step": step, "train_loss": loss, "eval_accuracy": held}, path)
+
+    def on_step(step: int, loss: float) -> None:
+        done = step + 1
+        if done % config.train.checkpoint_every == 0 or done == total_steps:
+            checkpoint(done, loss)
+
+    checkpoint(0, float("nan"))
+    train_answer_model(strategy, batches, settings, on_step)
