@@ -52,3 +52,12 @@ def test_bad_files_are_named(tmp_path):
 def test_data_config_checks_perturbation_ratios():
     with pytest.raises(ConfigError, match="perturb_ratios"):
         load_config(DataConfig, None, ["tasks=[{name: addsub, range: 100}]", "perturb_ratios=[0.5, 1.5]"])
+
+
+def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
+    from ftcircuits.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="adalora' is not supported under DeepSpeed"):
+        load_config(FinetuneConfig, None, ["method.name=adalora"])
+    with pytest.raises(ConfigError, match="needs scaling.use_gpu=true"):
+        load_config(FinetuneConfig, None, ["deepspeed.precision=bf16"])

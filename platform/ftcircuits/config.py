@@ -198,6 +198,16 @@ class FinetuneConfig(Strict):
     _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
 
     @model_validator(mode="after")
+    def _adalora_needs_the_plain_strategy(self) -> FinetuneConfig:
+        if self.method.name == "adalora":
+            raise ValueError(
+                "method.name 'adalora' is not supported under DeepSpeed yet: its budget reallocation "
+                "needs the gradients between the optimiser step and zeroing, which engine.step() hides; "
+                "use lora, ia3 or fpft (AdaLoRA runs with reallocation in the plain loop)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _precision_fits_device(self) -> FinetuneConfig:
         if self.deepspeed.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError(f"deepspeed.precision {self.deepspeed.precision!r} needs scaling.use_gpu=true")

@@ -42,3 +42,29 @@ def test_trainable_tokens_update_only_their_embedding_rows(small_model, tokenize
     after = model.get_input_embeddings()(torch.arange(arch.vocab))
     changed = (after - before).abs().sum(-1) > 0
     assert changed[ids].all() and changed.sum() == len(ids)
+
+
+def test_adalora_budget_really_reallocates_during_training(small_model, tokenizer):
+    from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
+    from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
+
+    arch = describe_architecture(small_model.config)
+    method = MethodConfig(name="adalora", r=2, adalora_init_r=6, adalora_tinit=2, adalora_tfinal=4,
+                          adalora_delta_t=2)  # fmt: skip
+    settings = TrainSettings(total_steps=16, lr=1e-2, warmup_steps=1)
+    model = apply_method(small_model, arch, method, total_steps=settings.total_steps)
+
+    assert not model.peft_config["default"].rank_pattern  # nothing reallocated yet
+    prompts = [f"{n} then" for n in range(1, 33)]
+    ids = prompt_ids(tokenizer, prompts)
+    answers = require_answer_ids(tokenizer, prompts, [str(n + 1) for n in range(1, 33)])
+    batches = epoch_batches(ids, answers, 8, 4, tokenizer.pad_token_id)
+    train_answer_model(PlainStrategy(model, settings), batches, settings)
+    pattern = model.peft_config["default"].rank_pattern  # module -> kept ranks, written by reallocation
+    kept = [sum(mask) for mask in pattern.values()]
+    assert len(kept) == 4 * arch.layers and sum(kept) < 6 * len(kept)  # the budget shrank ...
+    assert len(set(kept)) > 1  # ... unevenly: ranks moved between modules
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_E"):
+            key = f"{name.removeprefix('base_model.model.')}.lora_E.default"
+            assert int((module.lora_E["default"] != 0).sum()) <= sum(pattern[key])

@@ -114,6 +114,8 @@ class PlainStrategy:
         self, model: torch.nn.Module, settings: TrainSettings, param_groups: list[dict] | None = None
     ) -> None:
         self.model, self.settings = model, settings
+        # AdaLoRA reallocates its rank budget from the gradients, after the step and before zeroing
+        self.reallocate = getattr(getattr(model, "base_model", None), "update_and_allocate", None)
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, settings, param_groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(settings))
@@ -131,6 +133,8 @@ class PlainStrategy:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if self.reallocate is not None:
+                self.reallocate(self.micro_steps // self.settings.grad_accumulation)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
