@@ -13,6 +13,7 @@ from ftcircuits.finetune.run import read_checkpoint_index
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
+from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs.cli import config_parser, parse_config
 
 
@@ -23,12 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     if not (data_dir / MANIFEST_FILE).is_file():
         make_task_dataset(config.task, load_tokenizer(config.model), config.model, config.out / "data")
     connect()
-    result = run_finetune(config, data_dir)
+    result, run_id = run_finetune(config, data_dir)
     if result.error is not None:
         raise SystemExit(f"fine-tuning failed: {result.error}")
     index = read_checkpoint_index(config.out)
     print(index.select("step", "train_loss", "eval_accuracy"))
-    print(f"checkpoints: {config.out / 'checkpoints'}")
+    print(f"checkpoints: {config.out / 'checkpoints'}; MLflow run {run_id} in {tracking_uri(config.out)}")
 
 
 if __name__ == "__main__":

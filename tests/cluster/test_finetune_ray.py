@@ -37,7 +37,7 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
          "method.trainable_tokens=['+', '-', '=']", "train.epochs=2", "train.micro_batch_size=8",
          "train.grad_accumulation=1", "train.warmup_steps=2", "train.lr=0.005", "train.checkpoint_every=4"],
     )  # fmt: skip
-    result = run_finetune(config, data_dir, max_failures=0)
+    result, run_id = run_finetune(config, data_dir, max_failures=0)
     assert result.error is None
     index = read_checkpoint_index(tmp_path / "run")
     # 160 fine-tune items / (2 workers x 8) = 10 steps per epoch, 2 epochs: steps 0, 4, 8, 12, 16, 20
@@ -48,3 +48,15 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
     ids = torch.tensor([tokenizer("Calculate the result of 5 + 3 =")["input_ids"]])
     with torch.no_grad():
         assert not torch.allclose(last.model(ids).logits, base.model(ids).logits)
+
+    from mlflow.tracking import MlflowClient
+
+    from ftcircuits.tracking.mlflow_runs import tracking_uri
+
+    client = MlflowClient(tracking_uri(tmp_path / "run"))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["method.name"] == "lora"
+    accuracy = client.get_metric_history(run_id, "eval_accuracy")
+    assert sorted(m.step for m in accuracy) == [0, 4, 8, 12, 16, 20]
+    assert len(client.get_metric_history(run_id, "train_loss")) == 20
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/index.parquet"]

@@ -10,6 +10,7 @@ from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.finetune.run import WorkerContext, finetune_worker
+from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -29,22 +30,25 @@ def _train_loop(payload: dict) -> None:
         ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    finetune_worker(
-        payload["config"], payload["data_dir"], WorkerContext(rank, context.get_world_size(), report)
-    )
+    worker = WorkerContext(rank, context.get_world_size(), report, payload["mlflow"])
+    finetune_worker(payload["config"], payload["data_dir"], worker)
 
 
-def run_finetune(config, data_dir: Path, max_failures: int = 2) -> ray.train.Result:
-    """Run one fine-tuning run (``config``: FinetuneConfig) on Ray Train; return Ray's result."""
+def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.train.Result, str]:
+    """Run one fine-tuning run (``config``: FinetuneConfig) on Ray Train, tracked in MLflow.
+
+    Returns Ray's result and the MLflow run id.
+    """
     out = Path(config.out).resolve()
     config = config.model_copy(update={"out": out})
+    uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"))
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker} | (
         {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}
     )
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"config": config, "data_dir": Path(data_dir).resolve()},
+        train_loop_config={"config": config, "data_dir": Path(data_dir).resolve(), "mlflow": (uri, run_id)},
         scaling_config=ScalingConfig(
             num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
         ),
@@ -54,4 +58,6 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> ray.train.Res
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    RunLogger(uri, run_id).finish("FINISHED" if result.error is None else "FAILED")
+    return result, run_id

@@ -24,17 +24,20 @@ from ftcircuits.finetune.methods import apply_method
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
 from ftcircuits.tasks.io import read_items
+from ftcircuits.tracking.mlflow_runs import RunLogger
 
 INDEX_FILE = "index.parquet"
 
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """Where this worker sits and how it reports (metrics, checkpoint directory or None)."""
+    """Where this worker sits, how it reports (metrics, checkpoint directory or None), and the
+    MLflow run rank 0 logs into ((tracking uri, run id), or None)."""
 
     rank: int = 0
     world: int = 1
     report: Callable[[dict, Path | None], None] = lambda metrics, path: None
+    mlflow_run: tuple[str, str] | None = None
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
@@ -91,6 +94,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         config.deepspeed.precision,
     )
     rows: list[dict] = []
+    logger = RunLogger(*context.mlflow_run) if context.mlflow_run and context.rank == 0 else None
 
     def checkpoint(step: int, loss: float) -> None:
         path = checkpoint_path(config.out, step)
@@ -103,12 +107,18 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
             rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held})
             with atomic_file(path.parent / INDEX_FILE) as tmp:
                 pl.DataFrame(rows).write_parquet(tmp)
+            if logger is not None:
+                logger.metric("eval_accuracy", held, step)
         context.report({"step": step, "train_loss": loss, "eval_accuracy": held}, path)
 
     def on_step(step: int, loss: float) -> None:
         done = step + 1
+        if logger is not None:
+            logger.metric("train_loss", loss, done)
         if done % config.train.checkpoint_every == 0 or done == total_steps:
             checkpoint(done, loss)
 
     checkpoint(0, float("nan"))
     train_answer_model(strategy, batches, settings, on_step)
+    if logger is not None:
+        logger.artifact(checkpoint_path(config.out, 0).parent / INDEX_FILE, "checkpoints")

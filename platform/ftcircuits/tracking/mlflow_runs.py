@@ -1,0 +1,65 @@
+"""MLflow runs: a SQLite store under the run directory by default, or ``MLFLOW_TRACKING_URI``.
+
+Several processes writing one SQLite file race, so a run is created once by
+the driver (``create_run``) and only one process (rank 0) logs into it by id
+(``RunLogger``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def tracking_uri(out: Path) -> str:
+    """Return ``MLFLOW_TRACKING_URI`` or a SQLite store in ``out``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Flatten nested config values into dotted MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flat_params(value, name + ".")
+        else:
+            flat[name] = str(value)[:500]
+    return flat
+
+
+def create_run(out: Path, experiment: str, run_name: str, params: dict) -> tuple[str, str]:
+    """Create (or reuse) ``experiment`` and a new run with ``params``; return (tracking uri, run id)."""
+    from mlflow.tracking import MlflowClient
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(out)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        artifacts = (Path(out).resolve() / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+    else:
+        experiment_id = found.experiment_id
+    run = client.create_run(experiment_id, run_name=run_name)
+    for key, value in flat_params(params).items():
+        client.log_param(run.info.run_id, key, value)
+    return uri, run.info.run_id
+
+
+class RunLogger:
+    """Logs metrics and artifacts into an existing run by id."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id = MlflowClient(uri), run_id
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
