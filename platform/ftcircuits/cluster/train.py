@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import ray
@@ -30,8 +31,11 @@ def _train_loop(payload: dict) -> None:
         ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    worker = WorkerContext(rank, context.get_world_size(), report, payload["mlflow"])
-    finetune_worker(payload["config"], payload["data_dir"], worker)
+    resume = ray.train.get_checkpoint()  # set when Ray restarts the workers after a failure
+    with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
+        path = Path(resume_dir) if resume_dir else None
+        worker = WorkerContext(rank, context.get_world_size(), report, payload["mlflow"], path)
+        finetune_worker(payload["config"], payload["data_dir"], worker)
 
 
 def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.train.Result, str]:

@@ -80,6 +80,17 @@ class DeepSpeedStrategy:
         self.engine.step()  # steps the optimiser and schedule at accumulation boundaries only
         return loss.item()
 
+    ENGINE_STATE = "engine_state"
+
+    def save_state(self, directory: Path) -> None:
+        """Save the full training state (weights, optimiser, schedule, step): every rank joins."""
+        self.engine.save_checkpoint(str(Path(directory) / self.ENGINE_STATE), tag="state")
+
+    def load_state(self, directory: Path) -> int:
+        """Restore the state saved by ``save_state``; return the optimiser steps already taken."""
+        self.engine.load_checkpoint(str(Path(directory) / self.ENGINE_STATE), tag="state")
+        return self.engine.global_steps
+
     def save_pretrained(self, directory: Path) -> None:
         """Save in Hugging Face format from rank 0; under ZeRO-3 the weights are gathered first."""
         state = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None

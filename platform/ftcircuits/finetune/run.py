@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -38,6 +38,7 @@ class WorkerContext:
     world: int = 1
     report: Callable[[dict, Path | None], None] = lambda metrics, path: None
     mlflow_run: tuple[str, str] | None = None
+    resume_from: Path | None = None  # a checkpoint directory of this run, after a failure
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
@@ -93,12 +94,17 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         config.deepspeed.zero_stage,
         config.deepspeed.precision,
     )
+    first_step = 0
     rows: list[dict] = []
+    if context.resume_from is not None:
+        first_step = strategy.load_state(context.resume_from)
+        rows = read_checkpoint_index(config.out).filter(pl.col("step") <= first_step).to_dicts()
     logger = RunLogger(*context.mlflow_run) if context.mlflow_run and context.rank == 0 else None
 
     def checkpoint(step: int, loss: float) -> None:
         path = checkpoint_path(config.out, step)
         strategy.save_pretrained(path)  # every rank joins: ZeRO-3 gathers the weights
+        strategy.save_state(path)
         prompts, targets = held_out["prompt"].to_list(), held_out["answer"].to_list()
         held = accuracy(strategy.module, tokenizer, prompts, targets, config.eval_batch_size)
         strategy.module.train()
@@ -112,13 +118,15 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         context.report({"step": step, "train_loss": loss, "eval_accuracy": held}, path)
 
     def on_step(step: int, loss: float) -> None:
-        done = step + 1
+        done = first_step + step + 1
         if logger is not None:
             logger.metric("train_loss", loss, done)
         if done % config.train.checkpoint_every == 0 or done == total_steps:
             checkpoint(done, loss)
 
-    checkpoint(0, float("nan"))
-    train_answer_model(strategy, batches, settings, on_step)
+    if context.resume_from is None:
+        checkpoint(0, float("nan"))
+    remaining = batches[first_step * train.grad_accumulation :]  # the batch order is deterministic
+    train_answer_model(strategy, remaining, replace(settings, total_steps=total_steps - first_step), on_step)
     if logger is not None:
         logger.artifact(checkpoint_path(config.out, 0).parent / INDEX_FILE, "checkpoints")
