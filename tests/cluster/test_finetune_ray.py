@@ -43,6 +43,8 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
     # 160 fine-tune items / (2 workers x 8) = 10 steps per epoch, 2 epochs: steps 0, 4, 8, 12, 16, 20
     assert index["step"].to_list() == [0, 4, 8, 12, 16, 20]
     assert math.isnan(index["train_loss"][0]) and index["train_loss"][-1] < index["train_loss"][1]
+    states = sorted(p.parent.name for p in (tmp_path / "run" / "checkpoints").glob("step-*/engine_state"))
+    assert states == ["step-000020"]  # only the newest checkpoint keeps the training state
     last = load_model(index["path"][-1])  # an adapter checkpoint, merged by the loader
     base = load_model(index["path"][0])
     ids = torch.tensor([tokenizer("Calculate the result of 5 + 3 =")["input_ids"]])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.finetune.run import WorkerContext, finetune_worker
@@ -60,6 +60,7 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
             name=out.name,
             storage_path=str(out / "ray"),
             failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
         ),
     )
     result = trainer.fit()

@@ -3,12 +3,14 @@
 Checkpoints: step 0 (the base) and every ``checkpoint_every`` optimiser steps,
 in Hugging Face format (full weights, or the adapter) with the tokenizer, under
 ``<out>/checkpoints/step-NNNNNN``; each is followed by the held-out (circuit
-split) accuracy, and rank 0 keeps ``<out>/checkpoints/index.parquet``.
+split) accuracy, and rank 0 keeps ``<out>/checkpoints/index.parquet``. The
+newest checkpoint also holds the DeepSpeed training state a restart resumes from.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,6 +112,8 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         strategy.module.train()
         if context.rank == 0:
             tokenizer.save_pretrained(path)
+            for older in rows:  # resuming needs only the newest training state
+                shutil.rmtree(Path(older["path"]) / DeepSpeedStrategy.ENGINE_STATE, ignore_errors=True)
             rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held})
             with atomic_file(path.parent / INDEX_FILE) as tmp:
                 pl.DataFrame(rows).write_parquet(tmp)
