@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -131,6 +132,14 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
     if context.resume_from is None:
         checkpoint(0, float("nan"))
     remaining = batches[first_step * train.grad_accumulation :]  # the batch order is deterministic
+    started = time.perf_counter()
     train_answer_model(strategy, remaining, replace(settings, total_steps=total_steps - first_step), on_step)
+    seconds = time.perf_counter() - started  # includes the checkpoints taken during training
+    tokens = sum(int(batch.attention_mask.sum()) for batch in remaining)
+    context.report(
+        {"step": total_steps, "worker_tokens_per_s": tokens / seconds, "train_seconds": seconds}, None
+    )
+    if logger is not None:
+        logger.metric("worker_tokens_per_s", tokens / seconds, total_steps)
     if logger is not None:
         logger.artifact(checkpoint_path(config.out, 0).parent / INDEX_FILE, "checkpoints")
