@@ -1,49 +1,22 @@
 """Pre-train the tiny base model on the word-form arithmetic corpus.
 
-python -m jobs.pretrain_tiny [--steps 9000] [--out platform/ftcircuits/assets/tiny-base]
+python -m jobs.pretrain_tiny [--steps 2800] [--out platform/ftcircuits/assets/tiny-base]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import random
 import time
 from pathlib import Path
 
 import torch
 
-from ftcircuits.finetune.encoding import LabelledBatch
-from ftcircuits.finetune.evaluate import accuracy
 from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, train_answer_model
 from ftcircuits.models.tiny import TinyShape, build_tiny_model
-from ftcircuits.models.tiny_corpus import FAMILIES, CorpusMix, corpus_example, packed_windows
+from ftcircuits.models.tiny_corpus import CorpusMix, corpus_accuracy, packed_batches
 from ftcircuits.models.tokenizer import build_tiny_tokenizer
 from ftcircuits.paths import TINY_BASE_DIR, atomic_directory
-
-
-def corpus_batches(tokenizer, mix: CorpusMix, batch_size: int, seq_len: int, seed: int):
-    """Yield labelled batches of packed corpus windows."""
-    windows = packed_windows(tokenizer, mix, seq_len, seed)
-    while True:
-        rows = list(itertools.islice(windows, batch_size))
-        ids = torch.tensor([r for r, _ in rows])
-        mask = (ids != tokenizer.pad_token_id).long()
-        positions = torch.arange(seq_len).expand_as(ids)
-        yield LabelledBatch(ids, mask, positions, torch.tensor([lab for _, lab in rows]))
-
-
-def corpus_accuracy(model, tokenizer, mix: CorpusMix, seed: int, n: int = 1000) -> dict[str, float]:
-    """Accuracy per corpus family on fresh draws, without and with context words."""
-    rng = random.Random(seed)
-    out = {}
-    for family in FAMILIES:
-        for context in (False, True):
-            pairs = [corpus_example(rng, mix, family, context) for _ in range(n)]
-            key = f"{family}{'+context' if context else ''}"
-            out[key] = accuracy(model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs])
-    return out
 
 
 def main() -> None:
@@ -79,7 +52,7 @@ def main() -> None:
     settings = TrainSettings(total_steps=args.steps, lr=args.lr, warmup_steps=300, weight_decay=0.05)
     train_answer_model(
         PlainStrategy(model, settings),
-        corpus_batches(tokenizer, mix, args.batch_size, args.seq_len, args.seed),
+        packed_batches(tokenizer, mix, args.batch_size, args.seq_len, args.seed),
         settings,
         progress,
     )

@@ -7,10 +7,18 @@ model path) is raised as one ConfigError naming the field, before any work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from ftcircuits.finetune.methods import MethodConfig
@@ -77,15 +85,17 @@ def _checked_model(source: str) -> str:
     return source
 
 
+ModelSource = Annotated[str, AfterValidator(_checked_model)]
+"""A model source ("tiny", a model directory, ``shape:NAME`` or a hub id), checked before any work."""
+
+
 class DataConfig(Strict):
     """``jobs.make_data``: build task datasets under a model's tokenizer."""
 
     tasks: list[TaskSpec]
-    model: str = "tiny"
+    model: ModelSource = "tiny"
     out: Path = Path("data")
     perturb_ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
 
     @field_validator("perturb_ratios")
     @classmethod
@@ -119,7 +129,7 @@ def all_paper_tasks() -> list[TaskSpec]:
 class StudyConfig(Strict):
     """The main job: data for every task, base accuracy, a short fine-tune, accuracy after."""
 
-    model: str = "tiny"
+    model: ModelSource = "tiny"
     tasks: list[TaskSpec] = Field(default_factory=all_paper_tasks)
     finetune_task: TaskSpec = TaskSpec(name="addsub", range=100)
     finetune: PlainFinetuneConfig = PlainFinetuneConfig()
@@ -127,13 +137,11 @@ class StudyConfig(Strict):
     eval_batch_size: int = Field(256, ge=1)
     threads: int = Field(2, ge=1)
 
-    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
-
 
 class CircuitJobConfig(Strict):
     """``jobs.circuits``: discover a circuit of a model on a dataset split."""
 
-    model: str = "tiny"
+    model: ModelSource = "tiny"
     data: Path
     split: Literal["finetune", "circuit"] = "circuit"
     examples: int | None = Field(None, ge=1, description="first N items of the split (default: all)")
@@ -147,8 +155,6 @@ class CircuitJobConfig(Strict):
     curve: bool = False
     out: Path = Path("runs/circuits")
     threads: int = Field(2, ge=1)
-
-    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
 
     @field_validator("data")
     @classmethod
@@ -186,7 +192,7 @@ class ScalingSettings(Strict):
 class FinetuneConfig(Strict):
     """``jobs.finetune``: one fine-tuning run on Ray Train with DeepSpeed."""
 
-    model: str = "tiny"
+    model: ModelSource = "tiny"
     task: TaskSpec = TaskSpec(name="addsub", range=100)
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
@@ -194,8 +200,6 @@ class FinetuneConfig(Strict):
     scaling: ScalingSettings = ScalingSettings()
     eval_batch_size: int = Field(256, ge=1)
     out: Path = Path("runs/finetune")
-
-    _model = field_validator("model")(classmethod(lambda cls, v: _checked_model(v)))
 
     @model_validator(mode="after")
     def _adalora_needs_the_plain_strategy(self) -> FinetuneConfig:

@@ -127,3 +127,39 @@ def packed_windows(
             answer_id = tokenizer.convert_tokens_to_ids(str(answer))
             ids += [*prompt, answer_id]
             labels += [-100] * (len(prompt) - 1) + [answer_id, -100]
+
+
+def packed_batches(
+    tokenizer: PreTrainedTokenizerBase, mix: CorpusMix, batch_size: int, seq_len: int, seed: int
+):
+    """Yield endless labelled batches of ``packed_windows`` (the pre-training stream)."""
+    import itertools
+
+    import torch
+
+    from ftcircuits.finetune.encoding import LabelledBatch
+
+    windows = packed_windows(tokenizer, mix, seq_len, seed)
+    while True:
+        rows = list(itertools.islice(windows, batch_size))
+        ids = torch.tensor([r for r, _ in rows])
+        mask = (ids != tokenizer.pad_token_id).long()
+        positions = torch.arange(seq_len).expand_as(ids)
+        yield LabelledBatch(ids, mask, positions, torch.tensor([lab for _, lab in rows]))
+
+
+def corpus_accuracy(
+    model, tokenizer: PreTrainedTokenizerBase, mix: CorpusMix, seed: int, n: int = 1000
+) -> dict:
+    """Return accuracy per corpus family on fresh draws, without and with context words."""
+    from ftcircuits.finetune.evaluate import accuracy
+
+    rng = random.Random(seed)
+    out = {}
+    for family in FAMILIES:
+        for context in (False, True):
+            pairs = [corpus_example(rng, mix, family, context) for _ in range(n)]
+            out[f"{family}{'+context' if context else ''}"] = accuracy(
+                model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs]
+            )
+    return out
