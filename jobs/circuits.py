@@ -1,21 +1,28 @@
-"""Discover a circuit with EAP-IG and write it in the circuit file format.
+"""Discover circuits with EAP-IG: of one model on a dataset, or of every checkpoint of a run on Ray.
 
 python -m jobs.circuits --model tiny --data runs/study-tiny/data/addsub-100 [--set fraction=0.05]
+python -m jobs.circuits --run runs/finetune-tiny [--set actors=2 --set robustness=false]
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import polars as pl
 import torch
 from tqdm import tqdm
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.discover import Selection, circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import edges_table, write_circuit
-from ftcircuits.config import CircuitJobConfig
+from ftcircuits.circuits.over_run import METRICS, RunInputs, circuit_tasks, run_inputs
+from ftcircuits.cluster.circuit_pool import circuits_over_run
+from ftcircuits.cluster.train import connect
+from ftcircuits.config import CircuitJobConfig, CircuitRunConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.tasks.io import read_items, read_manifest
+from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 from jobs.cli import config_parser, parse_config
 
 
@@ -23,7 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", help="tiny, a model directory or a hub id")
     parser.add_argument("--data", help="a dataset directory written by jobs.make_data")
+    parser.add_argument("--run", help="a fine-tuning run directory: circuits of all its checkpoints")
     args = parser.parse_args(argv)
+    if args.run is not None:
+        return circuits_of_run(parse_config(CircuitRunConfig, args, [f"run={args.run}"]))
     extra = [f"{k}={v}" for k, v in (("model", args.model), ("data", args.data)) if v is not None]
     config = parse_config(CircuitJobConfig, args, extra)
     torch.set_num_threads(config.threads)
@@ -56,6 +66,38 @@ def main(argv: list[str] | None = None) -> None:
         pairs = zip(found.curve["fractions"], found.curve["faithfulness"], strict=True)
         print("faithfulness by edge fraction:", {f: round(v, 3) for f, v in pairs})
     print(f"circuit: {path}")
+
+
+def circuits_of_run(config: CircuitRunConfig) -> None:
+    """Circuits of the base and every checkpoint (and robustness variants) on Ray, tracked in MLflow."""
+    inputs = run_inputs(config.run)  # fails here, before Ray starts, on a bad run or dataset
+    tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
+    connect()
+    logger = circuits_logger(config, inputs)
+    bar = tqdm(total=len(tasks), desc="circuits", unit="circuit")
+
+    def on_result(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}")
+        if row["step"] is not None:
+            for name in METRICS:
+                logger.metric(name, row[name], step=row["step"])
+
+    out, rows, computed = circuits_over_run(config, on_result)
+    bar.close()
+    logger.artifact(out, "circuits")
+    logger.finish()
+    summary = pl.DataFrame(rows).select("key", "model", "step", "ratio", *METRICS)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        print(summary)
+    print(f"{computed} circuits computed, {len(rows) - computed} already on disk: {out}")
+
+
+def circuits_logger(config: CircuitRunConfig, inputs: RunInputs) -> RunLogger:
+    """Return a logger into a new MLflow run of the fine-tuning run's store (experiment ``circuits``)."""
+    params = config.model_dump(mode="json") | {"base_model": inputs.base_model, "data": str(inputs.data)}
+    uri, run_id = create_run(config.run, "circuits", f"{Path(config.run).name}-circuits", params)
+    return RunLogger(uri, run_id)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The same command runs under ``ray job submit --working-dir . -- python -m jobs.f
 from __future__ import annotations
 
 from ftcircuits.cluster.train import connect, run_finetune
-from ftcircuits.config import FinetuneConfig
+from ftcircuits.config import PERTURB_RATIOS, FinetuneConfig
 from ftcircuits.finetune.run import read_checkpoint_index
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(FinetuneConfig, args)
     data_dir = config.out / "data" / config.task.dataset_name()
     if not (data_dir / MANIFEST_FILE).is_file():
-        make_task_dataset(config.task, load_tokenizer(config.model), config.model, config.out / "data")
+        tokenizer = load_tokenizer(config.model)
+        make_task_dataset(config.task, tokenizer, config.model, config.out / "data", PERTURB_RATIOS)
     connect()
     result, run_id = run_finetune(config, data_dir)
     if result.error is not None:

@@ -57,7 +57,8 @@ def test_data_config_checks_perturbation_ratios():
 def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
     from ftcircuits.config import FinetuneConfig
 
-    with pytest.raises(ConfigError, match="adalora' is not supported under DeepSpeed"):
-        load_config(FinetuneConfig, None, ["method.name=adalora"])
+    with pytest.raises(ConfigError, match="adalora' needs deepspeed.zero_stage=0, not 2"):
+        load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=2"])
+    assert load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=0"])
     with pytest.raises(ConfigError, match="needs scaling.use_gpu=true"):
         load_config(FinetuneConfig, None, ["deepspeed.precision=bf16"])

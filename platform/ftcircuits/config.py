@@ -89,13 +89,16 @@ ModelSource = Annotated[str, AfterValidator(_checked_model)]
 """A model source ("tiny", a model directory, ``shape:NAME`` or a hub id), checked before any work."""
 
 
+PERTURB_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # robustness: shares of items replaced
+
+
 class DataConfig(Strict):
     """``jobs.make_data``: build task datasets under a model's tokenizer."""
 
     tasks: list[TaskSpec]
     model: ModelSource = "tiny"
     out: Path = Path("data")
-    perturb_ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    perturb_ratios: list[float] = list(PERTURB_RATIOS)
 
     @field_validator("perturb_ratios")
     @classmethod
@@ -138,11 +141,9 @@ class StudyConfig(Strict):
     threads: int = Field(2, ge=1)
 
 
-class CircuitJobConfig(Strict):
-    """``jobs.circuits``: discover a circuit of a model on a dataset split."""
+class DiscoverySettings(Strict):
+    """How a circuit is discovered: EAP-IG attribution, metric and edge selection (shared by circuit jobs)."""
 
-    model: ModelSource = "tiny"
-    data: Path
     split: Literal["finetune", "circuit"] = "circuit"
     examples: int | None = Field(None, ge=1, description="first N items of the split (default: all)")
     method: Literal["eap", "clean-corrupted", "eap-ig-inputs"] = "eap-ig-inputs"
@@ -153,8 +154,19 @@ class CircuitJobConfig(Strict):
     selection: Literal["topn", "greedy"] = "topn"
     fraction: float = Field(0.05, gt=0, le=1)
     curve: bool = False
+    threads: int = Field(2, ge=1, description="torch threads per process (per actor in a run)")
+
+    def discovery_key(self) -> dict:
+        """Return the settings that change a circuit (its part of the output key), not the plumbing."""
+        return self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
+
+
+class CircuitJobConfig(DiscoverySettings):
+    """``jobs.circuits``: discover a circuit of a model on a dataset split."""
+
+    model: ModelSource = "tiny"
+    data: Path
     out: Path = Path("runs/circuits")
-    threads: int = Field(2, ge=1)
 
     @field_validator("data")
     @classmethod
@@ -162,6 +174,39 @@ class CircuitJobConfig(Strict):
         if not (Path(data) / "manifest.json").is_file():
             raise ValueError(f"no dataset at {str(data)!r} (manifest.json missing; run jobs.make_data)")
         return data
+
+
+class CircuitRunConfig(DiscoverySettings):
+    """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray.
+
+    With ``robustness``, also the circuits of the base and of a random-init model
+    of the same shape on every perturbed variant of the circuit split.
+    """
+
+    run: Path
+    examples: int | None = Field(256, ge=1, description="first N items of the split (default: all)")
+    robustness: bool = True
+    random_seed: int = 0
+    actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")
+    cpus_per_actor: float = Field(1, gt=0)
+    gpus_per_actor: float = Field(0, ge=0, description="fractions share a GPU between actors")
+    in_flight_per_actor: int = Field(2, ge=1, description="tasks queued per actor (bounds memory)")
+    retries: int = Field(2, ge=0, description="restarts of a dead actor and retries of its task")
+    threads: int = Field(1, ge=1, description="torch threads per actor")
+
+    @field_validator("run")
+    @classmethod
+    def _run_has_checkpoints(cls, run: Path) -> Path:
+        index = Path(run) / "checkpoints" / "index.parquet"
+        if not index.is_file():
+            raise ValueError(f"no fine-tuning run at {str(run)!r} ({index} missing; run jobs.finetune)")
+        return run
+
+
+class AnalysisConfig(CircuitRunConfig):
+    """``jobs.analyze``: dynamics of the circuits ``jobs.circuits --run`` found with the same settings."""
+
+    critical_k: int = Field(5, ge=1, description="top-k critical layers (capped at the layer count)")
 
 
 class TrainConfig(Strict):
@@ -202,12 +247,11 @@ class FinetuneConfig(Strict):
     out: Path = Path("runs/finetune")
 
     @model_validator(mode="after")
-    def _adalora_needs_the_plain_strategy(self) -> FinetuneConfig:
-        if self.method.name == "adalora":
+    def _adalora_needs_zero_stage_0(self) -> FinetuneConfig:
+        if self.method.name == "adalora" and self.deepspeed.zero_stage != 0:
             raise ValueError(
-                "method.name 'adalora' is not supported under DeepSpeed yet: its budget reallocation "
-                "needs the gradients between the optimiser step and zeroing, which engine.step() hides; "
-                "use lora, ia3 or fpft (AdaLoRA runs with reallocation in the plain loop)"
+                f"method.name 'adalora' needs deepspeed.zero_stage=0, not {self.deepspeed.zero_stage}: its "
+                "budget reallocation reads the gradients on the parameters, which ZeRO 1-3 partition away"
             )
         return self
 

@@ -44,7 +44,9 @@ def test_trainable_tokens_update_only_their_embedding_rows(small_model, tokenize
     assert changed[ids].all() and changed.sum() == len(ids)
 
 
-def test_adalora_budget_really_reallocates_during_training(small_model, tokenizer):
+@pytest.mark.parametrize("engine", ["plain", "deepspeed-zero0"])
+def test_adalora_budget_really_reallocates_during_training(small_model, tokenizer, engine):
+    from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy, single_process_environment
     from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
     from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
 
@@ -59,7 +61,12 @@ def test_adalora_budget_really_reallocates_during_training(small_model, tokenize
     ids = prompt_ids(tokenizer, prompts)
     answers = require_answer_ids(tokenizer, prompts, [str(n + 1) for n in range(1, 33)])
     batches = epoch_batches(ids, answers, 8, 4, tokenizer.pad_token_id)
-    train_answer_model(PlainStrategy(model, settings), batches, settings)
+    if engine == "plain":
+        strategy = PlainStrategy(model, settings)
+    else:
+        single_process_environment(port=29618)
+        strategy = DeepSpeedStrategy(model, settings, 8, zero_stage=0)
+    train_answer_model(strategy, batches, settings)
     pattern = model.peft_config["default"].rank_pattern  # module -> kept ranks, written by reallocation
     kept = [sum(mask) for mask in pattern.values()]
     assert len(kept) == 4 * arch.layers and sum(kept) < 6 * len(kept)  # the budget shrank ...

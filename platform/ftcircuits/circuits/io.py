@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ftcircuits.paths import atomic_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from ftcircuits.circuits.graph import Graph
 
 EDGES_SUFFIX = ".edges.parquet"
 META_SUFFIX = ".json"
@@ -32,6 +38,33 @@ def edges_table(scores, circuit, graph) -> pl.DataFrame:
         },
         schema={"source": pl.String, "destination": pl.String, "score": pl.Float32, "in_circuit": pl.Boolean},
     )
+
+
+def circuit_mask(edges: pl.DataFrame, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scores float32, circuit bool) ``[n_sources, n_destinations]`` of an edges table over ``graph``.
+
+    Rows are matched to the graph's edges by name, so their order does not matter; ValueError if the
+    table does not hold exactly the graph's edges. Inverse of :func:`edges_table`.
+    """
+    import torch  # here, not at the top: this module reads circuits without torch
+
+    names = graph.edge_names()
+    expected = pl.DataFrame(
+        {"source": [s for s, _ in names], "destination": [d for _, d in names]},
+        schema={"source": pl.String, "destination": pl.String},
+    ).with_row_index("position")
+    if edges.height != len(names) or edges.select("source", "destination").is_duplicated().any():
+        rows = edges.height
+        raise ValueError(f"edges table has {rows} rows (or duplicates); the graph has {len(names)} edges")
+    joined = expected.join(edges, on=["source", "destination"], how="left").sort("position")
+    if joined["in_circuit"].null_count():
+        raise ValueError("edges table does not belong to the graph: some graph edges are missing from it")
+    mask = graph.edge_mask
+    scores = torch.zeros(mask.shape, dtype=torch.float32)
+    circuit = torch.zeros(mask.shape, dtype=torch.bool)
+    scores[mask] = torch.from_numpy(joined["score"].cast(pl.Float32).to_numpy().copy())
+    circuit[mask] = torch.from_numpy(joined["in_circuit"].to_numpy().copy())
+    return scores, circuit
 
 
 def write_circuit(path_stem: Path, edges: pl.DataFrame, metadata: dict) -> Path:

@@ -15,6 +15,7 @@ import torch
 
 from ftcircuits.finetune.encoding import LabelledBatch
 from ftcircuits.finetune.loop import TrainSettings, answer_loss, build_optimizer, warmup_cosine
+from ftcircuits.finetune.methods import attach_budget_reallocation
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -69,6 +70,8 @@ class DeepSpeedStrategy:
             config=deepspeed_config(settings, micro_batch_size, zero_stage, precision),
         )
         self.zero_stage = zero_stage
+        if attach_budget_reallocation(model, optimizer, lambda: self.engine.global_steps + 1) and zero_stage:
+            raise ValueError("AdaLoRA's budget reallocation needs ZeRO stage 0 (gradients on the parameters)")
 
     @property
     def module(self) -> torch.nn.Module:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ftcircuits.finetune.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, model_logits, pad_prompts
+from ftcircuits.finetune.methods import attach_budget_reallocation
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,13 @@ class PlainStrategy:
         self, model: torch.nn.Module, settings: TrainSettings, param_groups: list[dict] | None = None
     ) -> None:
         self.model, self.settings = model, settings
-        # AdaLoRA reallocates its rank budget from the gradients, after the step and before zeroing
-        self.reallocate = getattr(getattr(model, "base_model", None), "update_and_allocate", None)
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, settings, param_groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(settings))
         self.micro_steps = 0
+        attach_budget_reallocation(
+            model, self.optimizer, lambda: self.micro_steps // settings.grad_accumulation
+        )
 
     @property
     def module(self) -> torch.nn.Module:
@@ -133,8 +135,6 @@ class PlainStrategy:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-            if self.reallocate is not None:
-                self.reallocate(self.micro_steps // self.settings.grad_accumulation)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.item()
 

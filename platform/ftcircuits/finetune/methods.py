@@ -7,11 +7,13 @@ method branches on the model type. CircuitLoRA will arrive as ``rank_pattern`` /
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.hooks import RemovableHandle
 
 from ftcircuits.models.architecture import Architecture
 
@@ -81,6 +83,23 @@ def apply_method(
         mlp_out = arch.names.mlp_out.format(i=0).removeprefix(arch.names.layer.format(i=0) + ".")
         config = IA3Config(target_modules=targets, feedforward_modules=[mlp_out], **tokens)
     return get_peft_model(model, config)
+
+
+def attach_budget_reallocation(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_of: Callable[[], int]
+) -> RemovableHandle | None:
+    """Make AdaLoRA reallocate its rank budget after every optimiser step; None for other methods.
+
+    PEFT's ``update_and_allocate`` reads the gradients, so it must run after the
+    step and before they are zeroed: a post-step hook on the optimiser is that
+    moment in the plain loop and in a DeepSpeed engine alike (ZeRO stage 0 only,
+    where gradients stay on the parameters). ``step_of`` returns the global step
+    just taken (1-based), so a resumed run keeps AdaLoRA's schedule.
+    """
+    update = getattr(getattr(model, "base_model", None), "update_and_allocate", None)
+    if update is None:
+        return None
+    return optimizer.register_step_post_hook(lambda *_: update(step_of()))
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

@@ -30,6 +30,7 @@ from ftcircuits.tasks.io import read_items
 from ftcircuits.tracking.mlflow_runs import RunLogger
 
 INDEX_FILE = "index.parquet"
+RUN_CONFIG_FILE = "finetune.json"  # the run's config, its dataset and MLflow run id, written by the driver
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""Circuit dynamics of a fine-tuning run: similarity over steps, layer edge change, robustness, figures.
+
+    python -m jobs.analyze --run runs/finetune-tiny [--set critical_k=3]
+
+Reads the circuits of ``python -m jobs.circuits --run`` (same ``--set`` discovery
+settings) and writes parquet tables and PNG figures to ``<circuits>/analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from ftcircuits.circuits import dynamics
+from ftcircuits.circuits.over_run import CIRCUITS_DIR, run_inputs, settings_hash
+from ftcircuits.config import AnalysisConfig
+from ftcircuits.models.loader import load_model
+from ftcircuits.paths import atomic_file
+from ftcircuits.report import circuit_figures as figures
+from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
+from jobs.cli import config_parser, parse_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a fine-tuning run directory with its circuits")
+    args = parser.parse_args(argv)
+    config = parse_config(AnalysisConfig, args, [f"run={args.run}"])
+    inputs = run_inputs(config.run)
+    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs.data)
+    summary = dynamics.read_summary(out)
+    architecture = load_model(inputs.base_model).architecture
+    circuits = dynamics.checkpoint_circuits(out, summary)
+    (first_step, base), (last_step, final) = circuits[0], circuits[-1]
+
+    tables = {
+        "similarity": dynamics.similarity_over_steps(circuits, summary),
+        "layer_scores": dynamics.layer_change(base, final, architecture.layers, config.critical_k),
+        "edge_changes": dynamics.changed_circuit_edges(base, final),
+    }
+    if config.robustness:
+        tables["robustness"] = dynamics.robustness(out, summary)
+    analysis = out / "analysis"
+    analysis.mkdir(exist_ok=True)
+    for name, table in tables.items():
+        with atomic_file(analysis / f"{name}.parquet") as tmp:
+            table.write_parquet(tmp)
+
+    scores = tables["layer_scores"]
+    critical = {
+        variant: scores.filter(pl.col("variant") == variant, pl.col("critical_topk"))["layer"].to_list()
+        for variant in scores["variant"].unique(maintain_order=True)
+    }
+    change = f"step {first_step} -> {last_step}"
+    drawing, shape = analysis / "circuit_changes.png", (architecture.layers, architecture.heads)
+    plots = [
+        figures.similarity_over_steps(tables["similarity"], analysis / "similarity.png"),
+        figures.layer_score_bars(scores, analysis / "layer_scores.png", critical, f"edge change, {change}"),
+        figures.circuit_drawing(tables["edge_changes"], drawing, *shape, change),
+    ]
+    if "robustness" in tables:
+        plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
+
+    headline = headline_numbers(tables, critical)
+    with atomic_file(analysis / "headline.json") as tmp:
+        tmp.write_text(json.dumps(headline, indent=1))
+    uri, run_id = create_run(config.run, "analysis", f"{Path(config.run).name}-analysis",
+                             config.model_dump(mode="json"))  # fmt: skip
+    logger = RunLogger(uri, run_id)
+    for key, value in headline.items():
+        if isinstance(value, float):
+            logger.metric(key, value, step=last_step)
+    logger.artifact(analysis, "analysis")
+    logger.finish()
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+        columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")
+        print(tables["similarity"].select("step", *columns, "abs_score_spearman_base", "accuracy"))
+        if "robustness" in tables:
+            print(tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
+    print(json.dumps(headline, indent=1))
+    print(f"tables and figures: {analysis} ({', '.join(p.name for p in plots)})")
+
+
+def headline_numbers(tables: dict[str, pl.DataFrame], critical: dict[str, list[int]]) -> dict:
+    """Return the study's headline: node vs edge similarity of the final circuit to the base, and more."""
+    last = tables["similarity"].row(-1, named=True)
+    headline = {
+        "final_step": last["step"],
+        "node_jaccard_final_vs_base": last["node_jaccard_base"],
+        "edge_jaccard_final_vs_base": last["edge_jaccard_base"],
+        "score_spearman_final_vs_base": last["score_spearman_base"],
+        "abs_score_spearman_final_vs_base": last["abs_score_spearman_base"],
+        "edges_added": last["edges_added_base"],
+        "edges_removed": last["edges_removed_base"],
+        "critical_layers_topk": critical,
+        "critical_layers_mean_std": {
+            variant: group.filter(pl.col("critical_mean_std"))["layer"].to_list()
+            for (variant,), group in tables["layer_scores"].group_by("variant", maintain_order=True)
+        },
+    }
+    if "robustness" in tables:
+        mean = tables["robustness"].group_by("model").agg(pl.col("edge_jaccard").mean())
+        for model, value in mean.iter_rows():
+            headline[f"robustness_mean_edge_jaccard_{model}"] = value
+    return headline
+
+
+if __name__ == "__main__":
+    main()

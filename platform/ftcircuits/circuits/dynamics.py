@@ -1,0 +1,94 @@
+"""Circuit dynamics of a run: similarity over checkpoints, layer edge-change scores, robustness.
+
+Reads the circuits ``jobs.circuits --run`` wrote (a summary table plus one circuit
+file per task) and returns polars tables; ``jobs.analyze`` writes and plots them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ftcircuits.circuits.compare import (
+    LAYER_VARIANTS,
+    circuit_similarity,
+    critical_layers,
+    edge_changes,
+    layer_scores,
+)
+from ftcircuits.circuits.io import read_circuit
+from ftcircuits.circuits.over_run import SUMMARY_FILE
+
+
+def read_summary(out: Path) -> pl.DataFrame:
+    """Return the summary table of a run's circuits (one row per task)."""
+    path = Path(out) / SUMMARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run jobs.circuits --run first (with the same settings)")
+    return pl.read_parquet(path)
+
+
+def checkpoint_circuits(out: Path, summary: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
+    """Return (step, edges) of the fine-tuning checkpoints' circuits, by step."""
+    rows = summary.filter(pl.col("model") == "fine-tuning").sort("step")
+    if rows.height < 2:
+        raise ValueError(f"dynamics need at least 2 checkpoint circuits, found {rows.height}")
+    return [(step, read_circuit(Path(out) / key)[0]) for key, step in rows.select("key", "step").iter_rows()]
+
+
+def similarity_over_steps(circuits: list[tuple[int, pl.DataFrame]], summary: pl.DataFrame) -> pl.DataFrame:
+    """Return per step: node/edge Jaccard, edges added/removed and score Spearman vs base and vs previous."""
+    base = circuits[0][1]
+    rows = []
+    for index, (step, edges) in enumerate(circuits):
+        row = {"step": step}
+        row |= {f"{k}_base": v for k, v in circuit_similarity(base, edges).items()}
+        previous = circuit_similarity(circuits[index - 1][1], edges) if index else {}
+        row |= {f"{k}_prev": previous.get(k) for k in ("node_jaccard", "edge_jaccard", "abs_score_spearman")}
+        rows.append(row)
+    metrics = summary.filter(pl.col("model") == "fine-tuning").select(
+        "step", "faithfulness", "circuit_accuracy", pl.col("model_accuracy").alias("accuracy")
+    )
+    return pl.DataFrame(rows).join(metrics, on="step", how="left").sort("step")
+
+
+def layer_change(before: pl.DataFrame, after: pl.DataFrame, layers: int, k: int = 5) -> pl.DataFrame:
+    """Return per (variant, layer) the edge-change score and whether it is critical by top-k / mean+std."""
+    changes = edge_changes(before, after)
+    parts = []
+    for variant in LAYER_VARIANTS:
+        scores = layer_scores(changes, layers, variant)
+        top, spread = critical_layers(scores, "topk", min(k, layers)), critical_layers(scores, "mean_std")
+        parts.append(
+            scores.with_columns(
+                variant=pl.lit(variant),
+                critical_topk=pl.col("layer").is_in(top),
+                critical_mean_std=pl.col("layer").is_in(spread),
+            )
+        )
+    return pl.concat(parts).select("variant", "layer", "score", "critical_topk", "critical_mean_std")
+
+
+def changed_circuit_edges(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
+    """Return the edges of either circuit with their status (kept, added, removed), for drawing."""
+    return edge_changes(before, after).select("source", "destination", "status", "delta")
+
+
+def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
+    """Return per model and perturbation ratio the node and edge Jaccard against its unperturbed circuit."""
+    rows = []
+    robust = summary.filter(pl.col("model") != "fine-tuning")
+    if robust.is_empty():
+        raise ValueError("no robustness circuits: run jobs.circuits --run with robustness=true")
+    for (model,), group in robust.group_by("model", maintain_order=True):
+        keys = dict(group.select("ratio", "key").iter_rows())
+        if 0.0 not in keys:
+            raise ValueError(f"no unperturbed circuit of the {model} model")
+        reference = read_circuit(Path(out) / keys[0.0])[0]
+        for ratio in sorted(r for r in keys if r > 0):
+            similarity = circuit_similarity(reference, read_circuit(Path(out) / keys[ratio])[0])
+            accuracy = group.filter(pl.col("ratio") == ratio)["model_accuracy"][0]
+            rows.append({"model": model, "ratio": ratio, "node_jaccard": similarity["node_jaccard"],
+                         "edge_jaccard": similarity["edge_jaccard"], "model_accuracy": accuracy})  # fmt: skip
+    return pl.DataFrame(rows)

@@ -1,0 +1,145 @@
+"""Circuits over a fine-tuning run: one task per checkpoint (and per robustness variant), keyed on disk.
+
+Plain Python, no Ray: ``CircuitRunner`` holds the base model once and swaps in
+each task's weights; ``cluster.circuit_pool`` runs it inside long-lived actors,
+and a sequential loop over the same runner gives the same circuits. Every
+circuit is written to ``<run>/circuits/<settings hash>/<key>`` (JSON last), so a
+finished task is recognised and skipped by a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from ftcircuits.circuits.attribution import AttributionConfig
+from ftcircuits.circuits.discover import Selection, circuit_metadata, discover_circuit
+from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
+from ftcircuits.config import DiscoverySettings
+from ftcircuits.finetune.run import INDEX_FILE, RUN_CONFIG_FILE
+from ftcircuits.models.loader import load_model
+from ftcircuits.models.swap import BASE, RANDOM_PREFIX, CheckpointWeights
+from ftcircuits.paths import atomic_file
+from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed
+
+CIRCUITS_DIR = "circuits"
+SUMMARY_FILE = "summary.parquet"
+METRICS = ("faithfulness", "faithfulness_paper", "circuit_accuracy", "model_accuracy",
+           "edges_in_circuit", "nodes_in_circuit")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CircuitTask:
+    """One circuit to discover: which weights, on which variant of the circuit split."""
+
+    key: str  # file stem of the circuit, unique within a run's settings
+    weights: str  # a checkpoint directory, "base" or "random:SEED"
+    model: str  # "fine-tuning", "pre-trained" or "random-init"
+    step: int | None = None  # the checkpoint's optimiser step
+    ratio: float = 0.0  # share of items replaced (0: the unperturbed split)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a fine-tuning run's circuits need: its base model, dataset and checkpoints."""
+
+    base_model: str
+    data: Path
+    checkpoints: pl.DataFrame  # step, path, train_loss, eval_accuracy
+
+
+def run_inputs(run: Path) -> RunInputs:
+    """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``."""
+    run = Path(run)
+    config_path = run / RUN_CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: {run} is not a fine-tuning run directory")
+    config = json.loads(config_path.read_text())
+    index = pl.read_parquet(run / "checkpoints" / INDEX_FILE)
+    missing = [p for p in index["path"] if not Path(p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
+    return RunInputs(config["model"], Path(config["data_dir"]), index)
+
+
+def settings_hash(settings: DiscoverySettings, data: Path) -> str:
+    """Return a short hash of the discovery settings and the dataset's content: the output key."""
+    payload = {"settings": settings.discovery_key(), "data": read_manifest(data).get("content_hash")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def circuit_tasks(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> list[CircuitTask]:
+    """Return a task per checkpoint, and with ``robustness`` per (pre-trained | random-init, ratio)."""
+    tasks = [
+        CircuitTask(f"step-{step:06d}", str(path), "fine-tuning", step)
+        for step, path in inputs.checkpoints.select("step", "path").iter_rows()
+    ]
+    if robustness:
+        ratios = sorted(float(r) for r in read_manifest(inputs.data).get("perturbed", {}))
+        if not ratios:
+            raise ValueError(f"robustness needs perturbed variants of {inputs.data}; it has none")
+        seed = random_seed
+        variants = (("pre-trained", "pre-trained", BASE),
+                    ("random-init", f"random-init-seed{seed}", f"{RANDOM_PREFIX}{seed}"))  # fmt: skip
+        for model, stem, weights in variants:
+            tasks += [CircuitTask(f"{stem}-p{r:.2f}", weights, model, None, r) for r in [0.0, *ratios]]
+    return tasks
+
+
+def finished_circuit(out: Path, task: CircuitTask) -> dict | None:
+    """Return the summary row of a task whose circuit is already on disk, else None."""
+    meta_path = Path(out) / f"{task.key}{META_SUFFIX}"
+    if not meta_path.is_file():
+        return None
+    return summary_row(task, json.loads(meta_path.read_text()))
+
+
+def summary_row(task: CircuitTask, meta: dict) -> dict:
+    return {**asdict(task), **{m: float(meta["faithfulness"][m]) for m in METRICS}}
+
+
+class CircuitRunner:
+    """Discovers the circuits of tasks on one base model, loaded once; writes each atomically."""
+
+    def __init__(self, base_model: str, data: Path, settings: DiscoverySettings, out: Path) -> None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.weights = CheckpointWeights(load_model(base_model, device=device))
+        self.data, self.settings, self.out = Path(data), settings, Path(out)
+        self.attribution = AttributionConfig(
+            settings.method, settings.steps, settings.step_convention, settings.metric
+        )
+        self.selection = Selection(settings.selection, settings.fraction)
+
+    def items(self, ratio: float) -> pl.DataFrame:
+        items = read_items(self.data, self.settings.split) if ratio == 0 else read_perturbed(self.data, ratio)
+        return items.head(self.settings.examples) if self.settings.examples else items
+
+    def run(self, task: CircuitTask) -> dict:
+        """Discover, evaluate and write the circuit of ``task``; return its summary row."""
+        self.weights.swap_to(task.weights)
+        loaded = self.weights.loaded
+        items = self.items(task.ratio)
+        settings = self.settings
+        found = discover_circuit(
+            loaded, items, self.attribution, self.selection, settings.batch_size, curve=settings.curve
+        )
+        meta = circuit_metadata(
+            loaded, self.attribution, self.selection, task=asdict(task), split=self.settings.split,
+            examples=items.height, data=str(self.data), faithfulness=found.metrics, curve=found.curve,
+        )  # fmt: skip
+        write_circuit(self.out / task.key, edges_table(found.scores, found.circuit, found.graph), meta)
+        return summary_row(task, meta)
+
+
+def write_summary(out: Path, rows: list[dict]) -> Path:
+    """Write the summary table of a run's circuits (one row per task), sorted by model, step, ratio."""
+    frame = pl.DataFrame(rows).sort("model", "step", "ratio", nulls_last=True)
+    path = Path(out) / SUMMARY_FILE
+    with atomic_file(path) as tmp:
+        frame.write_parquet(tmp)
+    return path

@@ -1,0 +1,120 @@
+"""Ray glue for circuits over a run: long-lived actors, each holding the base model once.
+
+Tasks go to the least-loaded actor with at most ``in_flight_per_actor`` queued
+on each, so memory stays bounded however many checkpoints a run has. A dead
+actor is restarted by Ray (``max_restarts``) and its queued tasks retried
+(``max_task_retries``); finished circuits are on disk, so nothing is redone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ray
+
+from ftcircuits.circuits.over_run import (
+    CIRCUITS_DIR,
+    CircuitRunner,
+    CircuitTask,
+    circuit_tasks,
+    finished_circuit,
+    run_inputs,
+    settings_hash,
+    write_summary,
+)
+from ftcircuits.config import CircuitRunConfig, DiscoverySettings
+
+
+class CircuitActor:
+    """A ``CircuitRunner`` in a Ray actor: loads the base model in ``__init__``, then serves tasks."""
+
+    def __init__(self, base_model: str, data: Path, settings: DiscoverySettings, out: Path) -> None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+        self.runner = CircuitRunner(base_model, data, settings, out)
+
+    def run(self, task: CircuitTask) -> dict:
+        return self.runner.run(task)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def start_actors(
+    count: int, runner_args: tuple, cpus: float = 1, gpus: float = 0, retries: int = 2
+) -> list[ray.actor.ActorHandle]:
+    """Start ``count`` circuit actors (each loads the base model once)."""
+    remote = ray.remote(CircuitActor).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=retries
+    )
+    return [remote.remote(*runner_args) for _ in range(count)]
+
+
+def run_on_actors(
+    actors: Sequence[ray.actor.ActorHandle],
+    tasks: Sequence[CircuitTask],
+    in_flight_per_actor: int = 2,
+    on_result: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Run every task on the actors, ``in_flight_per_actor`` queued at most; return rows in task order.
+
+    A task that still fails after Ray's retries raises here, with the task named.
+    """
+    waiting = deque(enumerate(tasks))
+    load = dict.fromkeys(range(len(actors)), 0)
+    in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (task index, actor index)
+    rows: dict[int, dict] = {}
+    while waiting or in_flight:
+        while waiting and min(load.values()) < in_flight_per_actor:
+            actor = min(load, key=load.get)
+            index, task = waiting.popleft()
+            in_flight[actors[actor].run.remote(task)] = (index, actor)
+            load[actor] += 1
+        (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+        index, actor = in_flight.pop(ref)
+        load[actor] -= 1
+        try:
+            rows[index] = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            raise RuntimeError(f"circuit task {tasks[index].key} failed after retries: {error}") from error
+        if on_result is not None:
+            on_result(rows[index])
+    return [rows[i] for i in range(len(tasks))]
+
+
+def circuits_over_run(
+    config: CircuitRunConfig, on_result: Callable[[dict], None] | None = None
+) -> tuple[Path, list[dict], int]:
+    """Discover every circuit of a run that is not on disk yet; return (output dir, all rows, computed).
+
+    Validates the run, its dataset and the tasks before any actor starts.
+    """
+    inputs = run_inputs(config.run)
+    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs.data)
+    tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
+    if config.robustness and config.split != "circuit":
+        raise ValueError("robustness compares perturbed circuit splits: it needs split='circuit'")
+    done = {task.key: finished_circuit(out, task) for task in tasks}
+    todo = [task for task in tasks if done[task.key] is None]
+    for row in done.values():
+        if row is not None and on_result is not None:
+            on_result(row)
+    if todo:
+        out.mkdir(parents=True, exist_ok=True)
+        actors = start_actors(
+            min(config.actors, len(todo)), (inputs.base_model, inputs.data, config, out),
+            config.cpus_per_actor, config.gpus_per_actor, config.retries,
+        )  # fmt: skip
+        try:
+            rows = run_on_actors(actors, todo, config.in_flight_per_actor, on_result)
+            done |= {task.key: row for task, row in zip(todo, rows, strict=True)}
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    rows = [done[task.key] for task in tasks]
+    write_summary(out, rows)
+    return out, rows, len(todo)

@@ -1,0 +1,141 @@
+"""Circuits over a run on a real local Ray: actors equal a sequential run, survive a killed actor, skip
+finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import polars as pl
+import pytest
+import ray
+
+from ftcircuits.circuits.io import read_circuit
+from ftcircuits.circuits.over_run import CircuitRunner, circuit_tasks, run_inputs
+from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
+from ftcircuits.cluster.train import connect
+from ftcircuits.config import CircuitRunConfig, load_config
+from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches
+from ftcircuits.finetune.methods import MethodConfig, apply_method
+from ftcircuits.finetune.run import INDEX_FILE, RUN_CONFIG_FILE, checkpoint_path
+from ftcircuits.models.loader import load_model
+from ftcircuits.tasks import build_dataset, task_family, write_dataset
+from ftcircuits.tasks.build import perturbed_circuit_splits
+
+STEPS = (0, 3, 6, 9)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tokenizer, small_shape):
+    """A LoRA run of a small model on Add/Sub-100, checkpoints at STEPS, laid out as by jobs.finetune."""
+    from ftcircuits.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("run")
+    base = root / "base"
+    build_tiny_model(tokenizer, small_shape, seed=0).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    family = task_family("addsub", range=100)
+    items, _ = build_dataset(family, tokenizer, 160, seed=0)
+    perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
+    data = write_dataset(root / "data" / "addsub-100", items, {"task": "addsub"}, perturbed)
+    loaded = load_model(str(base))
+    model = apply_method(loaded.model, loaded.architecture, MethodConfig(name="lora", r=4))
+    train = items.filter(pl.col("split") == "finetune")
+    ids = prompt_ids(tokenizer, train["prompt"].to_list())
+    answers = require_answer_ids(tokenizer, train["prompt"].to_list(), train["answer"].to_list())
+    settings = TrainSettings(total_steps=STEPS[-1], lr=2e-2, warmup_steps=1)
+    strategy = PlainStrategy(model, settings)
+    rows = []
+
+    def save(step: int) -> None:
+        path = checkpoint_path(root, step)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        rows.append({"step": step, "path": str(path), "train_loss": 0.0, "eval_accuracy": 0.0})
+
+    save(0)
+    stream = iter(epoch_batches(ids, answers, 16, 2, tokenizer.pad_token_id))
+    for step in range(1, STEPS[-1] + 1):
+        strategy.micro_step(next(stream))
+        if step in STEPS:
+            save(step)
+    pl.DataFrame(rows).write_parquet(root / "checkpoints" / INDEX_FILE)
+    (root / RUN_CONFIG_FILE).write_text(json.dumps({"model": str(base), "data_dir": str(data)}))
+    return root
+
+
+def run_config(run, **overrides) -> CircuitRunConfig:
+    sets = [
+        f"run={run}",
+        "examples=16",
+        "batch_size=8",
+        "actors=2",
+        *(f"{k}={v}" for k, v in overrides.items()),
+    ]
+    return load_config(CircuitRunConfig, None, sets)
+
+
+def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_path, ray_cluster, tiny_run):
+    config = run_config(tiny_run)
+    out, rows, computed = circuits_over_run(config)
+    inputs = run_inputs(tiny_run)
+    tasks = circuit_tasks(inputs, robustness=True)
+    # 4 checkpoints + (pre-trained, random-init) x (unperturbed, p=0.5)
+    assert computed == len(tasks) == 8 and [r["key"] for r in rows] == [t.key for t in tasks]
+    sequential = CircuitRunner(inputs.base_model, inputs.data, config, tmp_path)
+    for task in reversed(tasks):  # another order: swapping must not leak weights between tasks
+        sequential.run(task)
+        ours, _ = read_circuit(out / task.key)
+        theirs, _ = read_circuit(tmp_path / task.key)
+        assert ours["in_circuit"].equals(theirs["in_circuit"]), task.key
+        assert ours["score"].to_numpy() == pytest.approx(theirs["score"].to_numpy(), rel=1e-4, abs=1e-7)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["step-000000"]["edges_in_circuit"] == by_key["pre-trained-p0.00"]["edges_in_circuit"]
+    assert pl.read_parquet(out / "summary.parquet").height == 8
+
+    again_out, again_rows, again_computed = circuits_over_run(config)
+    assert again_computed == 0 and again_out == out and again_rows == rows
+
+    from jobs.analyze import main as analyze
+
+    analyze(["--run", str(tiny_run), "--set", "examples=16", "--set", "batch_size=8"])
+    similarity = pl.read_parquet(out / "analysis" / "similarity.parquet")
+    assert similarity["step"].to_list() == list(STEPS)
+    assert similarity["edge_jaccard_base"][0] == 1.0 and similarity["edge_jaccard_prev"][0] is None
+    robustness = pl.read_parquet(out / "analysis" / "robustness.parquet")
+    assert sorted(robustness["model"].to_list()) == ["pre-trained", "random-init"]
+    figures = {"similarity.png", "layer_scores.png", "circuit_changes.png", "robustness.png"}
+    assert figures <= {p.name for p in (out / "analysis").iterdir()}
+
+
+def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ray_cluster, tiny_run):
+    config = run_config(tiny_run, robustness="false")
+    inputs = run_inputs(tiny_run)
+    tasks = circuit_tasks(inputs, robustness=False)
+    actors = start_actors(2, (inputs.base_model, inputs.data, config, tmp_path), retries=2)
+    victim = ray.get(actors[0].pid.remote())
+    killed = []
+
+    def kill_once(row: dict) -> None:
+        if not killed:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(row["key"])
+
+    rows = run_on_actors(actors, tasks, in_flight_per_actor=2, on_result=kill_once)
+    assert killed and sorted(r["key"] for r in rows) == sorted(t.key for t in tasks)
+    assert all((tmp_path / f"{t.key}.json").is_file() for t in tasks)
+    assert ray.get(actors[0].pid.remote()) != victim  # Ray restarted it
+
+
+def test_a_bad_run_directory_fails_before_any_actor_starts(tmp_path):
+    with pytest.raises(Exception, match="no fine-tuning run"):
+        load_config(CircuitRunConfig, None, [f"run={tmp_path}"])

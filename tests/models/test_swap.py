@@ -1,0 +1,93 @@
+"""Swapping checkpoint weights into one loaded base model gives the same logits as loading each afresh."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftcircuits.finetune.methods import MethodConfig, apply_method
+from ftcircuits.models.architecture import describe_architecture
+from ftcircuits.models.loader import ModelSourceError, load_model
+from ftcircuits.models.swap import CheckpointWeights
+
+
+@pytest.fixture()
+def base_dir(tmp_path, small_model, tokenizer):
+    path = tmp_path / "base"
+    small_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def trained_checkpoint(base_dir, tokenizer, out, method: MethodConfig):
+    """Return a checkpoint directory whose weights differ from the base (a few random steps)."""
+    loaded = load_model(str(base_dir))
+    ids = tokenizer.convert_tokens_to_ids(method.trainable_tokens)
+    model = apply_method(loaded.model, describe_architecture(loaded.model.config), method, 4, ids)
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    batch = torch.randint(5, 200, (4, 8))
+    for _ in range(3):
+        model(input_ids=batch).logits.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def logits(model, tokenizer):
+    ids = torch.tensor([tokenizer("Calculate the result of 12 + 7 =")["input_ids"]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        MethodConfig(name="lora", r=4, trainable_tokens=["+", "="]),
+        MethodConfig(name="ia3"),
+        MethodConfig(name="fpft"),
+    ],
+    ids=["lora+tokens", "ia3", "fpft"],
+)
+def test_swapped_checkpoint_equals_a_fresh_load_and_base_comes_back(tmp_path, base_dir, tokenizer, method):
+    first = trained_checkpoint(base_dir, tokenizer, tmp_path / "first", method)
+    second = trained_checkpoint(base_dir, tokenizer, tmp_path / "second", method)
+    weights = CheckpointWeights(load_model(str(base_dir)))
+    base_logits = logits(weights.model, tokenizer)
+    model_before = weights.model
+    for checkpoint in (first, second, first):  # swap back and forth: no drift from earlier merges
+        weights.swap_to(checkpoint)
+        expected = logits(load_model(str(checkpoint)).model, tokenizer)
+        torch.testing.assert_close(logits(weights.model, tokenizer), expected)
+        assert not torch.allclose(expected, base_logits)
+    weights.swap_to("base")
+    torch.testing.assert_close(logits(weights.model, tokenizer), base_logits)
+    assert weights.model is model_before
+
+
+def test_random_init_is_seeded_and_differs_from_the_base(base_dir, tokenizer):
+    weights = CheckpointWeights(load_model(str(base_dir)))
+    base_logits = logits(weights.model, tokenizer)
+    weights.swap_to("random:3")
+    random_logits = logits(weights.model, tokenizer)
+    weights.swap_to("base")
+    weights.swap_to("random:3")
+    torch.testing.assert_close(logits(weights.model, tokenizer), random_logits)
+    assert not torch.allclose(random_logits, base_logits)
+
+
+def test_an_adapter_of_another_base_or_a_non_checkpoint_is_refused(
+    tmp_path, base_dir, tokenizer, small_model
+):
+    other = tmp_path / "other"
+    small_model.save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    adapter = trained_checkpoint(other, tokenizer, tmp_path / "adapter", MethodConfig(name="lora", r=2))
+    weights = CheckpointWeights(load_model(str(base_dir)))
+    with pytest.raises(ModelSourceError, match="was trained on"):
+        weights.swap_to(adapter)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError, match="neither"):
+        weights.swap_to(tmp_path / "empty")
