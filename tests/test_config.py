@@ -57,6 +57,10 @@ def test_data_config_checks_perturbation_ratios():
 def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
     from ftcircuits.config import FinetuneConfig
 
+    with pytest.raises(ConfigError, match="lr_groups pattern '\\(' is not a regular expression"):
+        load_config(FinetuneConfig, None, ["train.lr_groups={'(': 0.1}"])
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(FinetuneConfig, None, ["train.lr_groups={'layers': 0}"])
     with pytest.raises(ConfigError, match="adalora' needs deepspeed.zero_stage=0, not 2"):
         load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=2"])
     assert load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=0"])

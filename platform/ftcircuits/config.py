@@ -6,6 +6,7 @@ model path) is raised as one ConfigError naming the field, before any work.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -220,6 +221,25 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 42
     checkpoint_every: int = Field(25, ge=1, description="optimiser steps between checkpoints")
+    lr_groups: dict[str, float] = Field(
+        default_factory=dict,
+        description="regex over parameter names -> learning rate (first match wins), e.g. CircuitLoRA's "
+        "critical layers; other parameters take lr",
+    )
+
+    @field_validator("lr_groups")
+    @classmethod
+    def _lr_groups_are_valid(cls, groups: dict[str, float]) -> dict[str, float]:
+        for pattern, lr in groups.items():
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"lr_groups pattern {pattern!r} is not a regular expression: {error}"
+                ) from None
+            if lr <= 0:
+                raise ValueError(f"lr_groups[{pattern!r}] must be > 0, got {lr}")
+        return groups
 
 
 class DeepSpeedSettings(Strict):

@@ -62,3 +62,42 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
     assert sorted(m.step for m in accuracy) == [0, 4, 8, 12, 16, 20]
     assert len(client.get_metric_history(run_id, "train_loss")) == 20
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/index.parquet"]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method.name=adalora", "method.r=2", "method.adalora_init_r=4", "method.adalora_tinit=2",
+         "method.adalora_tfinal=2", "method.adalora_delta_t=2", "deepspeed.zero_stage=0"],
+        ["method.name=ia3", "train.lr=0.01"],
+        ["method.name=fpft", "train.lr=0.001", "deepspeed.zero_stage=3"],
+    ],
+    ids=["adalora-zero0", "ia3", "fpft-zero3"],
+)  # fmt: skip
+def test_every_method_trains_on_two_workers(tmp_path, ray_cluster, small_model, tokenizer, method):
+    import json
+
+    model_dir = tmp_path / "base"
+    small_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    items, _ = build_dataset(task_family("addsub", range=100), tokenizer, 200, seed=0)
+    data_dir = write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
+    config = load_config(
+        FinetuneConfig,
+        None,
+        [f"model={model_dir}", f"out={tmp_path / 'run'}", "train.epochs=1", "train.micro_batch_size=8",
+         "train.grad_accumulation=1", "train.warmup_steps=1", "train.checkpoint_every=5", *method],
+    )  # fmt: skip
+    result, _ = run_finetune(config, data_dir, max_failures=0)
+    assert result.error is None
+    index = read_checkpoint_index(tmp_path / "run")
+    assert index["step"].to_list() == [0, 5, 10]
+    assert index["train_loss"][-1] < index["train_loss"][1] * 1.5  # trained, not diverged
+    last = load_model(index["path"][-1])  # loads (adapter merged, or full weights)
+    ids = torch.tensor([tokenizer("Calculate the result of 5 + 3 =")["input_ids"]])
+    with torch.no_grad():
+        assert not torch.allclose(last.model(ids).logits, load_model(str(model_dir)).model(ids).logits)
+    if "method.name=adalora" in method:  # the budget was reallocated across workers' shared gradients
+        pattern = json.loads((tmp_path / "run/checkpoints/step-000010/adapter_config.json").read_text())
+        kept = [sum(mask) for mask in pattern["rank_pattern"].values()]
+        assert kept and sum(kept) < 4 * len(kept)

@@ -35,6 +35,32 @@ def test_embeddings_norms_and_biases_are_not_decayed(small_model):
     assert any("embed_in" in names[id(p)] for p in plain["params"])
 
 
+def test_lr_groups_give_matching_parameters_their_own_rate(tokenizer, small_model):
+    from ftcircuits.finetune.loop import PlainStrategy
+
+    groups = decay_groups(small_model, 0.1, {r"layers\.1\.": 1e-9})
+    names = {id(p): n for n, p in small_model.named_parameters()}
+    for group in groups:
+        in_layer_1 = {".layers.1." in names[id(p)] for p in group["params"]}
+        assert in_layer_1 == ({True} if "lr" in group else {False})
+    assert sum(len(g["params"]) for g in groups) == len(list(small_model.parameters()))
+    before = {n: p.detach().clone() for n, p in small_model.named_parameters()}
+    settings = TrainSettings(total_steps=1, lr=1e-2, warmup_steps=0)
+    strategy = PlainStrategy(small_model, settings, groups)
+    ids = prompt_ids(tokenizer, ["1 then", "2 then"])
+    strategy.micro_step(answer_batch(pad_prompts(ids, tokenizer.pad_token_id, "right"), torch.tensor([5, 6])))
+    moved = {n: (p - before[n]).abs().max().item() for n, p in small_model.named_parameters()}
+    assert max(v for n, v in moved.items() if ".layers.1." in n) < 1e-6
+    assert max(v for n, v in moved.items() if ".layers.0." in n) > 1e-4
+
+
+def test_an_lr_group_that_matches_nothing_is_an_error(small_model):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"match no trainable parameter"):
+        decay_groups(small_model, 0.1, {"lora_A": 1e-3})
+
+
 def test_schedule_warms_up_then_decays():
     factor = warmup_cosine(TrainSettings(total_steps=100, warmup_steps=10, min_lr_ratio=0.1))
     assert factor(0) == 0.1 and factor(9) == 1.0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,21 +41,38 @@ def answer_loss(model: torch.nn.Module, batch: LabelledBatch) -> torch.Tensor:
     return F.cross_entropy(logits[keep].float(), batch.labels[keep])
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into decayed matrices and undecayed rest.
+def _group_order(item: tuple[tuple[bool, int | None], list]) -> tuple[bool, int]:
+    (decayed, index), _ = item
+    return (not decayed, -1 if index is None else index)
+
+
+def decay_groups(
+    model: torch.nn.Module, weight_decay: float, lr_groups: Mapping[str, float] | None = None
+) -> list[dict]:
+    """Split trainable parameters into decayed matrices and undecayed rest, and by learning rate.
 
     Embeddings, biases and norms are not decayed, so a token the corpus never
-    shows keeps its initial vector instead of shrinking to zero.
+    shows keeps its initial vector instead of shrinking to zero. ``lr_groups``
+    maps a regular expression over parameter names to a learning rate (the
+    first that matches wins; CircuitLoRA's critical layers); a group without
+    ``lr`` takes the run's.
     """
-    decayed, plain = [], []
+    patterns = [(re.compile(pattern), lr) for pattern, lr in (lr_groups or {}).items()]
+    groups: dict[tuple[bool, float | None], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2 or "embed" in name or "norm" in name
-        (plain if no_decay else decayed).append(param)
+        index = next((i for i, (pattern, _) in enumerate(patterns) if pattern.search(name)), None)
+        groups.setdefault((not no_decay, index), []).append(param)
+    unused = set(range(len(patterns))) - {index for _, index in groups}
+    if unused:
+        names = [patterns[i][0].pattern for i in sorted(unused)]
+        raise ValueError(f"lr_groups patterns {names} match no trainable parameter")
     return [
-        {"params": decayed, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        | ({"lr": patterns[index][1]} if index is not None else {})
+        for (decayed, index), params in sorted(groups.items(), key=_group_order)
     ]
 
 

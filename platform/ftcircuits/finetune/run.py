@@ -22,7 +22,7 @@ import torch
 from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
 from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.evaluate import accuracy
-from ftcircuits.finetune.loop import TrainSettings, epoch_batches, train_answer_model
+from ftcircuits.finetune.loop import TrainSettings, decay_groups, epoch_batches, train_answer_model
 from ftcircuits.finetune.methods import apply_method
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
@@ -97,6 +97,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         config.train.micro_batch_size,
         config.deepspeed.zero_stage,
         config.deepspeed.precision,
+        decay_groups(model, config.train.weight_decay, config.train.lr_groups),
     )
     first_step = 0
     rows: list[dict] = []
