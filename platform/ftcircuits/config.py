@@ -210,6 +210,26 @@ class AnalysisConfig(CircuitRunConfig):
     critical_k: int = Field(5, ge=1, description="top-k critical layers (capped at the layer count)")
 
 
+class CompositionalConfig(DiscoverySettings):
+    """``jobs.compositional``: merge the subtasks' circuits and test them on the compositional task."""
+
+    model: ModelSource = "tiny"
+    data: Path = Field(Path("runs/compositional/data"), description="datasets built here when missing")
+    examples: int | None = Field(256, ge=1, description="first N items of each split (default: all)")
+    budgets: list[float] = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1]
+    nodes: Literal["union", "intersection"] = "union"
+    score: Literal["mean", "max", "min"] = "mean"
+    out: Path = Path("runs/compositional")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_are_fractions(cls, budgets: list[float]) -> list[float]:
+        bad = [b for b in budgets if not 0 < b <= 1]
+        if bad or not budgets:
+            raise ValueError(f"budgets must be edge fractions in (0, 1], got {bad or 'none'}")
+        return sorted(budgets)
+
+
 class TrainConfig(Strict):
     """Optimisation of a fine-tuning run (paper appendix: batch 8 x accumulation 4, warmup 50)."""
 
