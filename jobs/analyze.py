@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = parse_config(AnalysisConfig, args, [f"run={args.run}"])
     inputs = run_inputs(config.run)
-    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs.data)
+    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs)
     summary = dynamics.read_summary(out)
     architecture = load_model(inputs.base_model).architecture
     circuits = dynamics.checkpoint_circuits(out, summary)

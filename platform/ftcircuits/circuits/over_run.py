@@ -51,6 +51,7 @@ class RunInputs:
     base_model: str
     data: Path
     checkpoints: pl.DataFrame  # step, path, train_loss, eval_accuracy
+    identity: str  # hash of the run's record: a re-run fine-tuning (new MLflow run) gets new circuits
 
 
 def run_inputs(run: Path) -> RunInputs:
@@ -59,17 +60,23 @@ def run_inputs(run: Path) -> RunInputs:
     config_path = run / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {run} is not a fine-tuning run directory")
-    config = json.loads(config_path.read_text())
+    record = config_path.read_text()
+    config = json.loads(record)
     index = pl.read_parquet(run / "checkpoints" / INDEX_FILE)
     missing = [p for p in index["path"] if not Path(p).is_dir()]
     if missing:
         raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
-    return RunInputs(config["model"], Path(config["data_dir"]), index)
+    identity = hashlib.sha256(record.encode()).hexdigest()
+    return RunInputs(config["model"], Path(config["data_dir"]), index, identity)
 
 
-def settings_hash(settings: DiscoverySettings, data: Path) -> str:
-    """Return a short hash of the discovery settings and the dataset's content: the output key."""
-    payload = {"settings": settings.discovery_key(), "data": read_manifest(data).get("content_hash")}
+def settings_hash(settings: DiscoverySettings, inputs: RunInputs) -> str:
+    """Return a short hash of the discovery settings, the run and its dataset's content: the output key."""
+    payload = {
+        "settings": settings.discovery_key(),
+        "run": inputs.identity,
+        "data": read_manifest(inputs.data).get("content_hash"),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -94,7 +94,7 @@ def circuits_over_run(
     Validates the run, its dataset and the tasks before any actor starts.
     """
     inputs = run_inputs(config.run)
-    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs.data)
+    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs)
     tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
     if config.robustness and config.split != "circuit":
         raise ValueError("robustness compares perturbed circuit splits: it needs split='circuit'")
