@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ftcircuits.cluster.train import connect, run_finetune
 from ftcircuits.config import PERTURB_RATIOS, FinetuneConfig
-from ftcircuits.finetune.run import read_checkpoint_index
+from ftcircuits.finetune.run import check_run_directory, read_checkpoint_index, run_record
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
     config = parse_config(FinetuneConfig, args)
     data_dir = config.out / "data" / config.task.dataset_name()
+    check_run_directory(run_record(config, data_dir))  # before any work: another config is refused
     if not (data_dir / MANIFEST_FILE).is_file():
         tokenizer = load_tokenizer(config.model)
         make_task_dataset(config.task, tokenizer, config.model, config.out / "data", PERTURB_RATIOS)

@@ -51,7 +51,7 @@ class RunInputs:
     base_model: str
     data: Path
     checkpoints: pl.DataFrame  # step, path, train_loss, eval_accuracy
-    identity: str  # hash of the run's record: a re-run fine-tuning (new MLflow run) gets new circuits
+    identity: str  # hash of the run's config and dataset: another run in the same place gets new circuits
 
 
 def run_inputs(run: Path) -> RunInputs:
@@ -60,13 +60,13 @@ def run_inputs(run: Path) -> RunInputs:
     config_path = run / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {run} is not a fine-tuning run directory")
-    record = config_path.read_text()
-    config = json.loads(record)
+    config = json.loads(config_path.read_text())
     index = pl.read_parquet(run / "checkpoints" / INDEX_FILE)
     missing = [p for p in index["path"] if not Path(p).is_dir()]
     if missing:
         raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
-    identity = hashlib.sha256(record.encode()).hexdigest()
+    config.pop("mlflow_run", None)  # a resumed run is the same run
+    identity = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return RunInputs(config["model"], Path(config["data_dir"]), index, identity)
 
 

@@ -11,7 +11,13 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ftcircuits.finetune.run import RUN_CONFIG_FILE, WorkerContext, finetune_worker
+from ftcircuits.finetune.run import (
+    RUN_CONFIG_FILE,
+    WorkerContext,
+    check_run_directory,
+    finetune_worker,
+    run_record,
+)
 from ftcircuits.paths import atomic_file
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -47,13 +53,11 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
     """
     out = Path(config.out).resolve()
     config = config.model_copy(update={"out": out})
+    record = run_record(config, data_dir)
+    check_run_directory(record)  # the same config resumes from Ray's storage; another one is refused
     uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"))
-    record = config.model_dump(mode="json") | {
-        "data_dir": str(Path(data_dir).resolve()),
-        "mlflow_run": run_id,
-    }
     with atomic_file(out / RUN_CONFIG_FILE) as tmp:  # what later stages (circuits) read of this run
-        tmp.write_text(json.dumps(record, indent=1))
+        tmp.write_text(json.dumps(record | {"mlflow_run": run_id}, indent=1))
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker} | (
         {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}

@@ -9,6 +9,7 @@ newest checkpoint also holds the DeepSpeed training state a restart resumes from
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -47,6 +48,43 @@ class WorkerContext:
 
 def checkpoint_path(out: Path, step: int) -> Path:
     return Path(out) / "checkpoints" / f"step-{step:06d}"
+
+
+def run_record(config, data_dir: Path) -> dict:
+    """Return what identifies a fine-tuning run: its full config and its dataset directory."""
+    out = Path(config.out).resolve()
+    return config.model_copy(update={"out": out}).model_dump(mode="json") | {
+        "data_dir": str(Path(data_dir).resolve())
+    }
+
+
+def check_run_directory(record: dict) -> None:
+    """Refuse an ``out`` that holds a run with another config; the same config resumes (or is done).
+
+    Raises ValueError naming the differing fields, before anything starts or is overwritten.
+    """
+    path = Path(record["out"]) / RUN_CONFIG_FILE
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    previous.pop("mlflow_run", None)
+    differing = sorted(_differing_keys(previous, record))
+    if differing:
+        raise ValueError(
+            f"{record['out']} already holds a fine-tuning run with another config ({', '.join(differing)} "
+            "differ): choose another out, or delete it to start afresh"
+        )
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key in a.keys() | b.keys():
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys |= _differing_keys(left, right, f"{prefix}{key}.")
+        elif left != right:
+            keys.add(f"{prefix}{key}")
+    return keys
 
 
 def read_checkpoint_index(out: Path) -> pl.DataFrame:
