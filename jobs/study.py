@@ -1,5 +1,6 @@
 """The main job (until the whole-study pipeline exists): data for every task, base accuracy,
-a short full fine-tune on Add/Sub-100, accuracy after.
+a short full fine-tune on Add/Sub-100, accuracy after; then, with ``dynamics``, a fine-tuning
+run on Ray + DeepSpeed, the circuits of all its checkpoints on Ray actors, and their analysis.
 
     python -m jobs.study [--config jobs/configs/tiny.yaml] [--set finetune.epochs=2]
 """
@@ -12,7 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from ftcircuits.config import StudyConfig
+from ftcircuits.config import DynamicsStage, FinetuneConfig, StudyConfig, load_config
 from ftcircuits.finetune.evaluate import task_accuracy
 from ftcircuits.finetune.plain import plain_finetune
 from ftcircuits.models.loader import load_model
@@ -82,6 +83,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"\nresults: {config.out / 'results.json'}, figure: {figure} ({results['minutes']} min)")
     print(f"fine-tuned model: {config.out / 'finetuned'}")
+    if config.dynamics is not None:
+        circuit_dynamics(config.dynamics)
+
+
+def circuit_dynamics(stage: DynamicsStage) -> None:
+    """Run the fine-tuning preset, then circuits over its checkpoints, then their analysis (each a job)."""
+    from jobs import analyze, circuits, finetune
+
+    run = load_config(FinetuneConfig, stage.finetune_config).out
+    overrides = [arg for value in stage.circuit_overrides for arg in ("--set", value)]
+    print(f"\n== circuit dynamics: fine-tuning {stage.finetune_config} into {run}")
+    finetune.main(["--config", str(stage.finetune_config)])
+    print(f"\n== circuits of every checkpoint of {run}")
+    circuits.main(["--run", str(run), *overrides])
+    print(f"\n== analysis of {run}")
+    analyze.main(["--run", str(run), *overrides])
 
 
 if __name__ == "__main__":
