@@ -22,14 +22,19 @@ def ray_cluster():
     ray.shutdown()
 
 
+def base_and_dataset(tmp_path, model, tokenizer):
+    """Save ``model`` as a base model directory and write a 200-item Add/Sub-100 dataset."""
+    model_dir = tmp_path / "base"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    items, _ = build_dataset(task_family("addsub", range=100), tokenizer, 200, seed=0)
+    return model_dir, write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
+
+
 def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
     tmp_path, ray_cluster, small_model, tokenizer
 ):
-    model_dir = tmp_path / "base"
-    small_model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    items, _ = build_dataset(task_family("addsub", range=100), tokenizer, 200, seed=0)
-    data_dir = write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
+    model_dir, data_dir = base_and_dataset(tmp_path, small_model, tokenizer)
     config = load_config(
         FinetuneConfig,
         None,
@@ -77,11 +82,7 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
 def test_every_method_trains_on_two_workers(tmp_path, ray_cluster, small_model, tokenizer, method):
     import json
 
-    model_dir = tmp_path / "base"
-    small_model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    items, _ = build_dataset(task_family("addsub", range=100), tokenizer, 200, seed=0)
-    data_dir = write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
+    model_dir, data_dir = base_and_dataset(tmp_path, small_model, tokenizer)
     config = load_config(
         FinetuneConfig,
         None,
