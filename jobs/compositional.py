@@ -11,6 +11,7 @@ the compositional task at every budget (the shape of the paper's table).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import torch
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_file(config.out / "merged_similarity.json") as tmp:
         tmp.write_text(json.dumps(similarity, indent=1))
     figure = faithfulness_by_budget(curve, config.out / "merged_faithfulness.png",
-                                    f"compositional task on {loaded.source}")  # fmt: skip
+                                    f"compositional task, model {Path(str(config.model)).name}")  # fmt: skip
 
     uri, run_id = create_run(config.out, "compositional", config.out.name, config.model_dump(mode="json"))
     logger = RunLogger(uri, run_id)
