@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             table.write_parquet(tmp)
 
     scores = tables["layer_scores"]
-    critical = {
-        variant: scores.filter(pl.col("variant") == variant, pl.col("critical_topk"))["layer"].to_list()
-        for variant in scores["variant"].unique(maintain_order=True)
-    }
+    critical = dynamics.critical_by_variant(scores, "critical_topk")
     change = f"step {first_step} -> {last_step}"
     drawing, shape = analysis / "circuit_changes.png", (architecture.layers, architecture.heads)
     plots = [
@@ -63,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if "robustness" in tables:
         plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
 
-    headline = headline_numbers(tables, critical)
+    headline = dynamics.headline_numbers(tables)
     with atomic_file(analysis / "headline.json") as tmp:
         tmp.write_text(json.dumps(headline, indent=1))
     uri, run_id = create_run(config.run, "analysis", f"{Path(config.run).name}-analysis",
@@ -81,30 +78,6 @@ def main(argv: list[str] | None = None) -> None:
             print(tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
     print(json.dumps(headline, indent=1))
     print(f"tables and figures: {analysis} ({', '.join(p.name for p in plots)})")
-
-
-def headline_numbers(tables: dict[str, pl.DataFrame], critical: dict[str, list[int]]) -> dict:
-    """Return the study's headline: node vs edge similarity of the final circuit to the base, and more."""
-    last = tables["similarity"].row(-1, named=True)
-    headline = {
-        "final_step": last["step"],
-        "node_jaccard_final_vs_base": last["node_jaccard_base"],
-        "edge_jaccard_final_vs_base": last["edge_jaccard_base"],
-        "score_spearman_final_vs_base": last["score_spearman_base"],
-        "abs_score_spearman_final_vs_base": last["abs_score_spearman_base"],
-        "edges_added": last["edges_added_base"],
-        "edges_removed": last["edges_removed_base"],
-        "critical_layers_topk": critical,
-        "critical_layers_mean_std": {
-            variant: group.filter(pl.col("critical_mean_std"))["layer"].to_list()
-            for (variant,), group in tables["layer_scores"].group_by("variant", maintain_order=True)
-        },
-    }
-    if "robustness" in tables:
-        mean = tables["robustness"].group_by("model").agg(pl.col("edge_jaccard").mean())
-        for model, value in mean.iter_rows():
-            headline[f"robustness_mean_edge_jaccard_{model}"] = value
-    return headline
 
 
 if __name__ == "__main__":

@@ -92,3 +92,32 @@ def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
             rows.append({"model": model, "ratio": ratio, "node_jaccard": similarity["node_jaccard"],
                          "edge_jaccard": similarity["edge_jaccard"], "model_accuracy": accuracy})  # fmt: skip
     return pl.DataFrame(rows)
+
+
+def critical_by_variant(layer_change_table: pl.DataFrame, rule_column: str) -> dict[str, list[int]]:
+    """Return each variant's critical layers under ``rule_column`` (critical_topk or critical_mean_std)."""
+    return {
+        variant: group.filter(pl.col(rule_column))["layer"].to_list()
+        for (variant,), group in layer_change_table.group_by("variant", maintain_order=True)
+    }
+
+
+def headline_numbers(tables: dict[str, pl.DataFrame]) -> dict:
+    """Return the study's headline: node vs edge similarity of the final circuit to the base, and more."""
+    last = tables["similarity"].row(-1, named=True)
+    headline = {
+        "final_step": last["step"],
+        "node_jaccard_final_vs_base": last["node_jaccard_base"],
+        "edge_jaccard_final_vs_base": last["edge_jaccard_base"],
+        "score_spearman_final_vs_base": last["score_spearman_base"],
+        "abs_score_spearman_final_vs_base": last["abs_score_spearman_base"],
+        "edges_added": last["edges_added_base"],
+        "edges_removed": last["edges_removed_base"],
+        "critical_layers_topk": critical_by_variant(tables["layer_scores"], "critical_topk"),
+        "critical_layers_mean_std": critical_by_variant(tables["layer_scores"], "critical_mean_std"),
+    }
+    if "robustness" in tables:
+        mean = tables["robustness"].group_by("model", maintain_order=True).agg(pl.col("edge_jaccard").mean())
+        for model, value in mean.iter_rows():
+            headline[f"robustness_mean_edge_jaccard_{model}"] = value
+    return headline
