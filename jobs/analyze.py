@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from ftcircuits.circuits import dynamics
-from ftcircuits.circuits.over_run import CIRCUITS_DIR, run_inputs, settings_hash
+from ftcircuits.circuits.over_run import circuits_dir, run_inputs
 from ftcircuits.config import AnalysisConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = parse_config(AnalysisConfig, args, [f"run={args.run}"])
     inputs = run_inputs(config.run)
-    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs)
+    out = circuits_dir(config.run, config, inputs)
     summary = dynamics.read_summary(out)
     architecture = load_model(inputs.base_model).architecture
     circuits = dynamics.checkpoint_circuits(out, summary)

@@ -213,6 +213,12 @@ class CircuitRunConfig(DiscoverySettings):
     retries: int = Field(2, ge=0, description="restarts of a dead actor and retries of its task")
     threads: int = Field(1, ge=1, description="torch threads per actor")
 
+    @model_validator(mode="after")
+    def _robustness_needs_the_circuit_split(self) -> CircuitRunConfig:
+        if self.robustness and self.split != "circuit":
+            raise ValueError("robustness compares perturbed circuit splits: it needs split='circuit'")
+        return self
+
     @field_validator("run")
     @classmethod
     def _run_has_checkpoints(cls, run: Path) -> Path:

@@ -139,3 +139,9 @@ def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ra
 def test_a_bad_run_directory_fails_before_any_actor_starts(tmp_path):
     with pytest.raises(Exception, match="no fine-tuning run"):
         load_config(CircuitRunConfig, None, [f"run={tmp_path}"])
+
+
+def test_robustness_on_the_fine_tune_split_is_refused_by_the_config(tiny_run):
+    with pytest.raises(Exception, match="robustness compares perturbed circuit splits"):
+        load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune"])
+    assert load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune", "robustness=false"])

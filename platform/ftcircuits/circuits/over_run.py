@@ -80,6 +80,11 @@ def settings_hash(settings: DiscoverySettings, inputs: RunInputs) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def circuits_dir(run: Path, settings: DiscoverySettings, inputs: RunInputs) -> Path:
+    """Return where the circuits of ``run`` under ``settings`` live: ``<run>/circuits/<hash>``."""
+    return Path(run) / CIRCUITS_DIR / settings_hash(settings, inputs)
+
+
 def circuit_tasks(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> list[CircuitTask]:
     """Return a task per checkpoint, and with ``robustness`` per (pre-trained | random-init, ratio)."""
     tasks = [

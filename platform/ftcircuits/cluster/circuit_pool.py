@@ -16,13 +16,12 @@ from pathlib import Path
 import ray
 
 from ftcircuits.circuits.over_run import (
-    CIRCUITS_DIR,
     CircuitRunner,
     CircuitTask,
     circuit_tasks,
+    circuits_dir,
     finished_circuit,
     run_inputs,
-    settings_hash,
     write_summary,
 )
 from ftcircuits.config import CircuitRunConfig, DiscoverySettings
@@ -94,10 +93,8 @@ def circuits_over_run(
     Validates the run, its dataset and the tasks before any actor starts.
     """
     inputs = run_inputs(config.run)
-    out = Path(config.run) / CIRCUITS_DIR / settings_hash(config, inputs)
+    out = circuits_dir(config.run, config, inputs)
     tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
-    if config.robustness and config.split != "circuit":
-        raise ValueError("robustness compares perturbed circuit splits: it needs split='circuit'")
     done = {task.key: finished_circuit(out, task) for task in tasks}
     todo = [task for task in tasks if done[task.key] is None]
     for row in done.values():
