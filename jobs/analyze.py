@@ -13,12 +13,13 @@ from pathlib import Path
 
 import polars as pl
 
-from ftcircuits.circuits import dynamics
-from ftcircuits.circuits.over_run import circuits_dir, run_inputs
-from ftcircuits.config import AnalysisConfig
+from ftcircuits.config.discovery import AnalysisConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
+from ftcircuits.run_layout import ANALYSIS_DIR
+from ftcircuits.study import dynamics
+from ftcircuits.study.over_run import circuits_dir, run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 from jobs.cli import config_parser, parse_config
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if config.robustness:
         tables["robustness"] = dynamics.robustness(out, summary)
-    analysis = out / "analysis"
+    analysis = out / ANALYSIS_DIR
     analysis.mkdir(exist_ok=True)
     for name, table in tables.items():
         with atomic_file(analysis / f"{name}.parquet") as tmp:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in headline.items():
         if isinstance(value, float):
             logger.metric(key, value, step=last_step)
-    logger.artifact(analysis, "analysis")
+    logger.artifact(analysis, ANALYSIS_DIR)
     logger.finish()
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
         columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")

@@ -1,17 +1,16 @@
-"""Circuits over a run: checkpoints per minute with 1 and 2 reused actors vs a fresh task per checkpoint.
+"""Circuits over a run: checkpoints per minute with 1 and 2 reused actors vs a fresh Ray task per checkpoint.
 
     python -m jobs.bench_circuits [--run runs/finetune-tiny] [--examples 64]
 
 Every way discovers the same circuits (the run's checkpoints, no robustness
 variants) into its own temporary directory. Reused actors load the base model
-once and swap each checkpoint's weights in; a fresh task loads the base model
+once and swap each checkpoint's weights in; a fresh Ray task loads the base model
 for every checkpoint (the model-load cost). Peak memory is the largest resident
-set of any actor or task process.
+set of any actor or Ray task process.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import tempfile
@@ -20,21 +19,24 @@ from pathlib import Path
 
 import ray
 
-from ftcircuits.circuits.over_run import CircuitRunner, CircuitTask, circuit_tasks, run_inputs
 from ftcircuits.cluster.circuit_pool import run_on_actors, start_actors
 from ftcircuits.cluster.train import connect
-from ftcircuits.config import CircuitRunConfig, load_config
+from ftcircuits.config.benchmarks import BenchCircuitsConfig
+from ftcircuits.config.discovery import CircuitRunConfig
+from ftcircuits.config.loading import load_config
+from ftcircuits.study.over_run import CircuitRunner, CircuitUnit, circuit_units, run_inputs
+from jobs.cli import config_parser, flag_overrides, parse_config
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reused_actors(actors: int, tasks: list[CircuitTask], args: tuple) -> tuple[float, float]:
+def reused_actors(actors: int, units: list[CircuitUnit], args: tuple) -> tuple[float, float]:
     """Return (seconds, peak MiB) for ``actors`` long-lived actors, actor start-up included."""
     began = time.perf_counter()
     handles = start_actors(actors, args)
-    run_on_actors(handles, tasks, in_flight_per_actor=2)
+    run_on_actors(handles, units, in_flight_per_actor=2)
     seconds = time.perf_counter() - began
     peak = max(ray.get([h.__ray_call__.remote(lambda self: peak_rss_mib()) for h in handles]))
     for handle in handles:
@@ -43,7 +45,7 @@ def reused_actors(actors: int, tasks: list[CircuitTask], args: tuple) -> tuple[f
 
 
 @ray.remote(num_cpus=1)
-def fresh_task(task: CircuitTask, args: tuple) -> tuple[float, float]:
+def fresh_task(unit: CircuitUnit, args: tuple) -> tuple[float, float]:
     """Load the base model, discover one checkpoint's circuit; return (load seconds, peak MiB)."""
     import torch
 
@@ -51,44 +53,45 @@ def fresh_task(task: CircuitTask, args: tuple) -> tuple[float, float]:
     began = time.perf_counter()
     runner = CircuitRunner(*args)
     loaded = time.perf_counter() - began
-    runner.run(task)
+    runner.run(unit)
     return loaded, peak_rss_mib()
 
 
-def fresh_tasks(tasks: list[CircuitTask], args: tuple) -> tuple[float, float, float]:
+def fresh_tasks(units: list[CircuitUnit], args: tuple) -> tuple[float, float, float]:
     """Return (seconds, peak MiB, mean model-load seconds) for one fresh Ray task per checkpoint."""
     began = time.perf_counter()
-    results = ray.get([fresh_task.remote(task, args) for task in tasks])
+    results = ray.get([fresh_task.remote(unit, args) for unit in units])
     seconds = time.perf_counter() - began
     return seconds, max(p for _, p in results), sum(s for s, _ in results) / len(results)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/finetune-tiny", help="a fine-tuning run with checkpoints")
-    parser.add_argument("--examples", type=int, default=64, help="pairs per circuit")
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a fine-tuning run with checkpoints (default runs/finetune-tiny)")
+    parser.add_argument("--examples", type=int, help="pairs per circuit (default 64)")
     args = parser.parse_args(argv)
+    args = parse_config(BenchCircuitsConfig, args, flag_overrides(args, ("run", "examples")))
     config = load_config(CircuitRunConfig, None, [f"run={args.run}", f"examples={args.examples}",
                                                   "robustness=false", "threads=1"])  # fmt: skip
     inputs = run_inputs(config.run)
-    tasks = circuit_tasks(inputs, robustness=False)
+    units = circuit_units(inputs, robustness=False)
     connect(num_cpus=2)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-circuits-") as tmp:
         for actors in (1, 2):
             out = Path(tmp) / f"actors-{actors}"
-            rows[f"{actors} reused actor(s)"] = reused_actors(actors, tasks, (inputs.base_model, inputs.data,
+            rows[f"{actors} reused actor(s)"] = reused_actors(actors, units, (inputs.base_model, inputs.data,
                                                                             config, out))  # fmt: skip
         out = Path(tmp) / "fresh"
-        seconds, peak, load = fresh_tasks(tasks, (inputs.base_model, inputs.data, config, out))
-        rows["fresh task per checkpoint (2 in parallel)"] = (seconds, peak)
-    per_minute = {name: 60 * len(tasks) / seconds for name, (seconds, _) in rows.items()}
-    print(f"{len(tasks)} checkpoints of {args.run}, {args.examples} pairs each, 2 CPUs, pid {os.getpid()}")
+        seconds, peak, load = fresh_tasks(units, (inputs.base_model, inputs.data, config, out))
+        rows["fresh Ray task per checkpoint (2 in parallel)"] = (seconds, peak)
+    per_minute = {name: 60 * len(units) / seconds for name, (seconds, _) in rows.items()}
+    print(f"{len(units)} checkpoints of {args.run}, {args.examples} pairs each, 2 CPUs, pid {os.getpid()}")
     for name, (seconds, peak) in rows.items():
         print(f"  {name:44s} {seconds:7.1f} s  {per_minute[name]:6.1f} checkpoints/min  peak {peak:6.0f} MiB")
     one, two, fresh = per_minute.values()
-    print(f"2 actors vs 1: {two / one:.2f}x; reused 2 actors vs fresh tasks: {two / fresh:.2f}x; "
-          f"model load per fresh task {load:.2f} s")  # fmt: skip
+    print(f"2 actors vs 1: {two / one:.2f}x; reused 2 actors vs fresh units: {two / fresh:.2f}x; "
+          f"model load per fresh Ray task {load:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

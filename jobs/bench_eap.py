@@ -1,17 +1,16 @@
 """Benchmark EAP-IG against the floor and the slow per-head-copy reference, on the same batch.
 
-    python -m jobs.bench_eap [--shapes gpt2 pythia-1.4b-deduped] [--batch 4] [--length 24] [--steps 5]
+    python -m jobs.bench_eap [--config FILE] [--shapes gpt2 pythia-1.4b-deduped] [--batch 4] [--skip-slow]
 
 (a) ours: ``attribute_batch``; (b) the floor: 2 forwards + m forward+backward
 passes of the bare model (to the input embeddings, the m steps stacked as ours
-are); (c) the slow reference of the tests (a residual copy per destination).
+are); (c) the slow reference scorer, ``circuits/reference.py`` (a residual copy per destination).
 Prints the median seconds of --repeats interleaved runs, the largest peak resident memory above
 each run's start, and ratios.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import threading
@@ -20,11 +19,17 @@ from collections.abc import Callable
 
 import torch
 
-from ftcircuits.circuits.attribution import AttributionConfig, ModelProbe, PairBatch, attribute_batch
+from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
 from ftcircuits.circuits.metrics import metric_loss
-from ftcircuits.finetune.encoding import pad_prompts
+from ftcircuits.circuits.pairs import PairBatch
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.circuits.reference import reference_scores
+from ftcircuits.config.benchmarks import BenchEapConfig
+from ftcircuits.encoding import pad_prompts
 from ftcircuits.models.architecture import describe_architecture
+from ftcircuits.models.hooks import module_hooks
 from ftcircuits.models.shapes import build_same_shape
+from jobs.cli import config_parser, flag_overrides, parse_config
 
 # Sized to finish in minutes on 2 CPU cores: full GPT-2 small; pythia-1.4b's width with 4 of its 24 layers.
 DEFAULT_OVERRIDES = {"gpt2": {}, "pythia-1.4b-deduped": {"num_hidden_layers": 4}}
@@ -85,33 +90,27 @@ def floor_pass(probe: ModelProbe, batch: PairBatch, steps: int) -> None:
         probe.run(batch.clean, batch.corrupted_ids)
     stacked = batch.clean.repeat(steps)
     embeds = probe.embed(stacked.input_ids).detach().requires_grad_(True)
-    hook = probe.embed.register_forward_hook(lambda m, i, o: embeds)
-    try:
+    with module_hooks([(probe.embed, lambda m, i, o: embeds)]):
         loss = metric_loss("kl", probe.run(stacked), clean_logits.repeat(steps, 1), stacked.last_index).sum()
         torch.autograd.grad(loss, embeds)
-    finally:
-        hook.remove()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_OVERRIDES))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-slow", action="store_true", help="skip the slow reference (c)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each way (median time, max memory)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from tests.circuits.test_attribution import slow_scores  # the reference lives with its tests
-
-    config = AttributionConfig(steps=args.steps, metric="kl")
-    for shape in args.shapes:
-        print(benchmark_shape(shape, args, config, slow_scores), flush=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", help="model shapes (default: gpt2 pythia-1.4b-deduped)")
+    for flag in ("--batch", "--length", "--steps", "--threads", "--repeats"):
+        parser.add_argument(flag, type=int)
+    parser.add_argument("--skip-slow", action="store_true", default=None, help="skip the slow reference (c)")
+    args = parser.parse_args(argv)
+    names = ("shapes", "batch", "length", "steps", "threads", "skip_slow", "repeats")
+    config = parse_config(BenchEapConfig, args, flag_overrides(args, names))
+    torch.set_num_threads(config.threads)
+    attribution = AttributionConfig(steps=config.steps, metric="kl")
+    for shape in config.shapes:
+        print(benchmark_shape(shape, config, attribution), flush=True)
 
 
-def benchmark_shape(shape: str, args: argparse.Namespace, config: AttributionConfig, slow_scores) -> str:
+def benchmark_shape(shape: str, args: BenchEapConfig, config: AttributionConfig) -> str:
     """Return one line of timings, peak memory and ratios for ``shape``."""
     model = build_same_shape(shape, **DEFAULT_OVERRIDES.get(shape, {})).float()
     model.config._attn_implementation = "eager"
@@ -124,7 +123,7 @@ def benchmark_shape(shape: str, args: argparse.Namespace, config: AttributionCon
         "floor": lambda: floor_pass(probe, batch, args.steps),
     }
     if not args.skip_slow:
-        ways["slow"] = lambda: slow_scores(model, batch, config)
+        ways["slow"] = lambda: reference_scores(model, batch, config)
     runs = {name: [] for name in ways}
     for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every way alike
         for name, way in ways.items():

@@ -9,7 +9,6 @@ checkpoints at the first and last step, and evaluation.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -18,14 +17,17 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ftcircuits.cluster.train import connect, run_finetune
-from ftcircuits.config import FinetuneConfig, TaskSpec
-from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
-from ftcircuits.finetune.methods import MethodConfig, apply_method
+from ftcircuits.config.benchmarks import BenchFinetuneConfig
+from ftcircuits.config.data import TaskSpec
+from ftcircuits.config.training import FinetuneConfig, MethodConfig
+from ftcircuits.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
+from ftcircuits.finetune.methods import apply_method
 from ftcircuits.models.loader import load_model, load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import read_items
 from ftcircuits.tracking.mlflow_runs import tracking_uri
+from jobs.cli import config_parser, flag_overrides, parse_config
 
 
 def plain_tokens_per_s(data_dir: Path, config: FinetuneConfig) -> tuple[float, float]:
@@ -39,9 +41,7 @@ def plain_tokens_per_s(data_dir: Path, config: FinetuneConfig) -> tuple[float, f
     batches = list(
         epoch_batches(ids, answers, config.train.micro_batch_size, 1, loaded.tokenizer.pad_token_id)
     )
-    settings = TrainSettings(
-        total_steps=len(batches), lr=config.train.lr, warmup_steps=config.train.warmup_steps
-    )
+    settings = config.train.settings(len(batches))
     token_ids = loaded.tokenizer.convert_tokens_to_ids(config.method.trainable_tokens)
     model = apply_method(loaded.model, loaded.architecture, config.method, len(batches), token_ids)
     started = time.perf_counter()
@@ -64,11 +64,12 @@ def ray_tokens_per_s(data_dir: Path, config: FinetuneConfig, workers: int, out: 
     return rate.value * workers, wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000, help="dataset size (80% is trained on, one epoch)")
-    parser.add_argument("--micro-batch", type=int, default=16)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, help="dataset size (80% is trained on, one epoch)")
+    parser.add_argument("--micro-batch", type=int)
+    args = parser.parse_args(argv)
+    args = parse_config(BenchFinetuneConfig, args, flag_overrides(args, ("items", "micro_batch")))
     out = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     method = MethodConfig(name="lora", r=8, trainable_tokens=["+", "-", "*", "/", "="])
     config = FinetuneConfig.model_validate({

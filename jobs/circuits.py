@@ -1,6 +1,6 @@
 """Discover circuits with EAP-IG: of one model on a dataset, or of every checkpoint of a run on Ray.
 
-python -m jobs.circuits --model tiny --data runs/study-tiny/data/addsub-100 [--set fraction=0.05]
+python -m jobs.circuits --model tiny --data runs/study-tiny/data/addsub-100 [--set budget=0.05]
 python -m jobs.circuits --run runs/finetune-tiny [--set actors=2 --set robustness=false]
 """
 
@@ -13,14 +13,13 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from ftcircuits.circuits.attribution import AttributionConfig
-from ftcircuits.circuits.discover import Selection, circuit_metadata, discover_circuit
+from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import edges_table, write_circuit
-from ftcircuits.circuits.over_run import METRICS, RunInputs, circuit_tasks, run_inputs
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.train import connect
-from ftcircuits.config import CircuitJobConfig, CircuitRunConfig
+from ftcircuits.config.discovery import CircuitJobConfig, CircuitRunConfig
 from ftcircuits.models.loader import load_model
+from ftcircuits.study.over_run import METRICS, RunInputs, circuit_units, run_inputs
 from ftcircuits.tasks.io import read_items, read_manifest
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 from jobs.cli import config_parser, parse_config
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(config.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(config.model, device=device)
-    attribution = AttributionConfig(config.method, config.steps, config.step_convention, config.metric)
-    selection = Selection(config.selection, config.fraction)
+    attribution, selection = config.attribution_config(), config.selection_config()
     bar = tqdm(desc="EAP-IG batches", unit="batch", mininterval=1.0)
 
     def progress(done: int, total: int) -> None:
@@ -63,18 +61,18 @@ def main(argv: list[str] | None = None) -> None:
     path = write_circuit(config.out / name, edges_table(found.scores, found.circuit, found.graph), meta)
     print(json.dumps(found.metrics, indent=1))
     if found.curve:
-        pairs = zip(found.curve["fractions"], found.curve["faithfulness"], strict=True)
-        print("faithfulness by edge fraction:", {f: round(v, 3) for f, v in pairs})
+        pairs = zip(found.curve["budgets"], found.curve["faithfulness"], strict=True)
+        print("faithfulness by budget (share of edges):", {b: round(v, 3) for b, v in pairs})
     print(f"circuit: {path}")
 
 
 def circuits_of_run(config: CircuitRunConfig) -> None:
     """Circuits of the base and every checkpoint (and robustness variants) on Ray, tracked in MLflow."""
     inputs = run_inputs(config.run)  # fails here, before Ray starts, on a bad run or dataset
-    tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
+    units = circuit_units(inputs, config.robustness, config.random_seed)
     connect()
     logger = circuits_logger(config, inputs)
-    bar = tqdm(total=len(tasks), desc="circuits", unit="circuit")
+    bar = tqdm(total=len(units), desc="circuits", unit="circuit")
 
     def on_result(row: dict) -> None:
         bar.update(1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-from ftcircuits.config import ConfigError, Schema, load_config
+from ftcircuits.config.loading import ConfigError, Schema, load_config
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
@@ -21,6 +22,12 @@ def config_parser(description: str) -> argparse.ArgumentParser:
         help="dotted override, e.g. --set finetune.lr=3e-4 (repeatable)",
     )
     return parser
+
+
+def flag_overrides(args: argparse.Namespace, fields: Iterable[str]) -> list[str]:
+    """Return ``field=value`` overrides for the shorthand flags given (each flag named as its config field),
+    so ``--batch 8`` and ``--set batch=8`` mean the same."""
+    return [f"{field}={getattr(args, field)}" for field in fields if getattr(args, field) is not None]
 
 
 def parse_config(schema: type[Schema], args: argparse.Namespace, extra: list[str] = ()) -> Schema:

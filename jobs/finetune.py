@@ -8,9 +8,11 @@ The same command runs under ``ray job submit --working-dir . -- python -m jobs.f
 from __future__ import annotations
 
 from ftcircuits.cluster.train import connect, run_finetune
-from ftcircuits.config import PERTURB_RATIOS, FinetuneConfig
-from ftcircuits.finetune.run import check_run_directory, read_checkpoint_index, run_record
+from ftcircuits.config.data import PERTURB_RATIOS
+from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.run_identity import check_run_directory, run_record
 from ftcircuits.models.loader import load_tokenizer
+from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
 from ftcircuits.tracking.mlflow_runs import tracking_uri

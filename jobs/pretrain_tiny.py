@@ -1,37 +1,35 @@
 """Pre-train the tiny base model on the word-form arithmetic corpus.
 
-python -m jobs.pretrain_tiny [--steps 2800] [--out platform/ftcircuits/assets/tiny-base]
+python -m jobs.pretrain_tiny [--config FILE] [--steps 2800] [--out platform/ftcircuits/assets/tiny-base]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, train_answer_model
+from ftcircuits.config.benchmarks import PretrainConfig
+from ftcircuits.finetune.loop import PlainStrategy, train_answer_model
+from ftcircuits.finetune.schedule import TrainSettings
 from ftcircuits.models.tiny import TinyShape, build_tiny_model
 from ftcircuits.models.tiny_corpus import CorpusMix, corpus_accuracy, packed_batches
 from ftcircuits.models.tokenizer import build_tiny_tokenizer
-from ftcircuits.paths import TINY_BASE_DIR, atomic_directory
+from ftcircuits.paths import atomic_directory
+from jobs.cli import config_parser, flag_overrides, parse_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2800)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=TINY_BASE_DIR)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = config_parser(__doc__.splitlines()[0])
+    for flag in ("--steps", "--batch-size", "--seq-len", "--seed", "--layers", "--heads", "--d-model"):
+        parser.add_argument(flag, type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--out", help="where the model is written (default: the shipped asset)")
+    args = parser.parse_args(argv)
+    names = ("steps", "batch_size", "seq_len", "lr", "seed", "layers", "heads", "d_model", "threads", "out")
+    args = parse_config(PretrainConfig, args, flag_overrides(args, names))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -62,7 +60,7 @@ def main() -> None:
 
     card = {
         "recipe": "jobs.pretrain_tiny",
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": args.model_dump(mode="json"),
         "mix": mix.model_dump(),
         "shape": shape.model_dump(),
         "parameters": n_params,

@@ -13,8 +13,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from ftcircuits.config import DynamicsStage, FinetuneConfig, StudyConfig, load_config
-from ftcircuits.finetune.evaluate import task_accuracy
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.study import DynamicsStage, StudyConfig
+from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.encoding import task_accuracy
 from ftcircuits.finetune.plain import plain_finetune
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_directory, atomic_file

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ftcircuits.config import ConfigError, DataConfig, StudyConfig, load_config
+from ftcircuits.config.data import DataConfig
+from ftcircuits.config.loading import ConfigError, load_config
+from ftcircuits.config.study import StudyConfig
 
 
 def test_defaults_file_and_overrides_compose(tmp_path):
@@ -55,7 +57,7 @@ def test_data_config_checks_perturbation_ratios():
 
 
 def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
-    from ftcircuits.config import FinetuneConfig
+    from ftcircuits.config.training import FinetuneConfig
 
     with pytest.raises(ConfigError, match="lr_groups pattern '\\(' is not a regular expression"):
         load_config(FinetuneConfig, None, ["train.lr_groups={'(': 0.1}"])

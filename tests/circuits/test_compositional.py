@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ftcircuits.circuits.attribution import AttributionConfig, ModelProbe
-from ftcircuits.circuits.compositional import merged_budget_curve, merged_similarity
-from ftcircuits.circuits.discover import Selection, discover_circuit, pair_batches
+from ftcircuits.circuits.attribution import AttributionConfig
+from ftcircuits.circuits.discover import discover_circuit
 from ftcircuits.circuits.io import edges_table
-from ftcircuits.circuits.selection import edge_budget
+from ftcircuits.circuits.pairs import pair_batches
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.circuits.selection import Selection, edge_count
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import LoadedModel
+from ftcircuits.study.compositional import merged_budget_curve, merged_similarity
 from ftcircuits.tasks import build_dataset, task_family
 
 
@@ -21,7 +23,7 @@ def setting(small_model, tokenizer):
     for part in ("inner", "outer", "full"):
         built, _ = build_dataset(task_family("compositional", part=part), tokenizer, 60, seed=0)
         items[part] = built.head(8)
-        found = discover_circuit(loaded, items[part], AttributionConfig(steps=2), Selection(fraction=0.1), 8)
+        found = discover_circuit(loaded, items[part], AttributionConfig(steps=2), Selection(budget=0.1), 8)
         circuits[part] = edges_table(found.scores, found.circuit, found.graph)
     return loaded, circuits, items
 
@@ -34,7 +36,7 @@ def test_merged_circuit_meets_each_budget_and_the_full_budget_is_faithful(settin
     curve = merged_budget_curve(probe, batches, subtasks, circuits["full"], [0.05, 1.0])
     assert curve["circuit"].to_list() == ["merged (union, mean)", "own"] * 2
     merged = curve.filter(curve["circuit"] != "own")
-    assert merged["edges"][0] == edge_budget(probe.graph, fraction=0.05)
+    assert merged["edges"][0] == edge_count(probe.graph, budget=0.05)
     assert merged["edges"][1] == probe.graph.n_edges  # every edge: the model itself
     assert merged["faithfulness"][1] == pytest.approx(1.0, abs=1e-4)
 

@@ -8,9 +8,11 @@ import polars as pl
 import pytest
 
 from ftcircuits.circuits.attribution import AttributionConfig
-from ftcircuits.circuits.discover import PairLengthError, Selection, discover_circuit, pair_batches
+from ftcircuits.circuits.discover import discover_circuit
 from ftcircuits.circuits.io import edges_table, read_circuit, write_circuit
-from ftcircuits.finetune.encoding import AnswerTokenError
+from ftcircuits.circuits.pairs import PairLengthError, pair_batches
+from ftcircuits.circuits.selection import Selection
+from ftcircuits.encoding import AnswerTokenError
 from ftcircuits.models.loader import load_model
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 from jobs import circuits as circuits_job
@@ -53,7 +55,7 @@ def test_discovered_circuit_is_within_budget_and_round_trips_through_the_file(tm
     model_dir, _, data = tiny_setup
     loaded = load_model(str(model_dir))
     found = discover_circuit(
-        loaded, data.head(12), AttributionConfig(steps=2), Selection(fraction=0.1), batch_size=5
+        loaded, data.head(12), AttributionConfig(steps=2), Selection(budget=0.1), batch_size=5
     )
     assert 0 < found.metrics["edges_in_circuit"] <= round(0.1 * found.graph.n_edges)
     assert not (found.circuit & ~found.graph.edge_mask).any()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.circuits.attribution import ModelProbe
 from ftcircuits.circuits.evaluation import circuit_evaluation, faithfulness_curve, patched_logits
+from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.models.architecture import describe_architecture
 from tests.circuits.test_attribution import random_pairs
 from tests.circuits.tiny_models import TINY_OVERRIDES, tiny_random
@@ -72,6 +72,6 @@ def test_faithfulness_of_full_and_empty_and_the_curve():
     assert full["faithfulness_paper"] == pytest.approx(100.0)
     assert full["circuit_accuracy"] == full["model_accuracy"]
     scores = torch.randn(graph.n_sources, graph.n_destinations, dtype=torch.float64)
-    curve = faithfulness_curve(probe, batches, scores, "logit_diff", fractions=(0.1, 0.5, 1.0))
+    curve = faithfulness_curve(probe, batches, scores, "logit_diff", budgets=(0.1, 0.5, 1.0))
     assert curve["faithfulness"][-1] == pytest.approx(1.0)
     assert len(curve["faithfulness"]) == 3 and curve["area_abs_gap"] >= 0

@@ -51,7 +51,7 @@ def scores_of(table: pl.DataFrame) -> dict[tuple[str, str], float]:
     ],
 )
 def test_candidate_scores_combine_only_the_circuits_that_hold_the_edge(rule, expected):
-    merged = merge_circuits(pair(), target_edges=100, score=rule)
+    merged = merge_circuits(pair(), edges=100, score=rule)
     scores = scores_of(merged)
     for edge, value in {**expected, ("a0.h1", "logits"): 5.0, ("input", "a0.h1<q>"): 0.25}.items():
         assert scores[edge] == pytest.approx(value)
@@ -64,7 +64,7 @@ def test_candidate_scores_combine_only_the_circuits_that_hold_the_edge(rule, exp
 
 
 def test_intersection_drops_edges_touching_nodes_outside_it():
-    merged = merge_circuits(pair(), target_edges=100, nodes="intersection")
+    merged = merge_circuits(pair(), edges=100, nodes="intersection")
     assert circuit_edges(merged) == set(A)  # a0.h1 is only in B
     assert circuit_nodes(merged) == {"input", "a0.h0", "m0", "logits"}
     # the edges into / out of a0.h1 are no longer candidates: all-circuit mean (A background, B score)
@@ -74,7 +74,7 @@ def test_intersection_drops_edges_touching_nodes_outside_it():
 
 
 def test_union_keeps_every_circuit_edge_and_node():
-    merged = merge_circuits(pair(), target_edges=100)
+    merged = merge_circuits(pair(), edges=100)
     assert circuit_nodes(merged) == {"input", "a0.h0", "a0.h1", "m0", "logits"}
     assert int(merged["in_circuit"].sum()) == 5  # fewer candidates than the target
 
@@ -92,37 +92,37 @@ def test_union_keeps_every_circuit_edge_and_node():
         ("min", 2, {("a0.h1", "logits"), ("m0", "logits")}),
     ],
 )
-def test_top_n_cut_by_absolute_score(rule, target, kept):
-    merged = merge_circuits(pair(), target_edges=target, score=rule)
+def test_top_edges_cut_by_absolute_score(rule, target, kept):
+    merged = merge_circuits(pair(), edges=target, score=rule)
     assert circuit_edges(merged) == kept
 
 
 def test_isolated_nodes_drop_out_with_their_edges():
     # with only (a0.h1, logits) kept, the input, a0.h0 and m0 nodes vanish from the merged circuit
-    merged = merge_circuits(pair(), target_edges=1)
+    merged = merge_circuits(pair(), edges=1)
     assert circuit_nodes(merged) == {"a0.h1", "logits"}
 
 
 def test_row_order_does_not_matter_and_one_circuit_merges_to_itself():
     a, b = pair()
-    shuffled = merge_circuits([a, b.sample(fraction=1.0, shuffle=True, seed=1)], target_edges=3)
-    assert shuffled.equals(merge_circuits([a, b], target_edges=3))
-    alone = merge_circuits([a], target_edges=len(A))
+    shuffled = merge_circuits([a, b.sample(fraction=1.0, shuffle=True, seed=1)], edges=3)
+    assert shuffled.equals(merge_circuits([a, b], edges=3))
+    alone = merge_circuits([a], edges=len(A))
     assert alone.equals(a)
 
 
 def test_bad_input_rejected():
     a, b = pair()
     with pytest.raises(ValueError, match="at least one"):
-        merge_circuits([], target_edges=3)
-    with pytest.raises(ValueError, match="target_edges"):
-        merge_circuits([a, b], target_edges=0)
+        merge_circuits([], edges=3)
+    with pytest.raises(ValueError, match="edges"):
+        merge_circuits([a, b], edges=0)
     with pytest.raises(ValueError, match="circuit 1 does not match"):
-        merge_circuits([a, b.head(b.height - 1)], target_edges=3)
+        merge_circuits([a, b.head(b.height - 1)], edges=3)
     with pytest.raises(ValueError, match="union, intersection"):
-        merge_circuits([a, b], target_edges=3, nodes="all")
+        merge_circuits([a, b], edges=3, nodes="all")
     with pytest.raises(ValueError, match="mean, max, min"):
-        merge_circuits([a, b], target_edges=3, score="median")
+        merge_circuits([a, b], edges=3, score="median")
 
 
 def test_circuit_mask_round_trips_edges_table():

@@ -1,4 +1,4 @@
-"""Selection on hand-built scores: top-n, greedy, pruning to a fixed point, node view."""
+"""Selection on hand-built scores: the top edges, greedy, pruning to a fixed point, node view."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.selection import (
-    edge_budget,
+    edge_count,
     greedy_edges,
     nodes_in_circuit,
     prune_dead_nodes,
     select_circuit,
-    top_n_edges,
+    top_edges,
 )
 
 GRAPH = Graph(layers=2, heads=2, kv_heads=2, parallel_blocks=False)
@@ -29,12 +29,12 @@ def mask_of(*edges: tuple[str, str]) -> torch.Tensor:
     return mask
 
 
-def test_top_n_takes_largest_magnitudes_among_real_edges():
+def test_top_edges_takes_largest_magnitudes_among_real_edges():
     scores = torch.zeros(GRAPH.n_sources, GRAPH.n_destinations)
     scores[edge("a0.h1", "m1")] = -5.0
     scores[edge("input", "a0.h0<q>")] = 3.0
     scores[edge("m1", "a0.h0<q>")] = 100.0  # not an edge (m1 is after layer 0): never chosen
-    chosen = top_n_edges(scores, GRAPH, 2)
+    chosen = top_edges(scores, GRAPH, 2)
     assert torch.equal(chosen, mask_of(("a0.h1", "m1"), ("input", "a0.h0<q>")))
 
 
@@ -65,10 +65,10 @@ def test_node_view_collapses_qkv_into_heads():
 
 
 def test_budgets_and_bad_input():
-    assert edge_budget(GRAPH, fraction=0.5) == round(0.5 * GRAPH.n_edges)
+    assert edge_count(GRAPH, budget=0.5) == round(0.5 * GRAPH.n_edges)
     with pytest.raises(ValueError, match="exactly one"):
-        edge_budget(GRAPH)
+        edge_count(GRAPH)
     with pytest.raises(ValueError, match="edge count"):
-        edge_budget(GRAPH, count=GRAPH.n_edges + 1)
+        edge_count(GRAPH, edges=GRAPH.n_edges + 1)
     with pytest.raises(ValueError, match="selection method"):
-        select_circuit(torch.zeros(GRAPH.n_sources, GRAPH.n_destinations), GRAPH, "random", count=1)
+        select_circuit(torch.zeros(GRAPH.n_sources, GRAPH.n_destinations), GRAPH, "random", edges=1)

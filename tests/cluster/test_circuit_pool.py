@@ -10,19 +10,22 @@ import signal
 import polars as pl
 import pytest
 import ray
+from ftcircuits.units import build_dataset, task_family, write_dataset
+from ftcircuits.units.build import perturbed_circuit_splits
 
 from ftcircuits.circuits.io import read_circuit
-from ftcircuits.circuits.over_run import CircuitRunner, circuit_tasks, run_inputs
 from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
 from ftcircuits.cluster.train import connect
-from ftcircuits.config import CircuitRunConfig, load_config
-from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches
-from ftcircuits.finetune.methods import MethodConfig, apply_method
-from ftcircuits.finetune.run import INDEX_FILE, RUN_CONFIG_FILE, checkpoint_path
+from ftcircuits.config.discovery import CircuitRunConfig
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.training import MethodConfig
+from ftcircuits.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import PlainStrategy, epoch_batches
+from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.schedule import TrainSettings
 from ftcircuits.models.loader import load_model
-from ftcircuits.tasks import build_dataset, task_family, write_dataset
-from ftcircuits.tasks.build import perturbed_circuit_splits
+from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
+from ftcircuits.study.over_run import CircuitRunner, circuit_units, run_inputs
 
 STEPS = (0, 3, 6, 9)
 
@@ -46,7 +49,7 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape):
     family = task_family("addsub", range=100)
     items, _ = build_dataset(family, tokenizer, 160, seed=0)
     perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
-    data = write_dataset(root / "data" / "addsub-100", items, {"task": "addsub"}, perturbed)
+    data = write_dataset(root / "data" / "addsub-100", items, {"unit": "addsub"}, perturbed)
     loaded = load_model(str(base))
     model = apply_method(loaded.model, loaded.architecture, MethodConfig(name="lora", r=4))
     train = items.filter(pl.col("split") == "finetune")
@@ -68,7 +71,7 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape):
         strategy.micro_step(next(stream))
         if step in STEPS:
             save(step)
-    pl.DataFrame(rows).write_parquet(root / "checkpoints" / INDEX_FILE)
+    pl.DataFrame(rows).write_parquet(index_path(root))
     (root / RUN_CONFIG_FILE).write_text(json.dumps({"model": str(base), "data_dir": str(data)}))
     return root
 
@@ -88,18 +91,18 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     config = run_config(tiny_run)
     out, rows, computed = circuits_over_run(config)
     inputs = run_inputs(tiny_run)
-    tasks = circuit_tasks(inputs, robustness=True)
-    # 4 checkpoints + (pre-trained, random-init) x (unperturbed, p=0.5)
-    assert computed == len(tasks) == 8 and [r["key"] for r in rows] == [t.key for t in tasks]
+    units = circuit_units(inputs, robustness=True)
+    # 4 checkpoints + (base, random-init) x (unperturbed, p=0.5)
+    assert computed == len(units) == 8 and [r["key"] for r in rows] == [t.key for t in units]
     sequential = CircuitRunner(inputs.base_model, inputs.data, config, tmp_path)
-    for task in reversed(tasks):  # another order: swapping must not leak weights between tasks
-        sequential.run(task)
-        ours, _ = read_circuit(out / task.key)
-        theirs, _ = read_circuit(tmp_path / task.key)
-        assert ours["in_circuit"].equals(theirs["in_circuit"]), task.key
+    for unit in reversed(units):  # another order: swapping must not leak weights between units
+        sequential.run(unit)
+        ours, _ = read_circuit(out / unit.key)
+        theirs, _ = read_circuit(tmp_path / unit.key)
+        assert ours["in_circuit"].equals(theirs["in_circuit"]), unit.key
         assert ours["score"].to_numpy() == pytest.approx(theirs["score"].to_numpy(), rel=1e-4, abs=1e-7)
     by_key = {r["key"]: r for r in rows}
-    assert by_key["step-000000"]["edges_in_circuit"] == by_key["pre-trained-p0.00"]["edges_in_circuit"]
+    assert by_key["step-000000"]["edges_in_circuit"] == by_key["base-p0.00"]["edges_in_circuit"]
     assert pl.read_parquet(out / "summary.parquet").height == 8
 
     again_out, again_rows, again_computed = circuits_over_run(config)
@@ -112,7 +115,7 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     assert similarity["step"].to_list() == list(STEPS)
     assert similarity["edge_jaccard_base"][0] == 1.0 and similarity["edge_jaccard_prev"][0] is None
     robustness = pl.read_parquet(out / "analysis" / "robustness.parquet")
-    assert sorted(robustness["model"].to_list()) == ["pre-trained", "random-init"]
+    assert sorted(robustness["model"].to_list()) == ["base", "random-init"]
     figures = {"similarity.png", "layer_scores.png", "circuit_changes.png", "robustness.png"}
     assert figures <= {p.name for p in (out / "analysis").iterdir()}
 
@@ -120,7 +123,7 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
 def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ray_cluster, tiny_run):
     config = run_config(tiny_run, robustness="false")
     inputs = run_inputs(tiny_run)
-    tasks = circuit_tasks(inputs, robustness=False)
+    units = circuit_units(inputs, robustness=False)
     actors = start_actors(2, (inputs.base_model, inputs.data, config, tmp_path), retries=2)
     victim = ray.get(actors[0].pid.remote())
     killed = []
@@ -130,9 +133,9 @@ def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ra
             os.kill(victim, signal.SIGKILL)
             killed.append(row["key"])
 
-    rows = run_on_actors(actors, tasks, in_flight_per_actor=2, on_result=kill_once)
-    assert killed and sorted(r["key"] for r in rows) == sorted(t.key for t in tasks)
-    assert all((tmp_path / f"{t.key}.json").is_file() for t in tasks)
+    rows = run_on_actors(actors, units, in_flight_per_actor=2, on_result=kill_once)
+    assert killed and sorted(r["key"] for r in rows) == sorted(t.key for t in units)
+    assert all((tmp_path / f"{t.key}.json").is_file() for t in units)
     assert ray.get(actors[0].pid.remote()) != victim  # Ray restarted it
 
 

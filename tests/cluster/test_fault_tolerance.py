@@ -14,8 +14,9 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from ftcircuits.cluster.train import connect, run_finetune
-from ftcircuits.config import FinetuneConfig, load_config
-from ftcircuits.finetune.run import read_checkpoint_index
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 

@@ -9,9 +9,10 @@ import ray
 import torch
 
 from ftcircuits.cluster.train import connect, run_finetune
-from ftcircuits.config import FinetuneConfig, load_config
-from ftcircuits.finetune.run import read_checkpoint_index
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.models.loader import load_model
+from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 
 

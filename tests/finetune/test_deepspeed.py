@@ -8,13 +8,14 @@ import copy
 import pytest
 import torch
 
+from ftcircuits.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.deepspeed_strategy import (
     DeepSpeedStrategy,
     deepspeed_config,
     single_process_environment,
 )
-from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
+from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
+from ftcircuits.finetune.schedule import TrainSettings
 from ftcircuits.models.loader import load_model
 
 PROMPTS = [f"{n} then" for n in range(1, 41)]

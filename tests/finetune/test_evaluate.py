@@ -6,8 +6,14 @@ import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
-from ftcircuits.finetune.encoding import AnswerTokenError, pad_prompts, prompt_ids
-from ftcircuits.finetune.evaluate import accuracy, correct_answers, predicted_tokens
+from ftcircuits.encoding import (
+    AnswerTokenError,
+    accuracy,
+    correct_answers,
+    pad_prompts,
+    predicted_tokens,
+    prompt_ids,
+)
 
 
 class SuccessorModel(torch.nn.Module):

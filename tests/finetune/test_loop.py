@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ftcircuits.config import PlainFinetuneConfig
-from ftcircuits.finetune.encoding import IGNORE_INDEX, answer_batch, pad_prompts, prompt_ids
-from ftcircuits.finetune.evaluate import accuracy
-from ftcircuits.finetune.loop import TrainSettings, answer_loss, decay_groups, warmup_cosine
+from ftcircuits.config.training import PlainFinetuneConfig
+from ftcircuits.encoding import IGNORE_INDEX, accuracy, answer_batch, pad_prompts, prompt_ids
+from ftcircuits.finetune.loop import answer_loss, decay_groups
 from ftcircuits.finetune.plain import plain_finetune
+from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 
 
 def test_only_the_answer_position_is_labelled(tokenizer):

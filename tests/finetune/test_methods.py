@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.finetune.methods import MethodConfig, apply_method, trainable_parameters
+from ftcircuits.config.training import MethodConfig
+from ftcircuits.finetune.methods import apply_method, trainable_parameters
 from ftcircuits.models.architecture import describe_architecture
 
 
@@ -46,9 +47,10 @@ def test_trainable_tokens_update_only_their_embedding_rows(small_model, tokenize
 
 @pytest.mark.parametrize("engine", ["plain", "deepspeed-zero0"])
 def test_adalora_budget_really_reallocates_during_training(small_model, tokenizer, engine):
+    from ftcircuits.encoding import prompt_ids, require_answer_ids
     from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy, single_process_environment
-    from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-    from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
+    from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
+    from ftcircuits.finetune.schedule import TrainSettings
 
     arch = describe_architecture(small_model.config)
     method = MethodConfig(name="adalora", r=2, adalora_init_r=6, adalora_tinit=2, adalora_tfinal=4,

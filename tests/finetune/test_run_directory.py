@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from ftcircuits.config import FinetuneConfig, load_config
-from ftcircuits.finetune.run import RUN_CONFIG_FILE, check_run_directory, run_record
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.run_identity import check_run_directory, run_record
+from ftcircuits.run_layout import RUN_CONFIG_FILE
 
 
 def test_another_config_in_the_same_out_is_refused_naming_the_fields(tmp_path):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ftcircuits.config import FinetuneConfig, StudyConfig, load_config
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.study import StudyConfig
+from ftcircuits.config.training import FinetuneConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 SCHEMAS = {"tiny.yaml": StudyConfig}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.finetune.methods import MethodConfig, apply_method
+from ftcircuits.config.training import MethodConfig
+from ftcircuits.finetune.methods import apply_method
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import ModelSourceError, load_model
 from ftcircuits.models.swap import CheckpointWeights

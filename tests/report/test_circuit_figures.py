@@ -118,7 +118,7 @@ def test_robustness_curves(tmp_path: Path) -> None:
     df = pl.DataFrame(
         {
             "ratio": ratios * 2,
-            "model": ["pre-trained"] * 9 + ["random-init"] * 9,
+            "model": ["base"] * 9 + ["random-init"] * 9,
             "edge_jaccard": [1 - r / 2 for r in ratios] + [1 - r for r in ratios],
         }
     )
@@ -127,10 +127,10 @@ def test_robustness_curves(tmp_path: Path) -> None:
 
 
 def test_faithfulness_by_budget(tmp_path: Path) -> None:
-    fractions = [0.001, 0.01, 0.05, 0.1, 0.5]
+    budgets = [0.001, 0.01, 0.05, 0.1, 0.5]
     df = pl.DataFrame(
         {
-            "fraction": fractions * 2,
+            "budget": budgets * 2,
             "circuit": ["merged (union)"] * 5 + ["own"] * 5,
             "faithfulness": [0.2, 0.5, 0.8, 0.9, 1.0, 0.1, 0.4, 0.7, 0.95, 1.02],
         }

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ftcircuits.finetune.encoding import answer_token_ids, prompt_ids
+from ftcircuits.encoding import answer_token_ids, prompt_ids
 from ftcircuits.tasks import task_family
 from ftcircuits.tasks.build import build_dataset
 

@@ -13,38 +13,29 @@ model's dtype if wider).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from ftcircuits.circuits.graph import Graph
-from ftcircuits.circuits.metrics import METRICS, metric_loss
-from ftcircuits.finetune.encoding import PromptBatch, last_token_logits
-from ftcircuits.models.architecture import Architecture
-from ftcircuits.models.heads import out_projection_heads, qkv_projections
-
-Method = Literal["eap", "clean-corrupted", "eap-ig-inputs"]
-# "k=1..m": alpha = k/m for k = 1..m (the paper-era reference: includes the clean input);
-# "k=0..m-1": alpha = k/m for k = 0..m-1 (later reference versions: includes the corrupted input).
-StepConvention = Literal["k=1..m", "k=0..m-1"]
+from ftcircuits.circuits.metrics import metric_loss
+from ftcircuits.circuits.pairs import PairBatch
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.models.hooks import module_hooks
+from ftcircuits.options import AttributionMethod, Metric, StepConvention, check_choice
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """How edge scores are computed."""
+    """How edge scores are computed (``DiscoverySettings.attribution()`` builds it from a config)."""
 
-    method: Method = "eap-ig-inputs"
+    method: AttributionMethod = "eap-ig-inputs"
     steps: int = 5
     step_convention: StepConvention = "k=1..m"
-    metric: str = "kl"
+    metric: Metric = "kl"
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        if self.method not in ("eap", "clean-corrupted", "eap-ig-inputs"):
-            raise ValueError(f"unknown method {self.method!r}; allowed: eap, clean-corrupted, eap-ig-inputs")
-        if self.step_convention not in ("k=1..m", "k=0..m-1"):
-            raise ValueError(f"unknown step convention {self.step_convention!r}; allowed: k=1..m, k=0..m-1")
+        check_choice(Metric, self.metric, "metric")
+        check_choice(AttributionMethod, self.method, "method")
+        check_choice(StepConvention, self.step_convention, "step convention")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
 
@@ -56,73 +47,6 @@ class AttributionConfig:
             return [1.0, 0.0]
         first = 1 if self.step_convention == "k=1..m" else 0
         return [(first + k) / self.steps for k in range(self.steps)]
-
-
-@dataclass(frozen=True)
-class PairBatch:
-    """Clean and corrupted prompts of equal token length, padded alike, with their answers."""
-
-    clean: PromptBatch
-    corrupted_ids: torch.Tensor
-    answers: torch.Tensor
-    corrupted_answers: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str) -> PairBatch:
-        other = None if self.corrupted_answers is None else self.corrupted_answers.to(device)
-        return PairBatch(self.clean.to(device), self.corrupted_ids.to(device), self.answers.to(device), other)
-
-
-class ModelProbe:
-    """Module lookups and hook plumbing of one model, shared by attribution and evaluation."""
-
-    def __init__(self, model: torch.nn.Module, arch: Architecture) -> None:
-        self.model, self.arch, self.graph = model, arch, Graph.of(arch)
-        modules = dict(model.named_modules())
-        names = arch.names
-        layers = range(arch.layers)
-        self.embed = modules[names.embed]
-        self.final_norm = modules[names.final_norm]
-        self.attention_norms = [modules[names.attention_norm.format(i=i)] for i in layers]
-        self.mlp_norms = [modules[names.mlp_norm.format(i=i)] for i in layers]
-        self.attention_outs = [modules[names.attention_out.format(i=i)] for i in layers]
-        self.mlp_outs = [modules[names.mlp_out.format(i=i)] for i in layers]
-        self.projections = [qkv_projections(model, arch, i) for i in layers]
-        self.out_heads = [out_projection_heads(model, arch, i) for i in layers]
-        self.score_dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
-
-    def run(self, batch: PromptBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Return last-position logits of ``batch`` (optionally with other token ids)."""
-        return last_token_logits(self.model, batch, input_ids)
-
-    @torch.no_grad()
-    def source_outputs(
-        self, batch: PromptBatch, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return every source's output ``[B, T, n_sources, d]`` (float) and the last-position logits."""
-        outputs: list[torch.Tensor] = []
-        hooks = [self.embed.register_forward_hook(lambda m, i, o: outputs.append(o))]
-        for layer in range(self.arch.layers):
-            hooks.append(
-                self.attention_outs[layer].register_forward_pre_hook(
-                    lambda m, args, layer=layer: outputs.append(self.head_outputs(layer, args[0]))
-                )
-            )
-            hooks.append(self.mlp_outs[layer].register_forward_hook(lambda m, i, o: outputs.append(o)))
-        try:
-            logits = self.run(batch, input_ids)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        batch_size, length = batch.input_ids.shape
-        # OPT runs its MLP on flattened [B*T, d] states: bring every output back to [B, T, -1, d]
-        parts = [t.to(self.score_dtype).reshape(batch_size, length, -1, t.shape[-1]) for t in outputs]
-        stacked = torch.cat(parts, dim=2)
-        return stacked * batch.attention_mask[:, :, None, None].to(self.score_dtype), logits
-
-    def head_outputs(self, layer: int, context: torch.Tensor) -> torch.Tensor:
-        """Return each head's write into the residual ``[B, T, H, d]`` from the output projection's input."""
-        z = context.view(*context.shape[:-1], self.arch.heads, self.arch.d_head)
-        return torch.einsum("bthk,hkd->bthd", z, self.out_heads[layer])
 
 
 def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConfig) -> torch.Tensor:
@@ -193,37 +117,26 @@ def _stacked_gradients(
 
         return hook
 
-    hooks = [probe.embed.register_forward_hook(lambda m, i, o: interpolated)]
+    forward = [(probe.embed, lambda m, i, o: interpolated)]
+    pre = []
     for layer in range(probe.arch.layers):
-        hooks.append(
-            probe.attention_norms[layer].register_forward_pre_hook(
-                lambda m, args, layer=layer: found["x"].__setitem__(
-                    layer, args[0].detach().reshape(*shape, -1)
-                )
-            )
-        )
+        pre.append((probe.attention_norms[layer], lambda m, args, layer=layer: found["x"].__setitem__(
+            layer, args[0].detach().reshape(*shape, -1))))  # fmt: skip
         for index, projection in enumerate(probe.projections[layer]):
-            hooks.append(
-                projection.module.register_forward_hook(
-                    lambda m, i, o, layer=layer, index=index: keep_grad(o, found["qkv"][layer], index)
-                )
-            )
-        hooks.append(probe.mlp_norms[layer].register_forward_pre_hook(cloned_input(found["mlp"], layer)))
-    hooks.append(probe.final_norm.register_forward_pre_hook(cloned_input(found, "logits")))
-    try:
-        with torch.enable_grad():
-            logits = probe.run(stacked)
-            loss = metric_loss(
-                config.metric,
-                logits,
-                clean_logits.repeat(steps, 1),
-                batch.answers.repeat(steps),
-                None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(steps),
-            ).sum()
-            torch.autograd.grad(loss, interpolated)
-    finally:
-        for hook in hooks:
-            hook.remove()
+            forward.append((projection.module, lambda m, i, o, layer=layer, index=index: keep_grad(
+                o, found["qkv"][layer], index)))  # fmt: skip
+        pre.append((probe.mlp_norms[layer], cloned_input(found["mlp"], layer)))
+    pre.append((probe.final_norm, cloned_input(found, "logits")))
+    with module_hooks(forward, pre), torch.enable_grad():
+        logits = probe.run(stacked)
+        loss = metric_loss(
+            config.metric,
+            logits,
+            clean_logits.repeat(steps, 1),
+            batch.answers.repeat(steps),
+            None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(steps),
+        ).sum()
+        torch.autograd.grad(loss, interpolated)
     return found
 
 

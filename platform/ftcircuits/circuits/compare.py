@@ -9,13 +9,12 @@ deltas are summed per layer, and the layers with the largest sums are critical.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 import polars as pl
 
+from ftcircuits.options import CriticalRule, LayerVariant, check_choice
+
 KEY = ["source", "destination"]
-LAYER_VARIANTS = ("source", "source_no_input", "destination")
-CRITICAL_RULES = ("topk", "mean_std")
 _NODE = re.compile(r"^(?:a(\d+)\.h\d+(?:<[qkv]>)?|m(\d+))$")
 
 
@@ -131,7 +130,7 @@ def edge_changes(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
 def layer_scores(
     changes: pl.DataFrame,
     layers: int,
-    variant: Literal["source", "source_no_input", "destination"] = "source",
+    variant: LayerVariant = "source",
 ) -> pl.DataFrame:
     """Return ``layer`` (0..layers-1, all present) and ``score`` = summed delta of the edges credited to it.
 
@@ -139,16 +138,15 @@ def layer_scores(
     without edges from ``input``. "destination": the destination node's layer; edges into ``logits``
     are left out, since logits belong to no layer.
     """
+    check_choice(LayerVariant, variant, "layer-score variant")
     source, destination = pl.col("source"), pl.col("destination")
     if variant == "source":
         layer = pl.when(source == "input").then(0).otherwise(_layer_of("source"))
         credited = changes.with_columns(layer=layer)
     elif variant == "source_no_input":
         credited = changes.filter(source != "input").with_columns(layer=_layer_of("source"))
-    elif variant == "destination":
+    else:  # destination
         credited = changes.filter(destination != "logits").with_columns(layer=_layer_of("destination"))
-    else:
-        raise ValueError(f"unknown layer-score variant {variant!r}; allowed: {', '.join(LAYER_VARIANTS)}")
     if credited["layer"].null_count():
         raise ValueError("changes table holds names that are not node names")
     outside = credited.filter((pl.col("layer") < 0) | (pl.col("layer") >= layers))
@@ -159,20 +157,17 @@ def layer_scores(
     return frame.join(sums, on="layer", how="left").with_columns(pl.col("score").fill_null(0.0)).sort("layer")
 
 
-def critical_layers(
-    scores: pl.DataFrame, rule: Literal["topk", "mean_std"] = "topk", k: int = 5
-) -> list[int]:
+def critical_layers(scores: pl.DataFrame, rule: CriticalRule = "topk", k: int = 5) -> list[int]:
     """Return the critical layers, highest score first (ties: lower layer first).
 
     "topk": the k best layers. "mean_std": every layer with score > mean + std, where std is the
     population standard deviation (ddof=0).
     """
+    check_choice(CriticalRule, rule, "critical-layer rule")
     ranked = scores.sort(["score", "layer"], descending=[True, False])
     if rule == "topk":
         if not 1 <= k <= scores.height:
             raise ValueError(f"k={k} must lie in 1..{scores.height} (the number of layers)")
         return ranked["layer"].head(k).to_list()
-    if rule == "mean_std":
-        score = pl.col("score").cast(pl.Float64)
-        return ranked.filter(score > score.mean() + score.std(ddof=0))["layer"].to_list()
-    raise ValueError(f"unknown critical-layer rule {rule!r}; allowed: {', '.join(CRITICAL_RULES)}")
+    score = pl.col("score").cast(pl.Float64)  # mean_std
+    return ranked.filter(score > score.mean() + score.std(ddof=0))["layer"].to_list()

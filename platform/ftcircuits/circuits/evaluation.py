@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ftcircuits.circuits.attribution import ModelProbe, PairBatch
-from ftcircuits.circuits.metrics import metric_loss
+from ftcircuits.circuits.metrics import kl_divergence, metric_loss
+from ftcircuits.circuits.pairs import PairBatch
+from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import select_circuit
+from ftcircuits.models.hooks import module_hooks
+from ftcircuits.options import Metric, SelectionMethod
 
 
 @torch.no_grad()
@@ -67,48 +69,27 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
 
         return hook
 
-    hooks = [probe.embed.register_forward_hook(lambda m, i, o: record(o))]
+    forward = [(probe.embed, lambda m, i, o: record(o))]
+    pre = []
     for layer in range(arch.layers):
-        hooks.append(
-            probe.attention_norms[layer].register_forward_pre_hook(
-                lambda m, args: stash.__setitem__("x", args[0])
-            )
-        )
+        pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
         start = 0
         for index, projection in enumerate(probe.projections[layer]):
-            hooks.append(projection.module.register_forward_hook(per_head_projection(layer, index, start)))
+            forward.append((projection.module, per_head_projection(layer, index, start)))
             start += len(projection.parts) * projection.heads[0]
-        hooks.append(
-            probe.attention_outs[layer].register_forward_pre_hook(
-                lambda m, args, layer=layer: record(probe.head_outputs(layer, args[0]))
-            )
-        )
+        pre.append((probe.attention_outs[layer],
+                    lambda m, args, layer=layer: record(probe.head_outputs(layer, args[0]))))  # fmt: skip
         reads = graph.sources_before(layer) + (0 if arch.parallel_blocks else arch.heads)
-        hooks.append(
-            probe.mlp_norms[layer].register_forward_pre_hook(
-                shifted_input(graph.mlp_destination(layer), reads)
-            )
-        )
-        hooks.append(probe.mlp_outs[layer].register_forward_hook(lambda m, i, o: record(o)))
-    hooks.append(
-        probe.final_norm.register_forward_pre_hook(shifted_input(graph.logits_destination, graph.n_sources))
-    )
-    try:
+        pre.append((probe.mlp_norms[layer], shifted_input(graph.mlp_destination(layer), reads)))
+        forward.append((probe.mlp_outs[layer], lambda m, i, o: record(o)))
+    pre.append((probe.final_norm, shifted_input(graph.logits_destination, graph.n_sources)))
+    with module_hooks(forward, pre):
         return probe.run(batch.clean)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per example, summed over the vocabulary."""
-    log_p = F.log_softmax(p_logits.double(), dim=-1)
-    return (log_p.exp() * (log_p - F.log_softmax(q_logits.double(), dim=-1))).sum(-1)
 
 
 @torch.no_grad()
 def circuit_evaluation(
-    probe: ModelProbe, batches: Iterable[PairBatch], circuit: torch.Tensor, metric: str = "kl"
+    probe: ModelProbe, batches: Iterable[PairBatch], circuit: torch.Tensor, metric: Metric = "kl"
 ) -> dict[str, float]:
     """Return faithfulness (normalized and the paper's form), circuit accuracy and model accuracy.
 
@@ -127,8 +108,8 @@ def circuit_evaluation(
         totals["full"] += metric_loss(metric, full, full, *args).sum().item()
         totals["empty"] += metric_loss(metric, empty, full, *args).sum().item()
         totals["circuit"] += metric_loss(metric, patched, full, *args).sum().item()
-        totals["kl_full"] += _kl(full, empty).sum().item()
-        totals["kl_circuit"] += _kl(patched, empty).sum().item()
+        totals["kl_full"] += kl_divergence(full, empty, torch.float64).sum().item()
+        totals["kl_circuit"] += kl_divergence(patched, empty, torch.float64).sum().item()
         totals["hits"] += (patched.argmax(-1) == batch.answers).sum().item()
         totals["model_hits"] += (full.argmax(-1) == batch.answers).sum().item()
         totals["n"] += len(batch.answers)
@@ -150,20 +131,20 @@ def faithfulness_curve(
     probe: ModelProbe,
     batches: Sequence[PairBatch],
     scores: torch.Tensor,
-    metric: str = "kl",
-    fractions: Sequence[float] = DEFAULT_BUDGETS,
-    method: str = "topn",
+    metric: Metric = "kl",
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    method: SelectionMethod = "top",
 ) -> dict:
-    """Return normalized faithfulness per edge fraction and the curve's areas (trapezoid over fractions):
+    """Return normalized faithfulness per edge budget and the curve's areas (trapezoid over budgets):
     ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|)."""
     points = []
-    for fraction in fractions:
-        circuit = select_circuit(scores, probe.graph, method, fraction=fraction)
+    for budget in budgets:
+        circuit = select_circuit(scores, probe.graph, method, budget=budget)
         points.append(circuit_evaluation(probe, batches, circuit, metric)["faithfulness"])
-    xs = torch.tensor(list(fractions), dtype=torch.float64)
+    xs = torch.tensor(list(budgets), dtype=torch.float64)
     ys = torch.tensor(points, dtype=torch.float64)
     return {
-        "fractions": list(fractions),
+        "budgets": list(budgets),
         "faithfulness": points,
         "area": torch.trapezoid(ys, xs).item(),
         "area_abs_gap": torch.trapezoid((1 - ys).abs(), xs).item(),

@@ -3,7 +3,7 @@
 Nodes are the union (or intersection) of the circuits' node sets; candidate
 edges are the circuits' edges whose two endpoint nodes are both in that set; a
 candidate in several circuits takes the mean (max, min) of its scores in the
-circuits that contain it; the top ``target_edges`` candidates by |score| are
+circuits that contain it; the top ``edges`` candidates by |score| are
 kept. Isolated nodes drop out by themselves, as nodes derive from edges.
 """
 
@@ -11,27 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import reduce
-from typing import Literal
 
 import polars as pl
 
 from ftcircuits.circuits.compare import KEY, check_same_edges, circuit_nodes, destination_node
+from ftcircuits.options import NodeRule, ScoreRule, check_choice
 
-NODE_RULES = ("union", "intersection")
-SCORE_RULES = ("mean", "max", "min")
 _COMBINE = {"mean": pl.mean_horizontal, "max": pl.max_horizontal, "min": pl.min_horizontal}
 
 
-def _validate(circuits: Sequence[pl.DataFrame], target_edges: int, nodes: str, score: str) -> None:
-    """Raise ValueError on no circuits, differing edge rows, target_edges < 1 or an unknown option."""
+def _validate(circuits: Sequence[pl.DataFrame], edges: int, nodes: NodeRule, score: ScoreRule) -> None:
+    """Raise ValueError on no circuits, differing edge rows, edges < 1 or an unknown option."""
     if not circuits:
         raise ValueError("merge needs at least one circuit")
-    if target_edges < 1:
-        raise ValueError(f"target_edges must be >= 1, got {target_edges}")
-    if nodes not in NODE_RULES:
-        raise ValueError(f"unknown node rule {nodes!r}; allowed: {', '.join(NODE_RULES)}")
-    if score not in SCORE_RULES:
-        raise ValueError(f"unknown score rule {score!r}; allowed: {', '.join(SCORE_RULES)}")
+    if edges < 1:
+        raise ValueError(f"edges (the merged circuit's edge count) must be >= 1, got {edges}")
+    check_choice(NodeRule, nodes, "node rule")
+    check_choice(ScoreRule, score, "score rule")
     for i, other in enumerate(circuits[1:], start=1):
         try:
             check_same_edges(circuits[0], other)
@@ -51,16 +47,16 @@ def _wide(circuits: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 def merge_circuits(
     circuits: Sequence[pl.DataFrame],
-    target_edges: int,
-    nodes: Literal["union", "intersection"] = "union",
-    score: Literal["mean", "max", "min"] = "mean",
+    edges: int,
+    nodes: NodeRule = "union",
+    score: ScoreRule = "mean",
 ) -> pl.DataFrame:
     """Return the merged circuit as an edges table (every graph edge a row, in the first table's order).
 
     ``score`` is the merged score for candidate edges and the mean over all circuits for the others;
-    ``in_circuit`` marks the top ``target_edges`` candidates by |score| (ties: earlier row first).
+    ``in_circuit`` marks the top ``edges`` candidates by |score| (ties: earlier row first).
     """
-    _validate(circuits, target_edges, nodes, score)
+    _validate(circuits, edges, nodes, score)
     node_sets = [circuit_nodes(c) for c in circuits]
     node_set = set.union(*node_sets) if nodes == "union" else set.intersection(*node_sets)
     n = range(len(circuits))
@@ -76,7 +72,7 @@ def merge_circuits(
     kept = (
         table.filter("candidate")
         .sort([pl.col("merged").abs(), pl.col("row")], descending=[True, False])
-        .head(target_edges)["row"]
+        .head(edges)["row"]
     )
     return table.select(
         *KEY,

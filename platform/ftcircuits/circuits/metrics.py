@@ -7,17 +7,26 @@ with L the loss below, so the input node's scores sum (with many IG steps) to
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-MetricName = Literal["kl", "kl_vocab_mean", "logit_diff", "prob"]
-METRICS: tuple[str, ...] = ("kl", "kl_vocab_mean", "logit_diff", "prob")
+from ftcircuits.options import Metric, check_choice
+
+
+def kl_divergence(
+    p_logits: torch.Tensor, q_logits: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Return KL(p || q) per example ``[N]``, summed over the vocabulary, from logits ``[N, vocab]``.
+
+    Computed in ``dtype``, or the inputs' dtype if wider.
+    """
+    dtype = torch.promote_types(torch.promote_types(p_logits.dtype, q_logits.dtype), dtype)
+    log_p = F.log_softmax(p_logits.to(dtype), dim=-1)
+    return (log_p.exp() * (log_p - F.log_softmax(q_logits.to(dtype), dim=-1))).sum(-1)
 
 
 def metric_loss(
-    name: str,
+    name: Metric,
     logits: torch.Tensor,
     clean_logits: torch.Tensor,
     answers: torch.Tensor,
@@ -30,17 +39,14 @@ def metric_loss(
     clean answer's logit over the corrupted answer's; prob: minus the answer's
     probability.
     """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    logits = logits.to(dtype)
+    check_choice(Metric, name, "metric")
     if name in ("kl", "kl_vocab_mean"):
-        clean_logp = F.log_softmax(clean_logits.to(dtype), dim=-1)
-        kl = (clean_logp.exp() * (clean_logp - F.log_softmax(logits, dim=-1))).sum(-1)
+        kl = kl_divergence(clean_logits, logits)
         return kl / logits.shape[-1] if name == "kl_vocab_mean" else kl
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     rows = torch.arange(logits.shape[0], device=logits.device)
     if name == "logit_diff":
         if corrupted_answers is None:
             raise ValueError("metric 'logit_diff' needs the corrupted answers")
         return -(logits[rows, answers] - logits[rows, corrupted_answers])
-    if name == "prob":
-        return -F.softmax(logits, dim=-1)[rows, answers]
-    raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(METRICS)}")
+    return -F.softmax(logits, dim=-1)[rows, answers]

@@ -1,37 +1,54 @@
-"""Choosing a circuit from edge scores: top-n, greedy, dead-node pruning, the node view.
+"""Choosing a circuit from edge scores: the top edges, greedy growth, dead-node pruning, the node view.
 
 A circuit is a boolean ``[n_sources, n_destinations]`` mask over the graph's
-edges (a subset of ``graph.edge_mask``).
+edges (a subset of ``graph.edge_mask``). Its size is given as a ``budget`` (a
+share of the graph's edges) or as ``edges`` (a count).
 """
 
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from ftcircuits.circuits.graph import Graph
+from ftcircuits.options import SelectionMethod, check_choice
 
 
-def edge_budget(graph: Graph, count: int | None = None, fraction: float | None = None) -> int:
-    """Return an edge count from a count or a fraction of the graph's edges (exactly one given)."""
-    if (count is None) == (fraction is None):
-        raise ValueError("give exactly one of an edge count or an edge fraction")
-    if fraction is not None:
-        if not 0 < fraction <= 1:
-            raise ValueError(f"edge fraction must be in (0, 1], got {fraction}")
-        return max(1, round(fraction * graph.n_edges))
-    if not 0 < count <= graph.n_edges:
-        raise ValueError(f"edge count must be in [1, {graph.n_edges}], got {count}")
-    return count
+@dataclass(frozen=True)
+class Selection:
+    """How a circuit is chosen from edge scores (``DiscoverySettings.selection_rule()`` builds it)."""
+
+    method: SelectionMethod = "top"
+    budget: float = 0.05
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(SelectionMethod, self.method, "selection method")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"budget (share of edges) must be in (0, 1], got {self.budget}")
 
 
-def top_n_edges(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
-    """Return the mask of the ``n`` edges with the largest |score|."""
+def edge_count(graph: Graph, budget: float | None = None, edges: int | None = None) -> int:
+    """Return a circuit's edge count from a budget (share of the graph's edges) or a count (exactly one)."""
+    if (budget is None) == (edges is None):
+        raise ValueError("give exactly one of a budget (share of edges) or an edge count")
+    if budget is not None:
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget (share of edges) must be in (0, 1], got {budget}")
+        return max(1, round(budget * graph.n_edges))
+    if not 0 < edges <= graph.n_edges:
+        raise ValueError(f"edge count must be in [1, {graph.n_edges}], got {edges}")
+    return edges
+
+
+def top_edges(scores: torch.Tensor, graph: Graph, edges: int) -> torch.Tensor:
+    """Return the mask of the ``edges`` edges with the largest |score|."""
     magnitude = torch.where(graph.edge_mask, scores.abs().float(), torch.tensor(-1.0))
     chosen = torch.zeros(graph.edge_mask.numel(), dtype=torch.bool)
-    chosen[magnitude.flatten().topk(n).indices] = True
+    chosen[magnitude.flatten().topk(edges).indices] = True
     return chosen.view_as(graph.edge_mask)
 
 
@@ -56,9 +73,9 @@ class NodeIndex:
         return [position.get(self.graph.destination_node(d)) for d in range(self.graph.n_destinations)]
 
 
-def greedy_edges(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
+def greedy_edges(scores: torch.Tensor, graph: Graph, edges: int) -> torch.Tensor:
     """Grow a circuit from ``logits`` backwards: repeatedly add the highest-|score| edge whose
-    destination's node is already in the circuit, until ``n`` edges."""
+    destination's node is already in the circuit, until ``edges`` edges."""
     nodes = NodeIndex(graph)
     magnitude = scores.abs().float()
     chosen = torch.zeros_like(graph.edge_mask)
@@ -71,7 +88,7 @@ def greedy_edges(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
 
     open_destination(graph.logits_destination)
     added = 0
-    while frontier and added < n:
+    while frontier and added < edges:
         _, s, d = heapq.heappop(frontier)
         if chosen[s, d]:
             continue
@@ -119,17 +136,13 @@ def nodes_in_circuit(circuit: torch.Tensor, graph: Graph) -> set[str]:
 def select_circuit(
     scores: torch.Tensor,
     graph: Graph,
-    method: str = "topn",
-    count: int | None = None,
-    fraction: float | None = None,
+    method: SelectionMethod = "top",
+    budget: float | None = None,
+    edges: int | None = None,
     prune: bool = True,
 ) -> torch.Tensor:
-    """Return a circuit mask: "topn" or "greedy" at the given budget, then dead-node pruning."""
-    n = edge_budget(graph, count, fraction)
-    if method == "topn":
-        circuit = top_n_edges(scores, graph, n)
-    elif method == "greedy":
-        circuit = greedy_edges(scores, graph, n)
-    else:
-        raise ValueError(f"unknown selection method {method!r}; allowed: topn, greedy")
+    """Return a circuit mask: the top or greedily grown edges at a budget or count, then dead-node pruning."""
+    check_choice(SelectionMethod, method, "selection method")
+    count = edge_count(graph, budget, edges)
+    circuit = top_edges(scores, graph, count) if method == "top" else greedy_edges(scores, graph, count)
     return prune_dead_nodes(circuit, graph) if prune else circuit

@@ -1,8 +1,8 @@
 """Ray glue for circuits over a run: long-lived actors, each holding the base model once.
 
-Tasks go to the least-loaded actor with at most ``in_flight_per_actor`` queued
+Units go to the least-loaded actor with at most ``in_flight_per_actor`` queued
 on each, so memory stays bounded however many checkpoints a run has. A dead
-actor is restarted by Ray (``max_restarts``) and its queued tasks retried
+actor is restarted by Ray (``max_restarts``) and its queued units retried
 (``max_task_retries``); finished circuits are on disk, so nothing is redone.
 """
 
@@ -15,20 +15,20 @@ from pathlib import Path
 
 import ray
 
-from ftcircuits.circuits.over_run import (
+from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
+from ftcircuits.study.over_run import (
     CircuitRunner,
-    CircuitTask,
-    circuit_tasks,
+    CircuitUnit,
+    circuit_units,
     circuits_dir,
     finished_circuit,
     run_inputs,
     write_summary,
 )
-from ftcircuits.config import CircuitRunConfig, DiscoverySettings
 
 
 class CircuitActor:
-    """A ``CircuitRunner`` in a Ray actor: loads the base model in ``__init__``, then serves tasks."""
+    """A ``CircuitRunner`` in a Ray actor: loads the base model in ``__init__``, then serves units."""
 
     def __init__(self, base_model: str, data: Path, settings: DiscoverySettings, out: Path) -> None:
         import torch
@@ -36,8 +36,8 @@ class CircuitActor:
         torch.set_num_threads(settings.threads)
         self.runner = CircuitRunner(base_model, data, settings, out)
 
-    def run(self, task: CircuitTask) -> dict:
-        return self.runner.run(task)
+    def run(self, unit: CircuitUnit) -> dict:
+        return self.runner.run(unit)
 
     def pid(self) -> int:
         return os.getpid()
@@ -55,23 +55,23 @@ def start_actors(
 
 def run_on_actors(
     actors: Sequence[ray.actor.ActorHandle],
-    tasks: Sequence[CircuitTask],
+    units: Sequence[CircuitUnit],
     in_flight_per_actor: int = 2,
     on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run every task on the actors, ``in_flight_per_actor`` queued at most; return rows in task order.
+    """Run every unit on the actors, ``in_flight_per_actor`` queued at most; return rows in unit order.
 
-    A task that still fails after Ray's retries raises here, with the task named.
+    A unit that still fails after Ray's retries raises here, with the unit named.
     """
-    waiting = deque(enumerate(tasks))
+    waiting = deque(enumerate(units))
     load = dict.fromkeys(range(len(actors)), 0)
-    in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (task index, actor index)
+    in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (unit index, actor index)
     rows: dict[int, dict] = {}
     while waiting or in_flight:
         while waiting and min(load.values()) < in_flight_per_actor:
             actor = min(load, key=load.get)
-            index, task = waiting.popleft()
-            in_flight[actors[actor].run.remote(task)] = (index, actor)
+            index, unit = waiting.popleft()
+            in_flight[actors[actor].run.remote(unit)] = (index, actor)
             load[actor] += 1
         (ref,), _ = ray.wait(list(in_flight), num_returns=1)
         index, actor = in_flight.pop(ref)
@@ -79,10 +79,10 @@ def run_on_actors(
         try:
             rows[index] = ray.get(ref)
         except ray.exceptions.RayError as error:
-            raise RuntimeError(f"circuit task {tasks[index].key} failed after retries: {error}") from error
+            raise RuntimeError(f"circuit unit {units[index].key} failed after retries: {error}") from error
         if on_result is not None:
             on_result(rows[index])
-    return [rows[i] for i in range(len(tasks))]
+    return [rows[i] for i in range(len(units))]
 
 
 def circuits_over_run(
@@ -90,13 +90,13 @@ def circuits_over_run(
 ) -> tuple[Path, list[dict], int]:
     """Discover every circuit of a run that is not on disk yet; return (output dir, all rows, computed).
 
-    Validates the run, its dataset and the tasks before any actor starts.
+    Validates the run, its dataset and the units before any actor starts.
     """
     inputs = run_inputs(config.run)
     out = circuits_dir(config.run, config, inputs)
-    tasks = circuit_tasks(inputs, config.robustness, config.random_seed)
-    done = {task.key: finished_circuit(out, task) for task in tasks}
-    todo = [task for task in tasks if done[task.key] is None]
+    units = circuit_units(inputs, config.robustness, config.random_seed)
+    done = {unit.key: finished_circuit(out, unit) for unit in units}
+    todo = [unit for unit in units if done[unit.key] is None]
     for row in done.values():
         if row is not None and on_result is not None:
             on_result(row)
@@ -108,10 +108,10 @@ def circuits_over_run(
         )  # fmt: skip
         try:
             rows = run_on_actors(actors, todo, config.in_flight_per_actor, on_result)
-            done |= {task.key: row for task, row in zip(todo, rows, strict=True)}
+            done |= {unit.key: row for unit, row in zip(todo, rows, strict=True)}
         finally:
             for actor in actors:
                 ray.kill(actor)
-    rows = [done[task.key] for task in tasks]
+    rows = [done[unit.key] for unit in units]
     write_summary(out, rows)
     return out, rows, len(todo)

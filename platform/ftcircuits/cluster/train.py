@@ -11,14 +11,10 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ftcircuits.finetune.run import (
-    RUN_CONFIG_FILE,
-    WorkerContext,
-    check_run_directory,
-    finetune_worker,
-    run_record,
-)
+from ftcircuits.finetune.run_identity import check_run_directory, run_record
+from ftcircuits.finetune.worker import WorkerContext, finetune_worker
 from ftcircuits.paths import atomic_file
+from ftcircuits.run_layout import RAY_DIR, run_config_path
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -56,7 +52,7 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
     record = run_record(config, data_dir)
     check_run_directory(record)  # the same config resumes from Ray's storage; another one is refused
     uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"))
-    with atomic_file(out / RUN_CONFIG_FILE) as tmp:  # what later stages (circuits) read of this run
+    with atomic_file(run_config_path(out)) as tmp:  # what later stages (circuits) read of this run
         tmp.write_text(json.dumps(record | {"mlflow_run": run_id}, indent=1))
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker} | (
@@ -70,7 +66,7 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
         ),
         run_config=RunConfig(
             name=out.name,
-            storage_path=str(out / "ray"),
+            storage_path=str(out / RAY_DIR),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
         ),

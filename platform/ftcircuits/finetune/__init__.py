@@ -1,1 +1,1 @@
-"""Fine-tuning: prompt encoding, the training loop as a plain function, accuracy."""
+"""Fine-tuning: methods over PEFT, the training loop as a plain function, DeepSpeed, the worker."""

@@ -13,9 +13,10 @@ from typing import Literal
 
 import torch
 
-from ftcircuits.finetune.encoding import LabelledBatch
-from ftcircuits.finetune.loop import TrainSettings, answer_loss, build_optimizer, warmup_cosine
+from ftcircuits.encoding import LabelledBatch
+from ftcircuits.finetune.loop import answer_loss, build_optimizer
 from ftcircuits.finetune.methods import attach_budget_reallocation
+from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 
 Precision = Literal["fp32", "bf16", "fp16"]
 

@@ -6,32 +6,18 @@ prompt and padding tokens carry no loss, and the format is the probe's.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ftcircuits.finetune.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, model_logits, pad_prompts
+from ftcircuits.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, model_logits, pad_prompts
 from ftcircuits.finetune.methods import attach_budget_reallocation
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimiser and schedule of one training run."""
-
-    total_steps: int
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    grad_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    min_lr_ratio: float = 0.1
+from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 
 
 def answer_loss(model: torch.nn.Module, batch: LabelledBatch) -> torch.Tensor:
@@ -74,20 +60,6 @@ def decay_groups(
         | ({"lr": patterns[index][1]} if index is not None else {})
         for (decayed, index), params in sorted(groups.items(), key=_group_order)
     ]
-
-
-def warmup_cosine(settings: TrainSettings) -> Callable[[int], float]:
-    """Return the learning-rate multiplier per optimiser step: linear warmup, cosine decay."""
-
-    def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        span = max(1, settings.total_steps - settings.warmup_steps)
-        progress = min(1.0, (step - settings.warmup_steps) / span)
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine
-
-    return factor
 
 
 def epoch_batches(

@@ -1,42 +1,24 @@
 """Fine-tuning methods as configs over PEFT: FPFT, LoRA, AdaLoRA, IA3 (CircuitLoRA: per-module ranks).
 
-Target modules come from the architecture adapter (``ModuleNames.linear_modules``), so no
-method branches on the model type. CircuitLoRA will arrive as ``rank_pattern`` /
-``alpha_pattern`` of a LoRA config plus per-group learning rates (``lr_groups``).
+A method is a ``config.training.MethodConfig``. Target modules come from the architecture
+adapter (``ModuleNames.linear_modules``), so no method branches on the model type. CircuitLoRA
+will arrive as ``rank_pattern`` / ``alpha_pattern`` of a LoRA config plus per-group learning
+rates (``lr_groups``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.hooks import RemovableHandle
 
 from ftcircuits.models.architecture import Architecture
 
-
-class MethodConfig(BaseModel):
-    """One fine-tuning method and its hyper-parameters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Literal["fpft", "lora", "adalora", "ia3"] = "lora"
-    r: int = Field(8, ge=1, description="LoRA rank (AdaLoRA: target rank)")
-    alpha: int | None = Field(None, ge=1, description="LoRA alpha; default 2r as in the paper")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    rank_pattern: dict[str, int] = Field(default_factory=dict, description="regex -> rank (CircuitLoRA)")
-    alpha_pattern: dict[str, int] = Field(default_factory=dict, description="regex -> alpha (CircuitLoRA)")
-    adalora_init_r: int = Field(12, ge=1)
-    adalora_tinit: int = Field(25, ge=0)
-    adalora_tfinal: int = Field(50, ge=0)
-    adalora_delta_t: int = Field(10, ge=1)
-    trainable_tokens: list[str] = Field(
-        default_factory=list,
-        description="tokens whose input embeddings also train (e.g. a notation the base model never saw)",
-    )
+if TYPE_CHECKING:
+    from ftcircuits.config.training import MethodConfig
 
 
 def target_modules(arch: Architecture) -> list[str]:

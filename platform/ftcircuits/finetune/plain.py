@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import PlainStrategy, TrainSettings, epoch_batches, train_answer_model
+from ftcircuits.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
+
+if TYPE_CHECKING:
+    from ftcircuits.config.training import PlainFinetuneConfig
 
 
 def plain_finetune(
@@ -17,7 +21,7 @@ def plain_finetune(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     answers: Sequence[str],
-    config,  # ftcircuits.config.PlainFinetuneConfig
+    config: PlainFinetuneConfig,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Fine-tune every parameter on (prompt, answer) pairs; return the loss per optimiser step."""
@@ -27,13 +31,7 @@ def plain_finetune(
     total_steps = (config.epochs * batches_per_epoch) // config.grad_accumulation
     if total_steps < 1:
         raise ValueError(f"{len(ids)} examples give no optimiser step at this batch size and accumulation")
-    settings = TrainSettings(
-        total_steps=total_steps,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_steps=min(config.warmup_steps, total_steps),
-        grad_accumulation=config.grad_accumulation,
-    )
+    settings = config.settings(total_steps)
     torch.manual_seed(config.seed)
     batches = epoch_batches(
         ids, answer_ids, config.batch_size, config.epochs, tokenizer.pad_token_id, config.seed

@@ -10,13 +10,16 @@ expression, but the tasks' notation is new to it: fine-tuning has to map it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase
 
+from ftcircuits.encoding import IGNORE_INDEX, LabelledBatch, accuracy
 from ftcircuits.models.tokenizer import FILLER_WORDS, TEMPLATE_WORDS
 
 CONTEXT_WORDS = tuple(dict.fromkeys((*FILLER_WORDS, *TEMPLATE_WORDS, ",", ".", ":", "(", ")")))
@@ -101,8 +104,8 @@ def packed_windows(
 
     Each window starts with ``[BOS]`` and holds whole statements ``<context>
     <expression> <answer>``; the label of the expression's last token is the
-    answer (-100 elsewhere), so every statement trains the probe's position.
-    Short windows are right-padded with ``[PAD]`` and label -100.
+    answer (IGNORE_INDEX elsewhere), so every statement trains the probe's position.
+    Short windows are right-padded with ``[PAD]`` and label IGNORE_INDEX.
     """
     rng = random.Random(seed)
     names = list(FAMILIES)
@@ -116,29 +119,23 @@ def packed_windows(
                 text = " ".join([*rng.choices(CONTEXT_WORDS, k=rng.randint(1, mix.max_context_words)), text])
             drafts.append((text, answer))
         encoded = tokenizer([t for t, _ in drafts], add_special_tokens=False)["input_ids"]
-        ids, labels = [bos], [-100]
+        ids, labels = [bos], [IGNORE_INDEX]
         for prompt, (_, answer) in zip(encoded, drafts, strict=True):
             if len(ids) + len(prompt) + 1 > seq_len:
                 ids += [pad] * (seq_len - len(ids))
-                labels += [-100] * (seq_len - len(labels))
+                labels += [IGNORE_INDEX] * (seq_len - len(labels))
                 yield ids, labels
-                ids, labels = [bos], [-100]
+                ids, labels = [bos], [IGNORE_INDEX]
                 continue
             answer_id = tokenizer.convert_tokens_to_ids(str(answer))
             ids += [*prompt, answer_id]
-            labels += [-100] * (len(prompt) - 1) + [answer_id, -100]
+            labels += [IGNORE_INDEX] * (len(prompt) - 1) + [answer_id, IGNORE_INDEX]
 
 
 def packed_batches(
     tokenizer: PreTrainedTokenizerBase, mix: CorpusMix, batch_size: int, seq_len: int, seed: int
 ):
     """Yield endless labelled batches of ``packed_windows`` (the pre-training stream)."""
-    import itertools
-
-    import torch
-
-    from ftcircuits.finetune.encoding import LabelledBatch
-
     windows = packed_windows(tokenizer, mix, seq_len, seed)
     while True:
         rows = list(itertools.islice(windows, batch_size))
@@ -152,8 +149,6 @@ def corpus_accuracy(
     model, tokenizer: PreTrainedTokenizerBase, mix: CorpusMix, seed: int, n: int = 1000
 ) -> dict:
     """Return accuracy per corpus family on fresh draws, without and with context words."""
-    from ftcircuits.finetune.evaluate import accuracy
-
     rng = random.Random(seed)
     out = {}
     for family in FAMILIES:

@@ -180,11 +180,11 @@ def robustness_curves(robustness: pl.DataFrame, path: Path) -> Path:
 
 def faithfulness_by_budget(curves: pl.DataFrame, path: Path, title: str = "") -> Path:
     """Plot faithfulness against the share of edges kept (log x, in percent), one line per circuit."""
-    df = curves.filter(pl.col("fraction") > 0)
+    df = curves.filter(pl.col("budget") > 0)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label in df["circuit"].unique(maintain_order=True).to_list():
-        part = df.filter(pl.col("circuit") == label).sort("fraction")
-        xs = 100 * _floats(part, "fraction")
+        part = df.filter(pl.col("circuit") == label).sort("budget")
+        xs = 100 * _floats(part, "budget")
         ax.plot(xs, _floats(part, "faithfulness"), marker="o", markersize=3, label=label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import polars as pl
 from transformers import PreTrainedTokenizerBase
 
-from ftcircuits.finetune.encoding import answer_token_ids, prompt_ids
+from ftcircuits.encoding import answer_token_ids, prompt_ids
 from ftcircuits.tasks.item import Draft, TaskFamily
 
 SPLITS = ("finetune", "circuit")

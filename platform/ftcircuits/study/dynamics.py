@@ -10,19 +10,14 @@ from pathlib import Path
 
 import polars as pl
 
-from ftcircuits.circuits.compare import (
-    LAYER_VARIANTS,
-    circuit_similarity,
-    critical_layers,
-    edge_changes,
-    layer_scores,
-)
+from ftcircuits.circuits.compare import circuit_similarity, critical_layers, edge_changes, layer_scores
 from ftcircuits.circuits.io import read_circuit
-from ftcircuits.circuits.over_run import SUMMARY_FILE
+from ftcircuits.options import LayerVariant, choices
+from ftcircuits.study.over_run import SUMMARY_FILE
 
 
 def read_summary(out: Path) -> pl.DataFrame:
-    """Return the summary table of a run's circuits (one row per task)."""
+    """Return the summary table of a run's circuits (one row per unit)."""
     path = Path(out) / SUMMARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run jobs.circuits --run first (with the same settings)")
@@ -30,8 +25,8 @@ def read_summary(out: Path) -> pl.DataFrame:
 
 
 def checkpoint_circuits(out: Path, summary: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
-    """Return (step, edges) of the fine-tuning checkpoints' circuits, by step."""
-    rows = summary.filter(pl.col("model") == "fine-tuning").sort("step")
+    """Return (step, edges) of the run's checkpoint circuits, by step."""
+    rows = summary.filter(pl.col("model") == "checkpoint").sort("step")
     if rows.height < 2:
         raise ValueError(f"dynamics need at least 2 checkpoint circuits, found {rows.height}")
     return [(step, read_circuit(Path(out) / key)[0]) for key, step in rows.select("key", "step").iter_rows()]
@@ -47,7 +42,7 @@ def similarity_over_steps(circuits: list[tuple[int, pl.DataFrame]], summary: pl.
         previous = circuit_similarity(circuits[index - 1][1], edges) if index else {}
         row |= {f"{k}_prev": previous.get(k) for k in ("node_jaccard", "edge_jaccard", "abs_score_spearman")}
         rows.append(row)
-    metrics = summary.filter(pl.col("model") == "fine-tuning").select(
+    metrics = summary.filter(pl.col("model") == "checkpoint").select(
         "step", "faithfulness", "circuit_accuracy", pl.col("model_accuracy").alias("accuracy")
     )
     return pl.DataFrame(rows).join(metrics, on="step", how="left").sort("step")
@@ -57,7 +52,7 @@ def layer_change(before: pl.DataFrame, after: pl.DataFrame, layers: int, k: int 
     """Return per (variant, layer) the edge-change score and whether it is critical by top-k / mean+std."""
     changes = edge_changes(before, after)
     parts = []
-    for variant in LAYER_VARIANTS:
+    for variant in choices(LayerVariant):
         scores = layer_scores(changes, layers, variant)
         top, spread = critical_layers(scores, "topk", min(k, layers)), critical_layers(scores, "mean_std")
         parts.append(
@@ -78,7 +73,7 @@ def changed_circuit_edges(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataF
 def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
     """Return per model and perturbation ratio the node and edge Jaccard against its unperturbed circuit."""
     rows = []
-    robust = summary.filter(pl.col("model") != "fine-tuning")
+    robust = summary.filter(pl.col("model") != "checkpoint")
     if robust.is_empty():
         raise ValueError("no robustness circuits: run jobs.circuits --run with robustness=true")
     for (model,), group in robust.group_by("model", maintain_order=True):

@@ -9,7 +9,6 @@ newest checkpoint also holds the DeepSpeed training state a restart resumes from
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -20,18 +19,15 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from ftcircuits.encoding import accuracy, prompt_ids, require_answer_ids
 from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
-from ftcircuits.finetune.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.evaluate import accuracy
-from ftcircuits.finetune.loop import TrainSettings, decay_groups, epoch_batches, train_answer_model
+from ftcircuits.finetune.loop import decay_groups, epoch_batches, train_answer_model
 from ftcircuits.finetune.methods import apply_method
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
+from ftcircuits.run_layout import CHECKPOINTS_DIR, checkpoint_path, index_path, read_checkpoint_index
 from ftcircuits.tasks.io import read_items
 from ftcircuits.tracking.mlflow_runs import RunLogger
-
-INDEX_FILE = "index.parquet"
-RUN_CONFIG_FILE = "finetune.json"  # the run's config, its dataset and MLflow run id, written by the driver
 
 
 @dataclass(frozen=True)
@@ -44,52 +40,6 @@ class WorkerContext:
     report: Callable[[dict, Path | None], None] = lambda metrics, path: None
     mlflow_run: tuple[str, str] | None = None
     resume_from: Path | None = None  # a checkpoint directory of this run, after a failure
-
-
-def checkpoint_path(out: Path, step: int) -> Path:
-    return Path(out) / "checkpoints" / f"step-{step:06d}"
-
-
-def run_record(config, data_dir: Path) -> dict:
-    """Return what identifies a fine-tuning run: its full config and its dataset directory."""
-    out = Path(config.out).resolve()
-    return config.model_copy(update={"out": out}).model_dump(mode="json") | {
-        "data_dir": str(Path(data_dir).resolve())
-    }
-
-
-def check_run_directory(record: dict) -> None:
-    """Refuse an ``out`` that holds a run with another config; the same config resumes (or is done).
-
-    Raises ValueError naming the differing fields, before anything starts or is overwritten.
-    """
-    path = Path(record["out"]) / RUN_CONFIG_FILE
-    if not path.is_file():
-        return
-    previous = json.loads(path.read_text())
-    previous.pop("mlflow_run", None)
-    differing = sorted(_differing_keys(previous, record))
-    if differing:
-        raise ValueError(
-            f"{record['out']} already holds a fine-tuning run with another config ({', '.join(differing)} "
-            "differ): choose another out, or delete it to start afresh"
-        )
-
-
-def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key in a.keys() | b.keys():
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys |= _differing_keys(left, right, f"{prefix}{key}.")
-        elif left != right:
-            keys.add(f"{prefix}{key}")
-    return keys
-
-
-def read_checkpoint_index(out: Path) -> pl.DataFrame:
-    """Return the checkpoint index (step, path, train_loss, eval_accuracy) of a run."""
-    return pl.read_parquet(Path(out) / "checkpoints" / INDEX_FILE)
 
 
 def sharded_batches(ids, answers, config, pad_id: int, context: WorkerContext) -> tuple[list, int]:
@@ -124,10 +74,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
             f"trainable_tokens {config.method.trainable_tokens} include tokens the tokenizer lacks"
         )
     train = config.train
-    settings = TrainSettings(
-        total_steps=total_steps, lr=train.lr, weight_decay=train.weight_decay,
-        warmup_steps=min(train.warmup_steps, total_steps), grad_accumulation=train.grad_accumulation,
-    )  # fmt: skip
+    settings = train.settings(total_steps)
     model = apply_method(loaded.model, loaded.architecture, config.method, total_steps, token_ids)
     strategy = DeepSpeedStrategy(
         model,
@@ -156,7 +103,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
             for older in rows:  # resuming needs only the newest training state
                 shutil.rmtree(Path(older["path"]) / DeepSpeedStrategy.ENGINE_STATE, ignore_errors=True)
             rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held})
-            with atomic_file(path.parent / INDEX_FILE) as tmp:
+            with atomic_file(index_path(config.out)) as tmp:
                 pl.DataFrame(rows).write_parquet(tmp)
             if logger is not None:
                 logger.metric("eval_accuracy", held, step)
@@ -182,4 +129,4 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
     if logger is not None:
         logger.metric("worker_tokens_per_s", tokens / seconds, total_steps)
     if logger is not None:
-        logger.artifact(checkpoint_path(config.out, 0).parent / INDEX_FILE, "checkpoints")
+        logger.artifact(index_path(config.out), CHECKPOINTS_DIR)

@@ -1,10 +1,10 @@
-"""Circuits over a fine-tuning run: one task per checkpoint (and per robustness variant), keyed on disk.
+"""Circuits over a fine-tuning run: one unit per checkpoint (and per robustness variant), keyed on disk.
 
 Plain Python, no Ray: ``CircuitRunner`` holds the base model once and swaps in
-each task's weights; ``cluster.circuit_pool`` runs it inside long-lived actors,
+each unit's weights; ``cluster.circuit_pool`` runs it inside long-lived actors,
 and a sequential loop over the same runner gives the same circuits. Every
 circuit is written to ``<run>/circuits/<settings hash>/<key>`` (JSON last), so a
-finished task is recognised and skipped by a rerun.
+finished unit is recognised and skipped by a rerun.
 """
 
 from __future__ import annotations
@@ -17,29 +17,28 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from ftcircuits.circuits.attribution import AttributionConfig
-from ftcircuits.circuits.discover import Selection, circuit_metadata, discover_circuit
+from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
-from ftcircuits.config import DiscoverySettings
-from ftcircuits.finetune.run import INDEX_FILE, RUN_CONFIG_FILE
+from ftcircuits.config.discovery import DiscoverySettings
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, RANDOM_PREFIX, CheckpointWeights
+from ftcircuits.options import ModelKind
 from ftcircuits.paths import atomic_file
+from ftcircuits.run_layout import CIRCUITS_DIR, checkpoint_name, read_checkpoint_index, read_run_record
 from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed
 
-CIRCUITS_DIR = "circuits"
 SUMMARY_FILE = "summary.parquet"
 METRICS = ("faithfulness", "faithfulness_paper", "circuit_accuracy", "model_accuracy",
            "edges_in_circuit", "nodes_in_circuit")  # fmt: skip
 
 
 @dataclass(frozen=True)
-class CircuitTask:
-    """One circuit to discover: which weights, on which variant of the circuit split."""
+class CircuitUnit:
+    """One circuit to discover over a run: which weights, on which variant of the circuit split."""
 
     key: str  # file stem of the circuit, unique within a run's settings
     weights: str  # a checkpoint directory, "base" or "random:SEED"
-    model: str  # "fine-tuning", "pre-trained" or "random-init"
+    model: ModelKind
     step: int | None = None  # the checkpoint's optimiser step
     ratio: float = 0.0  # share of items replaced (0: the unperturbed split)
 
@@ -56,12 +55,8 @@ class RunInputs:
 
 def run_inputs(run: Path) -> RunInputs:
     """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``."""
-    run = Path(run)
-    config_path = run / RUN_CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {run} is not a fine-tuning run directory")
-    config = json.loads(config_path.read_text())
-    index = pl.read_parquet(run / "checkpoints" / INDEX_FILE)
+    config = read_run_record(run)
+    index = read_checkpoint_index(run)
     missing = [p for p in index["path"] if not Path(p).is_dir()]
     if missing:
         raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
@@ -85,10 +80,10 @@ def circuits_dir(run: Path, settings: DiscoverySettings, inputs: RunInputs) -> P
     return Path(run) / CIRCUITS_DIR / settings_hash(settings, inputs)
 
 
-def circuit_tasks(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> list[CircuitTask]:
-    """Return a task per checkpoint, and with ``robustness`` per (pre-trained | random-init, ratio)."""
-    tasks = [
-        CircuitTask(f"step-{step:06d}", str(path), "fine-tuning", step)
+def circuit_units(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> list[CircuitUnit]:
+    """Return a unit per checkpoint, and with ``robustness`` per (base | random-init, ratio)."""
+    units = [
+        CircuitUnit(checkpoint_name(step), str(path), "checkpoint", step)
         for step, path in inputs.checkpoints.select("step", "path").iter_rows()
     ]
     if robustness:
@@ -96,60 +91,58 @@ def circuit_tasks(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> 
         if not ratios:
             raise ValueError(f"robustness needs perturbed variants of {inputs.data}; it has none")
         seed = random_seed
-        variants = (("pre-trained", "pre-trained", BASE),
+        variants = (("base", "base", BASE),
                     ("random-init", f"random-init-seed{seed}", f"{RANDOM_PREFIX}{seed}"))  # fmt: skip
         for model, stem, weights in variants:
-            tasks += [CircuitTask(f"{stem}-p{r:.2f}", weights, model, None, r) for r in [0.0, *ratios]]
-    return tasks
+            units += [CircuitUnit(f"{stem}-p{r:.2f}", weights, model, None, r) for r in [0.0, *ratios]]
+    return units
 
 
-def finished_circuit(out: Path, task: CircuitTask) -> dict | None:
-    """Return the summary row of a task whose circuit is already on disk, else None."""
-    meta_path = Path(out) / f"{task.key}{META_SUFFIX}"
+def finished_circuit(out: Path, unit: CircuitUnit) -> dict | None:
+    """Return the summary row of a unit whose circuit is already on disk, else None."""
+    meta_path = Path(out) / f"{unit.key}{META_SUFFIX}"
     if not meta_path.is_file():
         return None
-    return summary_row(task, json.loads(meta_path.read_text()))
+    return summary_row(unit, json.loads(meta_path.read_text()))
 
 
-def summary_row(task: CircuitTask, meta: dict) -> dict:
-    return {**asdict(task), **{m: float(meta["faithfulness"][m]) for m in METRICS}}
+def summary_row(unit: CircuitUnit, meta: dict) -> dict:
+    return {**asdict(unit), **{m: float(meta["faithfulness"][m]) for m in METRICS}}
 
 
 class CircuitRunner:
-    """Discovers the circuits of tasks on one base model, loaded once; writes each atomically."""
+    """Discovers the circuits of units on one base model, loaded once; writes each atomically."""
 
     def __init__(self, base_model: str, data: Path, settings: DiscoverySettings, out: Path) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.weights = CheckpointWeights(load_model(base_model, device=device))
         self.data, self.settings, self.out = Path(data), settings, Path(out)
-        self.attribution = AttributionConfig(
-            settings.method, settings.steps, settings.step_convention, settings.metric
-        )
-        self.selection = Selection(settings.selection, settings.fraction)
+        self.attribution = settings.attribution_config()
+        self.selection = settings.selection_config()
 
     def items(self, ratio: float) -> pl.DataFrame:
         items = read_items(self.data, self.settings.split) if ratio == 0 else read_perturbed(self.data, ratio)
         return items.head(self.settings.examples) if self.settings.examples else items
 
-    def run(self, task: CircuitTask) -> dict:
-        """Discover, evaluate and write the circuit of ``task``; return its summary row."""
-        self.weights.swap_to(task.weights)
+    def run(self, unit: CircuitUnit) -> dict:
+        """Discover, evaluate and write the circuit of ``unit``; return its summary row."""
+        self.weights.swap_to(unit.weights)
         loaded = self.weights.loaded
-        items = self.items(task.ratio)
+        items = self.items(unit.ratio)
         settings = self.settings
         found = discover_circuit(
             loaded, items, self.attribution, self.selection, settings.batch_size, curve=settings.curve
         )
         meta = circuit_metadata(
-            loaded, self.attribution, self.selection, task=asdict(task), split=self.settings.split,
+            loaded, self.attribution, self.selection, unit=asdict(unit), split=self.settings.split,
             examples=items.height, data=str(self.data), faithfulness=found.metrics, curve=found.curve,
         )  # fmt: skip
-        write_circuit(self.out / task.key, edges_table(found.scores, found.circuit, found.graph), meta)
-        return summary_row(task, meta)
+        write_circuit(self.out / unit.key, edges_table(found.scores, found.circuit, found.graph), meta)
+        return summary_row(unit, meta)
 
 
 def write_summary(out: Path, rows: list[dict]) -> Path:
-    """Write the summary table of a run's circuits (one row per task), sorted by model, step, ratio."""
+    """Write the summary table of a run's circuits (one row per unit), sorted by model, step, ratio."""
     frame = pl.DataFrame(rows).sort("model", "step", "ratio", nulls_last=True)
     path = Path(out) / SUMMARY_FILE
     with atomic_file(path) as tmp:

@@ -1,4 +1,4 @@
-"""The one prompt/answer format shared by training and the accuracy probe.
+"""The one prompt/answer format shared by tasks, training, circuits and the accuracy probe (a leaf).
 
 A prompt is tokenized as the model's tokenizer does by default (the tiny
 tokenizer adds ``[BOS]``); the answer is the single next token after the
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import polars as pl
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -93,9 +94,12 @@ def pad_prompts(ids: Sequence[Sequence[int]], pad_id: int, side: str = "right") 
     return PromptBatch(input_ids, mask, positions, last)
 
 
+IGNORE_INDEX = -100  # label of positions that carry no loss (PyTorch's cross-entropy default)
+
+
 @dataclass(frozen=True)
 class LabelledBatch:
-    """Token ids with a target token at some positions (-100 elsewhere).
+    """Token ids with a target token at some positions (``IGNORE_INDEX`` elsewhere).
 
     ``labels[i, t]`` is the token the model must predict *after* position t, so
     a prompt's answer sits at the prompt's last position, as the probe reads it.
@@ -110,9 +114,6 @@ class LabelledBatch:
         return LabelledBatch(
             *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.labels))
         )
-
-
-IGNORE_INDEX = -100
 
 
 def answer_batch(batch: PromptBatch, answers: torch.Tensor) -> LabelledBatch:
@@ -136,3 +137,66 @@ def last_token_logits(model: torch.nn.Module, batch: PromptBatch, input_ids=None
     """Return the logits at each prompt's last real token, shape (batch, vocab)."""
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     return model_logits(model, batch, input_ids)[rows, batch.last_index]
+
+
+# --- accuracy: batched exact match of the next token after the prompt ---------------------------
+@torch.no_grad()
+def predicted_tokens(
+    model: torch.nn.Module,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 256,
+    padding_side: str = "right",
+) -> torch.Tensor:
+    """Return the arg-max next token after each prompt (token id lists), on CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(ids), batch_size):
+        batch = pad_prompts(ids[start : start + batch_size], pad_id, padding_side).to(device)
+        out.append(last_token_logits(model, batch).argmax(dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def correct_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 256,
+    padding_side: str = "right",
+) -> list[bool]:
+    """Return, per prompt, whether the model's top-1 next token is the answer token."""
+    targets = torch.tensor(require_answer_ids(tokenizer, prompts, answers), dtype=torch.long)
+    predicted = predicted_tokens(
+        model, prompt_ids(tokenizer, prompts), tokenizer.pad_token_id, batch_size, padding_side
+    )
+    return (predicted == targets).tolist()
+
+
+def accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 256,
+    padding_side: str = "right",
+) -> float:
+    """Return top-1 exact-match accuracy of the next token after each prompt."""
+    hits = correct_answers(model, tokenizer, prompts, answers, batch_size, padding_side)
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
+def task_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: pl.DataFrame,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Return accuracy overall (key "all") and per kind on a dataset frame."""
+    hits = correct_answers(model, tokenizer, items["prompt"].to_list(), items["answer"].to_list(), batch_size)
+    scored = items.select("kind").with_columns(pl.Series("hit", hits, dtype=pl.Float64))
+    per_kind = scored.group_by("kind").agg(pl.col("hit").mean()).sort("kind")
+    return {"all": float(scored["hit"].mean()), **dict(per_kind.iter_rows())}

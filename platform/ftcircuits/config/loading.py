@@ -1,0 +1,87 @@
+"""The one config loader: a YAML file (or defaults) with dotted ``key.path=value`` overrides.
+
+Every error (unknown field, wrong type, unknown task, bad range, unreadable
+model path) is raised as one ConfigError naming the field, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def schema_defaults(schema: type[BaseModel]) -> dict:
+    """Return the JSON-like defaults of ``schema``'s fields that have one."""
+    out = {}
+    for name, field in schema.model_fields.items():
+        if not field.is_required():
+            out[name] = to_jsonable_python(field.get_default(call_default_factory=True, validated_data={}))
+    return out
+
+
+def apply_override(tree: dict, assignment: str, defaults: dict | None = None) -> dict:
+    """Return ``tree`` with ``a.b.c=value`` set; the value is parsed as YAML (numbers, lists, ...).
+
+    A section the tree lacks is first filled from ``defaults``, so
+    ``finetune_task.range=200`` keeps the default task's other fields.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node, default = tree, defaults or {}
+    for key in keys[:-1]:
+        default = default.get(key, {}) if isinstance(default, dict) else {}
+        child = node.setdefault(key, dict(default) if isinstance(default, dict) else {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+    return tree
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Return one message naming every bad field and why."""
+    lines = []
+    for issue in error.errors():
+        where = ".".join(str(p) for p in issue["loc"]) or "(top level)"
+        message = issue["msg"].removeprefix("Value error, ")
+        if issue["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{where}: {message}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(schema: type[Schema], path: Path | None = None, overrides: list[str] = ()) -> Schema:
+    """Load ``schema`` from a YAML file (or defaults) with dotted overrides; raise ConfigError."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    defaults = schema_defaults(schema)
+    for assignment in overrides:
+        tree = apply_override(tree, assignment, defaults)
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None

@@ -1,0 +1,40 @@
+"""The main job's schema: the study on the embedded default, and its circuit-dynamics stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ftcircuits.config.data import ModelSource, Strict, TaskSpec, all_paper_tasks
+from ftcircuits.config.training import PlainFinetuneConfig
+
+
+class DynamicsStage(Strict):
+    """The study's circuit-dynamics stage: a fine-tuning preset run on Ray, its circuits, their analysis."""
+
+    finetune_config: Path = Path("jobs/configs/finetune-tiny.yaml")
+    circuit_overrides: list[str] = Field(
+        default_factory=list, description="--set overrides for jobs.circuits --run and jobs.analyze"
+    )
+
+    @field_validator("finetune_config")
+    @classmethod
+    def _preset_exists(cls, path: Path) -> Path:
+        if not Path(path).is_file():
+            raise ValueError(f"fine-tuning preset {str(path)!r} does not exist")
+        return path
+
+
+class StudyConfig(Strict):
+    """The main job: data for every task, base accuracy, a short fine-tune, accuracy after; then
+    (``dynamics``) a fine-tuning run on Ray with its circuits over checkpoints and their analysis."""
+
+    model: ModelSource = "tiny"
+    tasks: list[TaskSpec] = Field(default_factory=all_paper_tasks)
+    finetune_task: TaskSpec = TaskSpec(name="addsub", range=100)
+    finetune: PlainFinetuneConfig = PlainFinetuneConfig()
+    out: Path = Path("runs/study")
+    eval_batch_size: int = Field(256, ge=1)
+    threads: int = Field(2, ge=1)
+    dynamics: DynamicsStage | None = None

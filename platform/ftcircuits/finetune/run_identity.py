@@ -1,0 +1,44 @@
+"""What identifies a fine-tuning run, and the guard that keeps one run per run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcircuits.run_layout import read_run_record, run_config_path
+
+
+def run_record(config, data_dir: Path) -> dict:
+    """Return what identifies a fine-tuning run (``config``: a FinetuneConfig): its full config and
+    its dataset directory, with ``out`` made absolute."""
+    out = Path(config.out).resolve()
+    return config.model_copy(update={"out": out}).model_dump(mode="json") | {
+        "data_dir": str(Path(data_dir).resolve())
+    }
+
+
+def check_run_directory(record: dict) -> None:
+    """Refuse an ``out`` that holds a run with another config; the same config resumes (or is done).
+
+    Raises ValueError naming the differing fields, before anything starts or is overwritten.
+    """
+    if not run_config_path(record["out"]).is_file():
+        return
+    previous = read_run_record(record["out"])
+    previous.pop("mlflow_run", None)
+    differing = sorted(_differing_keys(previous, record))
+    if differing:
+        raise ValueError(
+            f"{record['out']} already holds a fine-tuning run with another config ({', '.join(differing)} "
+            "differ): choose another out, or delete it to start afresh"
+        )
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key in a.keys() | b.keys():
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys |= _differing_keys(left, right, f"{prefix}{key}.")
+        elif left != right:
+            keys.add(f"{prefix}{key}")
+    return keys

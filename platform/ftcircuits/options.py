@@ -1,0 +1,51 @@
+"""Every option set of the project, declared once (a leaf: imports nothing of the project).
+
+Schemas, functions and error messages use these aliases; ``choices(Alias)``
+gives the allowed values in order, for validation and messages.
+
+Vocabulary used across code, files and figures:
+- **base**: the model before fine-tuning (a run's ``step-000000`` checkpoint holds it too);
+- **budget**: a circuit's size as a share of the graph's edges (0.05 = 5%); an edge *count* is
+  called ``edges``;
+- **task**: a dataset task (Add/Sub, Mul/Div, ...) only; one circuit to discover over a run
+  is a ``CircuitUnit``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Split = Literal["finetune", "circuit"]
+CompositionalPart = Literal["full", "inner", "outer"]
+PaddingSide = Literal["left", "right"]
+
+FinetuneMethod = Literal["fpft", "lora", "adalora", "ia3"]
+ZeroStage = Literal[0, 1, 2, 3]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+AttributionMethod = Literal["eap", "clean-corrupted", "eap-ig-inputs"]
+# "k=1..m": alpha = k/m for k = 1..m (the paper-era reference: includes the clean input);
+# "k=0..m-1": alpha = k/m for k = 0..m-1 (later reference versions: includes the corrupted input).
+StepConvention = Literal["k=1..m", "k=0..m-1"]
+Metric = Literal["kl", "kl_vocab_mean", "logit_diff", "prob"]
+SelectionMethod = Literal["top", "greedy"]  # the top edges by |score|, or grown greedily from logits
+
+NodeRule = Literal["union", "intersection"]  # merging circuits: which nodes
+ScoreRule = Literal["mean", "max", "min"]  # merging circuits: the score of a shared edge
+LayerVariant = Literal["source", "source_no_input", "destination"]  # which layer an edge's change counts for
+CriticalRule = Literal["topk", "mean_std"]  # the k best layers, or those above mean + std
+
+# What a circuit over a run is of: a checkpoint of the run, the base model, or a random init of its shape.
+ModelKind = Literal["checkpoint", "base", "random-init"]
+
+
+def choices(alias) -> tuple:
+    """Return the allowed values of a ``Literal`` alias, in declaration order."""
+    return get_args(alias)
+
+
+def check_choice(alias, value, what: str) -> None:
+    """Raise ValueError naming ``what`` and the allowed values unless ``value`` is one of ``alias``."""
+    allowed = choices(alias)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")

@@ -1,0 +1,121 @@
+"""A compositional task's circuit from its subtasks' circuits: merge, then faithfulness over edge budgets.
+
+The paper's use: the union of the subtasks' circuits stands in for the
+compositional task's own circuit. ``merged_budget_curve`` measures how well it
+does, on the compositional task's pairs, against the task's own circuit at the
+same budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+from ftcircuits.circuits.compare import circuit_similarity
+from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
+from ftcircuits.circuits.evaluation import circuit_evaluation
+from ftcircuits.circuits.io import circuit_mask, edges_table, write_circuit
+from ftcircuits.circuits.merge import merge_circuits
+from ftcircuits.circuits.pairs import PairBatch, pair_batches
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.circuits.selection import edge_count, select_circuit, top_edges
+from ftcircuits.config.data import TaskSpec
+from ftcircuits.config.discovery import CompositionalConfig
+from ftcircuits.models.loader import LoadedModel
+from ftcircuits.options import Metric, NodeRule, ScoreRule
+from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items
+
+PARTS = ("inner", "outer", "full")  # the two subtasks, then the compositional task itself
+
+
+def part_items(config: CompositionalConfig, loaded: LoadedModel) -> dict[str, pl.DataFrame]:
+    """Return each part's items (the config's split, first ``examples``), building missing datasets."""
+    items = {}
+    for part in PARTS:
+        spec = TaskSpec(name="compositional", part=part)
+        directory = config.data / spec.dataset_name()
+        if not (directory / MANIFEST_FILE).is_file():
+            make_task_dataset(spec, loaded.tokenizer, config.model, config.data)
+        split = read_items(directory, config.split)
+        items[part] = split.head(config.examples) if config.examples else split
+    return items
+
+
+def part_circuits(
+    config: CompositionalConfig,
+    loaded: LoadedModel,
+    items: dict[str, pl.DataFrame],
+    on_part: Callable[[str], None] | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Discover each part's circuit, write it to ``<out>/compositional-<part>``; return the edges tables."""
+    attribution, selection = config.attribution_config(), config.selection_config()
+    circuits = {}
+    for part in PARTS:
+        found = discover_circuit(loaded, items[part], attribution, selection, config.batch_size)
+        circuits[part] = edges_table(found.scores, found.circuit, found.graph)
+        meta = circuit_metadata(loaded, attribution, selection, task=f"compositional-{part}",
+                                examples=items[part].height, faithfulness=found.metrics)  # fmt: skip
+        write_circuit(config.out / f"compositional-{part}", circuits[part], meta)
+        if on_part is not None:
+            on_part(part)
+    return circuits
+
+
+def merged_vs_own(
+    config: CompositionalConfig, loaded: LoadedModel, items: dict[str, pl.DataFrame], circuits: dict
+) -> tuple[pl.DataFrame, dict]:
+    """Return the merged-vs-own faithfulness curve over ``config.budgets`` and their similarity."""
+    device = next(loaded.model.parameters()).device
+    batches = pair_batches(loaded.tokenizer, items["full"], config.batch_size, device)
+    probe = ModelProbe(loaded.model, loaded.architecture)
+    subtasks, own = [circuits["inner"], circuits["outer"]], circuits["full"]
+    curve = merged_budget_curve(probe, batches, subtasks, own, config.budgets, config.nodes, config.score,
+                                config.metric)  # fmt: skip
+    return curve, merged_similarity(subtasks, own, nodes=config.nodes, score=config.score)
+
+
+def merged_budget_curve(
+    probe: ModelProbe,
+    batches: Sequence[PairBatch],
+    subtasks: Sequence[pl.DataFrame],
+    own: pl.DataFrame,
+    budgets: Sequence[float],
+    nodes: NodeRule = "union",
+    score: ScoreRule = "mean",
+    metric: Metric = "kl",
+) -> pl.DataFrame:
+    """Return per budget the faithfulness and circuit accuracy of the merged and the own circuit.
+
+    At each budget (a share of edges) every subtask's circuit is first re-selected
+    as its top edges, unpruned (so the candidates fill the budget), merged, and cut
+    to the budget's edge count; the own circuit is the top edges of the task's own
+    scores with dead nodes pruned, as discovery selects it.
+    """
+    graph = probe.graph
+    device = batches[0].clean.input_ids.device
+    own_scores, _ = circuit_mask(own, graph)
+    sub_scores = [circuit_mask(sub, graph)[0] for sub in subtasks]
+    rows = []
+    for budget in budgets:
+        count = edge_count(graph, budget)
+        reselected = [edges_table(s, top_edges(s, graph, count), graph) for s in sub_scores]
+        merged = merge_circuits(reselected, count, nodes=nodes, score=score)
+        circuits = {
+            f"merged ({nodes}, {score})": circuit_mask(merged, graph)[1],
+            "own": select_circuit(own_scores, graph, "top", edges=count),
+        }
+        for label, mask in circuits.items():
+            metrics = circuit_evaluation(probe, batches, mask.to(device), metric)
+            rows.append({"budget": budget, "circuit": label, "edges": int(mask.sum()),
+                         "faithfulness": metrics["faithfulness"],
+                         "faithfulness_paper": metrics["faithfulness_paper"],
+                         "circuit_accuracy": metrics["circuit_accuracy"]})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def merged_similarity(subtasks: Sequence[pl.DataFrame], own: pl.DataFrame, **rules) -> dict:
+    """Return node/edge Jaccard of the merged circuit (cut to the own circuit's edge count) vs the own one."""
+    merged = merge_circuits(subtasks, int(own["in_circuit"].sum()), **rules)
+    return circuit_similarity(own, merged)
