@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
 
     headline = dynamics.headline_numbers(tables)
-    with atomic_file(analysis / "headline.json") as tmp:
+    with atomic_file(analysis / dynamics.HEADLINE_FILE) as tmp:
         tmp.write_text(json.dumps(headline, indent=1))
     uri, run_id = create_run(config.run, "analysis", f"{Path(config.run).name}-analysis",
                              config.model_dump(mode="json"))  # fmt: skip

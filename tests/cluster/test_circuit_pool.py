@@ -10,8 +10,6 @@ import signal
 import polars as pl
 import pytest
 import ray
-from ftcircuits.units import build_dataset, task_family, write_dataset
-from ftcircuits.units.build import perturbed_circuit_splits
 
 from ftcircuits.circuits.io import read_circuit
 from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
@@ -25,7 +23,9 @@ from ftcircuits.finetune.methods import apply_method
 from ftcircuits.finetune.schedule import TrainSettings
 from ftcircuits.models.loader import load_model
 from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
-from ftcircuits.study.over_run import CircuitRunner, circuit_units, run_inputs
+from ftcircuits.study.over_run import SUMMARY_FILE, CircuitRunner, circuit_units, run_inputs
+from ftcircuits.tasks import build_dataset, task_family, write_dataset
+from ftcircuits.tasks.build import perturbed_circuit_splits
 
 STEPS = (0, 3, 6, 9)
 
@@ -49,7 +49,7 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape):
     family = task_family("addsub", range=100)
     items, _ = build_dataset(family, tokenizer, 160, seed=0)
     perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
-    data = write_dataset(root / "data" / "addsub-100", items, {"unit": "addsub"}, perturbed)
+    data = write_dataset(root / "data" / "addsub-100", items, {"task": "addsub"}, perturbed)
     loaded = load_model(str(base))
     model = apply_method(loaded.model, loaded.architecture, MethodConfig(name="lora", r=4))
     train = items.filter(pl.col("split") == "finetune")
@@ -103,7 +103,7 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
         assert ours["score"].to_numpy() == pytest.approx(theirs["score"].to_numpy(), rel=1e-4, abs=1e-7)
     by_key = {r["key"]: r for r in rows}
     assert by_key["step-000000"]["edges_in_circuit"] == by_key["base-p0.00"]["edges_in_circuit"]
-    assert pl.read_parquet(out / "summary.parquet").height == 8
+    assert pl.read_parquet(out / SUMMARY_FILE).height == 8
 
     again_out, again_rows, again_computed = circuits_over_run(config)
     assert again_computed == 0 and again_out == out and again_rows == rows

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import polars as pl
+from transformers.utils import CONFIG_NAME
 
+from ftcircuits.tasks.io import ITEMS_FILE, MANIFEST_FILE
 from jobs import make_data, study
 
 
@@ -18,10 +20,10 @@ def test_make_data_writes_a_dataset_with_manifest_and_perturbed_variants(tmp_pat
     argv = ["--task", "lcm", "--size", "200", "--model", str(model_dir), "--out", str(tmp_path / "data")]
     make_data.main([*argv, "--set", "perturb_ratios=[0.2,0.6]"])
     directory = tmp_path / "data" / "lcm"
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
     assert manifest["task"] == "lcm" and manifest["summary"]["items"] == 200
     assert manifest["counts"]["kept"] == 200 and set(manifest["perturbed"]) == {"0.20", "0.60"}
-    items = pl.read_parquet(directory / "items.parquet")
+    items = pl.read_parquet(directory / ITEMS_FILE)
     assert dict(items.group_by("split").len().iter_rows()) == {"finetune": 160, "circuit": 40}
 
 
@@ -55,4 +57,4 @@ def test_study_measures_base_and_finetuned_accuracy(tmp_path, small_model, token
     assert results["finetune_items"] == 160
     assert all(0 <= v <= 1 for v in results["accuracy_finetuned"].values())
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
-    assert (tmp_path / "run" / "finetuned" / "config.json").is_file()
+    assert (tmp_path / "run" / "finetuned" / CONFIG_NAME).is_file()

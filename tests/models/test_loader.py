@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoConfig
+from transformers.utils import CONFIG_NAME
 
 from ftcircuits.models import (
     ModelSourceError,
@@ -28,7 +29,7 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path, small_model, 
     assert loaded.architecture.layers == 2 and loaded.architecture.heads == 4
 
 
-@pytest.mark.skipif(not (TINY_BASE_DIR / "config.json").is_file(), reason="tiny base model not built")
+@pytest.mark.skipif(not (TINY_BASE_DIR / CONFIG_NAME).is_file(), reason="tiny base model not built")
 def test_shipped_tiny_model_loads_with_its_tokenizer():
     loaded = load_model("tiny")
     arch = loaded.architecture

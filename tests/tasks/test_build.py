@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from ftcircuits.tasks import build_dataset, perturbed_circuit_splits, read_items, read_perturbed, task_family
-from ftcircuits.tasks.io import DatasetError, content_hash, read_manifest, write_dataset
+from ftcircuits.tasks.io import MANIFEST_FILE, DatasetError, content_hash, read_manifest, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,10 @@ def test_write_read_round_trip_and_manifest(tmp_path, tokenizer, addsub):
 
 def test_failed_write_leaves_the_old_dataset_whole(tmp_path, addsub):
     directory = write_dataset(tmp_path / "d", addsub, {"task": "addsub"})
-    before = (directory / "manifest.json").read_text()
+    before = (directory / MANIFEST_FILE).read_text()
     with pytest.raises(TypeError):
         write_dataset(tmp_path / "d", addsub, {"task": object()})  # not JSON: fails mid-write
-    assert (directory / "manifest.json").read_text() == before
+    assert (directory / MANIFEST_FILE).read_text() == before
     assert read_items(directory).equals(addsub)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 

@@ -21,8 +21,6 @@ import torch
 
 from ftcircuits.models.architecture import Architecture
 
-QKV = ("q", "k", "v")
-
 
 @dataclass(frozen=True)
 class Graph:

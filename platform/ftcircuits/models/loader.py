@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import CONFIG_NAME
 
 from ftcircuits.models.architecture import Architecture, describe_architecture
 from ftcircuits.models.shapes import build_same_shape, known_shapes
@@ -50,7 +51,7 @@ def resolve_model_source(source: str) -> str:
     if looks_like_path:
         if not path.is_dir():
             raise ModelSourceError(f"model path {source!r} is not a readable directory")
-        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+        if not (path / CONFIG_NAME).is_file() and not (path / ADAPTER_CONFIG).is_file():
             raise ModelSourceError(
                 f"model path {source!r} has no config.json or {ADAPTER_CONFIG} (not a Hugging Face model)"
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.utils import CONFIG_NAME
 
 from ftcircuits.models.loader import ADAPTER_CONFIG, LoadedModel, ModelSourceError, resolve_model_source
 
@@ -46,11 +47,13 @@ class CheckpointWeights:
             path = Path(weights)
             if (path / ADAPTER_CONFIG).is_file():
                 self._merge_adapter(path)
-            elif (path / "config.json").is_file():
+            elif (path / CONFIG_NAME).is_file():
                 full = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
                 model.load_state_dict(full.state_dict())
             else:
-                raise ModelSourceError(f"checkpoint {weights!r} has neither {ADAPTER_CONFIG} nor config.json")
+                raise ModelSourceError(
+                    f"checkpoint {weights!r} has neither {ADAPTER_CONFIG} nor {CONFIG_NAME}"
+                )
         model.eval()
         self.current = weights
 

@@ -15,6 +15,8 @@ from ftcircuits.circuits.io import read_circuit
 from ftcircuits.options import LayerVariant, choices
 from ftcircuits.study.over_run import SUMMARY_FILE
 
+HEADLINE_FILE = "headline.json"
+
 
 def read_summary(out: Path) -> pl.DataFrame:
     """Return the summary table of a run's circuits (one row per unit)."""

@@ -14,7 +14,6 @@ from transformers import PreTrainedTokenizerBase
 from ftcircuits.encoding import answer_token_ids, prompt_ids
 from ftcircuits.tasks.item import Draft, TaskFamily
 
-SPLITS = ("finetune", "circuit")
 COLUMNS = ("id", "prompt", "answer", "corrupted_prompt", "corrupted_answer", "kind", "split")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ftcircuits.options import Split, choices
 from ftcircuits.paths import atomic_directory
 
 ITEMS_FILE = "items.parquet"
@@ -63,14 +64,14 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def read_items(directory: Path, split: str | None = None) -> pl.DataFrame:
+def read_items(directory: Path, split: Split | None = None) -> pl.DataFrame:
     """Read a dataset's items, optionally one split ("finetune" or "circuit")."""
     read_manifest(directory)
     frame = pl.read_parquet(Path(directory) / ITEMS_FILE)
     if split is None:
         return frame
-    if split not in ("finetune", "circuit"):
-        raise DatasetError(f"split must be 'finetune' or 'circuit', got {split!r}")
+    if split not in choices(Split):
+        raise DatasetError(f"split must be one of {', '.join(choices(Split))}, got {split!r}")
     return frame.filter(pl.col("split") == split)
 
 
