@@ -17,7 +17,7 @@ from ftcircuits.config.loading import load_config
 from ftcircuits.config.study import DynamicsStage, StudyConfig
 from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.encoding import task_accuracy
-from ftcircuits.finetune.plain import plain_finetune
+from ftcircuits.finetune.plain import optimiser_steps, plain_finetune
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_directory, atomic_file
 from ftcircuits.report.figures import accuracy_bars
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     base = accuracies()
     target = config.finetune_task.dataset_name()
     train = read_items(directories[target], "finetune")
-    bar = tqdm(desc=f"fine-tune {target}", unit="step", mininterval=1.0)
+    steps = optimiser_steps(train.height, config.finetune)
+    bar = tqdm(total=steps, desc=f"fine-tune {target}", unit="step", mininterval=1.0)
 
     def progress(step: int, loss: float) -> None:
         bar.update()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import ray
@@ -19,9 +20,15 @@ from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
 def connect(num_cpus: int | None = None) -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one."""
+    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one of our own.
+
+    Without ``RAY_ADDRESS`` a plain ``ray.init()`` would join any cluster already running on the
+    machine (whose workers cannot import this package); ``address="local"`` never does.
+    """
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=num_cpus if address == "local" else None,
+                 include_dashboard=False, log_to_driver=True)  # fmt: skip
 
 
 def _train_loop(payload: dict) -> None:

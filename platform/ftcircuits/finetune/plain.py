@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from ftcircuits.config.training import PlainFinetuneConfig
 
 
+def optimiser_steps(examples: int, config: PlainFinetuneConfig) -> int:
+    """Return the optimiser steps a plain fine-tune of ``examples`` examples takes under ``config``."""
+    return (config.epochs * math.ceil(examples / config.batch_size)) // config.grad_accumulation
+
+
 def plain_finetune(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -27,8 +32,7 @@ def plain_finetune(
     """Fine-tune every parameter on (prompt, answer) pairs; return the loss per optimiser step."""
     answer_ids = require_answer_ids(tokenizer, prompts, answers)
     ids = prompt_ids(tokenizer, prompts)
-    batches_per_epoch = math.ceil(len(ids) / config.batch_size)
-    total_steps = (config.epochs * batches_per_epoch) // config.grad_accumulation
+    total_steps = optimiser_steps(len(ids), config)
     if total_steps < 1:
         raise ValueError(f"{len(ids)} examples give no optimiser step at this batch size and accumulation")
     settings = config.settings(total_steps)
