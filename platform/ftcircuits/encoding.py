@@ -16,6 +16,8 @@ import polars as pl
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ftcircuits.options import PaddingSide, check_choice
+
 
 class AnswerTokenError(ValueError):
     """An answer is not exactly one token after its prompt."""
@@ -72,14 +74,13 @@ class PromptBatch:
         )
 
 
-def pad_prompts(ids: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> PromptBatch:
+def pad_prompts(ids: Sequence[Sequence[int]], pad_id: int, side: PaddingSide = "right") -> PromptBatch:
     """Pad token id lists on ``side`` ("left" or "right").
 
     Position ids count real tokens only, so learned-position models see the
     same positions under either padding side.
     """
-    if side not in ("left", "right"):
-        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    check_choice(PaddingSide, side, "padding side")
     if not ids:
         raise ValueError("cannot pad an empty list of prompts")
     width = max(len(row) for row in ids)
@@ -146,7 +147,7 @@ def predicted_tokens(
     ids: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 256,
-    padding_side: str = "right",
+    padding_side: PaddingSide = "right",
 ) -> torch.Tensor:
     """Return the arg-max next token after each prompt (token id lists), on CPU."""
     was_training = model.training
@@ -166,7 +167,7 @@ def correct_answers(
     prompts: Sequence[str],
     answers: Sequence[str],
     batch_size: int = 256,
-    padding_side: str = "right",
+    padding_side: PaddingSide = "right",
 ) -> list[bool]:
     """Return, per prompt, whether the model's top-1 next token is the answer token."""
     targets = torch.tensor(require_answer_ids(tokenizer, prompts, answers), dtype=torch.long)
@@ -182,7 +183,7 @@ def accuracy(
     prompts: Sequence[str],
     answers: Sequence[str],
     batch_size: int = 256,
-    padding_side: str = "right",
+    padding_side: PaddingSide = "right",
 ) -> float:
     """Return top-1 exact-match accuracy of the next token after each prompt."""
     hits = correct_answers(model, tokenizer, prompts, answers, batch_size, padding_side)

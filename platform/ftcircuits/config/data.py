@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ftcircuits.models.loader import ModelSourceError, resolve_model_source
-from ftcircuits.options import CompositionalPart
+from ftcircuits.options import CompositionalPart, choices
 from ftcircuits.tasks.registry import TASKS, TaskSpecError, task_family
 
 
@@ -80,7 +80,7 @@ def all_paper_tasks() -> list[TaskSpec]:
     """Return one spec per task of the paper (Add/Sub at every range, compositional and its parts)."""
     specs = [TaskSpec(name="addsub", range=r) for r in (100, 200, 300, 400, 500)]
     specs += [TaskSpec(name=n) for n in ("muldiv", "sequence", "lcm", "function")]
-    specs += [TaskSpec(name="compositional", part=p) for p in ("full", "inner", "outer")]
+    specs += [TaskSpec(name="compositional", part=p) for p in choices(CompositionalPart)]
     return specs
 
 

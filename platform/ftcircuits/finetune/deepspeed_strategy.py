@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -17,8 +16,7 @@ from ftcircuits.encoding import LabelledBatch
 from ftcircuits.finetune.loop import answer_loss, build_optimizer
 from ftcircuits.finetune.methods import attach_budget_reallocation
 from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
-
-Precision = Literal["fp32", "bf16", "fp16"]
+from ftcircuits.options import Precision, ZeroStage, check_choice
 
 
 def single_process_environment(port: int = 29500) -> None:
@@ -30,11 +28,11 @@ def single_process_environment(port: int = 29500) -> None:
 
 
 def deepspeed_config(
-    settings: TrainSettings, micro_batch_size: int, zero_stage: int, precision: Precision
+    settings: TrainSettings, micro_batch_size: int, zero_stage: ZeroStage, precision: Precision
 ) -> dict:
     """Return the DeepSpeed config of a run (the optimiser and schedule are ours, passed as objects)."""
-    if zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage}")
+    check_choice(ZeroStage, zero_stage, "ZeRO stage")
+    check_choice(Precision, precision, "precision")
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": settings.grad_accumulation,
