@@ -57,7 +57,7 @@ def test_data_config_checks_perturbation_ratios():
 
 
 def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
-    from ftcircuits.config.training import FinetuneConfig
+    from ftcircuits.config.training import FinetuneConfig, MethodConfig, TrainConfig
 
     with pytest.raises(ConfigError, match="lr_groups pattern '\\(' is not a regular expression"):
         load_config(FinetuneConfig, None, ["train.lr_groups={'(': 0.1}"])
@@ -65,6 +65,10 @@ def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
         load_config(FinetuneConfig, None, ["train.lr_groups={'layers': 0}"])
     with pytest.raises(ConfigError, match="adalora' needs deepspeed.zero_stage=0, not 2"):
         load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=2"])
-    assert load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=0"])
+    config = load_config(FinetuneConfig, None, ["method.name=adalora", "deepspeed.zero_stage=0"])
+    assert (config.method.name, config.deepspeed.zero_stage) == ("adalora", 0)
+    assert (
+        config.method == MethodConfig(name="adalora") and config.train == TrainConfig()
+    )  # the rest: defaults
     with pytest.raises(ConfigError, match="needs scaling.use_gpu=true"):
         load_config(FinetuneConfig, None, ["deepspeed.precision=bf16"])

@@ -53,6 +53,16 @@ def read_checkpoint_index(run: Path) -> pl.DataFrame:
     return pl.read_parquet(path).sort("step")
 
 
+def check_run(run: Path) -> None:
+    """Raise FileNotFoundError naming what is missing unless ``run`` holds a complete fine-tuning run:
+    its record, its index and every checkpoint the index lists."""
+    index = read_checkpoint_index(run)
+    read_run_record(run)
+    missing = [p for p in index["path"] if not Path(p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
+
+
 def read_run_record(run: Path) -> dict:
     """Return what the driver recorded of a run (config, ``data_dir``, ``mlflow_run``).
 

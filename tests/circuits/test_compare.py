@@ -15,9 +15,6 @@ from ftcircuits.circuits.compare import (
     layer_scores,
     node_layer,
 )
-from ftcircuits.circuits.graph import Graph
-
-GRAPH = Graph(layers=2, heads=2, kv_heads=2, parallel_blocks=False)
 
 # before: input -> a0.h0 (q) -> m0 -> logits
 BEFORE = {("input", "a0.h0<q>"): 0.5, ("a0.h0", "m0"): 2.0, ("m0", "logits"): -1.0}
@@ -25,22 +22,10 @@ BEFORE = {("input", "a0.h0<q>"): 0.5, ("a0.h0", "m0"): 2.0, ("m0", "logits"): -1
 AFTER = {("input", "a0.h0<k>"): -0.25, ("a0.h0", "m0"): 1.5, ("m0", "logits"): 1.0, ("a0.h1", "m1"): 3.0}
 
 
-def circuit(members: dict[tuple[str, str], float], background: float | None = 0.0) -> pl.DataFrame:
-    """Full edges table over GRAPH: members in the circuit with their scores, the rest at ``background``.
-
-    ``background=None`` gives every other edge a distinct score (its row number).
-    """
-    rows = GRAPH.edge_names()
-    scores = [members.get(e, float(i) if background is None else background) for i, e in enumerate(rows)]
-    return pl.DataFrame(
-        {
-            "source": [s for s, _ in rows],
-            "destination": [d for _, d in rows],
-            "score": scores,
-            "in_circuit": [e in members for e in rows],
-        },
-        schema={"source": pl.String, "destination": pl.String, "score": pl.Float32, "in_circuit": pl.Boolean},
-    )
+@pytest.fixture()
+def circuit(hand_built_circuit):
+    """Full edges tables over the hand-built graph (``background=None``: distinct scores elsewhere)."""
+    return hand_built_circuit
 
 
 def test_node_layer():
@@ -55,7 +40,7 @@ def test_node_layer():
         node_layer("x7")
 
 
-def test_nodes_collapse_qkv_and_include_input_and_logits():
+def test_nodes_collapse_qkv_and_include_input_and_logits(circuit):
     before = circuit(BEFORE)
     assert circuit_nodes(before) == {"input", "a0.h0", "m0", "logits"}
     assert circuit_edges(before) == set(BEFORE)
@@ -68,7 +53,7 @@ def test_jaccard():
     assert jaccard({1}, set()) == 0.0
 
 
-def test_similarity_counts_and_jaccards():
+def test_similarity_counts_and_jaccards(circuit):
     sim = circuit_similarity(circuit(BEFORE), circuit(AFTER))
     # nodes {input, a0.h0, m0, logits} vs those plus {a0.h1, m1}; edges share 2 of 5
     assert sim["node_jaccard"] == pytest.approx(4 / 6)
@@ -78,7 +63,7 @@ def test_similarity_counts_and_jaccards():
     assert (sim["edges_before"], sim["edges_after"]) == (3, 4)
 
 
-def test_spearman_identical_and_reversed():
+def test_spearman_identical_and_reversed(circuit):
     before = circuit(BEFORE, background=None)
     assert circuit_similarity(before, before)["score_spearman"] == pytest.approx(1.0)
     reversed_ = before.with_columns(-pl.col("score")).sample(fraction=1.0, shuffle=True, seed=0)
@@ -87,7 +72,7 @@ def test_spearman_identical_and_reversed():
     assert circuit_similarity(before, reversed_)["abs_score_spearman"] == pytest.approx(1.0)
 
 
-def test_mismatched_tables_rejected():
+def test_mismatched_tables_rejected(circuit):
     before = circuit(BEFORE)
     with pytest.raises(ValueError, match="different edges"):
         circuit_similarity(before, before.head(before.height - 1))
@@ -98,7 +83,7 @@ def test_mismatched_tables_rejected():
         edge_changes(before, pl.concat([before.head(1), before.head(before.height - 1)]))
 
 
-def test_edge_changes_deltas_follow_algorithm_1():
+def test_edge_changes_deltas_follow_algorithm_1(circuit):
     # after scores the removed q edge at 10 outside its circuit: a removed edge still counts |s_before|
     after = circuit(AFTER).with_columns(
         score=pl.when(pl.col("destination") == "a0.h0<q>").then(10.0).otherwise(pl.col("score"))
@@ -149,7 +134,7 @@ def test_layer_scores_fill_empty_layers_and_reject_bad_input():
         layer_scores(CHANGES, layers=1)
 
 
-def test_layer_scores_from_edge_changes():
+def test_layer_scores_from_edge_changes(circuit):
     # all five changed edges come from layer-0 sources: 0.5 + 0.25 + 0.5 + 2.0 + 3.0
     changes = edge_changes(circuit(BEFORE), circuit(AFTER))
     assert layer_scores(changes, 2)["score"].to_list() == pytest.approx([6.25, 0.0])

@@ -7,6 +7,7 @@ import torch
 
 from ftcircuits.circuits.evaluation import circuit_evaluation, faithfulness_curve, patched_logits
 from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.circuits.selection import select_circuit
 from ftcircuits.models.architecture import describe_architecture
 from tests.circuits.test_attribution import random_pairs
 from tests.circuits.tiny_models import TINY_OVERRIDES, tiny_random
@@ -73,5 +74,12 @@ def test_faithfulness_of_full_and_empty_and_the_curve():
     assert full["circuit_accuracy"] == full["model_accuracy"]
     scores = torch.randn(graph.n_sources, graph.n_destinations, dtype=torch.float64)
     curve = faithfulness_curve(probe, batches, scores, "logit_diff", budgets=(0.1, 0.5, 1.0))
+    assert curve["budgets"] == [0.1, 0.5, 1.0] and len(curve["faithfulness"]) == 3
     assert curve["faithfulness"][-1] == pytest.approx(1.0)
-    assert len(curve["faithfulness"]) == 3 and curve["area_abs_gap"] >= 0
+    half = select_circuit(scores, graph, "top", budget=0.5)
+    assert curve["faithfulness"][1] == circuit_evaluation(probe, batches, half, "logit_diff")["faithfulness"]
+    # the trapezoids over the budgets, by hand
+    f1, f2, f3 = curve["faithfulness"]
+    assert curve["area"] == pytest.approx(0.4 * (f1 + f2) / 2 + 0.5 * (f2 + f3) / 2, rel=1e-12)
+    gap = 0.4 * (abs(1 - f1) + abs(1 - f2)) / 2 + 0.5 * (abs(1 - f2) + abs(1 - f3)) / 2
+    assert curve["area_abs_gap"] == pytest.approx(gap, rel=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import polars as pl
@@ -12,16 +13,17 @@ import pytest
 import ray
 
 from ftcircuits.circuits.io import read_circuit
+from ftcircuits.cluster import circuit_pool
 from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
-from ftcircuits.cluster.train import connect
 from ftcircuits.config.discovery import CircuitRunConfig
-from ftcircuits.config.loading import load_config
+from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.training import MethodConfig
 from ftcircuits.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.loop import PlainStrategy, epoch_batches
 from ftcircuits.finetune.methods import apply_method
 from ftcircuits.finetune.schedule import TrainSettings
 from ftcircuits.models.loader import load_model
+from ftcircuits.models.tiny import build_tiny_model
 from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
 from ftcircuits.study.over_run import SUMMARY_FILE, CircuitRunner, circuit_units, run_inputs
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
@@ -31,21 +33,10 @@ STEPS = (0, 3, 6, 9)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tokenizer, small_shape):
+def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
     """A LoRA run of a small model on Add/Sub-100, checkpoints at STEPS, laid out as by jobs.finetune."""
-    from ftcircuits.models.tiny import build_tiny_model
-
     root = tmp_path_factory.mktemp("run")
-    base = root / "base"
-    build_tiny_model(tokenizer, small_shape, seed=0).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_model(build_tiny_model(tokenizer, small_shape, seed=0), root / "base")
     family = task_family("addsub", range=100)
     items, _ = build_dataset(family, tokenizer, 160, seed=0)
     perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
@@ -60,9 +51,7 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape):
     rows = []
 
     def save(step: int) -> None:
-        path = checkpoint_path(root, step)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        path = save_model(model, checkpoint_path(root, step))
         rows.append({"step": step, "path": str(path), "train_loss": 0.0, "eval_accuracy": 0.0})
 
     save(0)
@@ -87,6 +76,8 @@ def run_config(run, **overrides) -> CircuitRunConfig:
     return load_config(CircuitRunConfig, None, sets)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_path, ray_cluster, tiny_run):
     config = run_config(tiny_run)
     out, rows, computed = circuits_over_run(config)
@@ -120,6 +111,8 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     assert figures <= {p.name for p in (out / "analysis").iterdir()}
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ray_cluster, tiny_run):
     config = run_config(tiny_run, robustness="false")
     inputs = run_inputs(tiny_run)
@@ -139,12 +132,60 @@ def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ra
     assert ray.get(actors[0].pid.remote()) != victim  # Ray restarted it
 
 
-def test_a_bad_run_directory_fails_before_any_actor_starts(tmp_path):
-    with pytest.raises(Exception, match="no fine-tuning run"):
-        load_config(CircuitRunConfig, None, [f"run={tmp_path}"])
+def actors_ever_started() -> int:
+    """Return how many actors the cluster's GCS knows, dead ones included (``ray.util.state`` needs the
+    dashboard, which the test cluster does not run)."""
+    return len(ray._private.state.actors())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_bad_run_directory_fails_before_any_actor_starts(
+    tmp_path, ray_cluster, tiny_run, monkeypatch, capsys
+):
+    import jobs.circuits
+
+    started, connected = [], []
+    monkeypatch.setattr(jobs.circuits, "connect", lambda *a, **k: connected.append(a))
+    real_start = circuit_pool.start_actors
+    monkeypatch.setattr(
+        circuit_pool, "start_actors", lambda *a, **k: started.append(a) or real_start(*a, **k)
+    )
+    before = actors_ever_started()
+
+    # not a run at all: the job's config refuses it, exit status 2 and the error on stderr, before Ray
+    with pytest.raises(SystemExit) as exit_:
+        jobs.circuits.main(["--run", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"no fine-tuning run at '{tmp_path}'" in capsys.readouterr().err
+    # no driver record (finetune.json) beside a valid index: the config refuses it, before Ray
+    broken = tmp_path / "no-record"
+    shutil.copytree(tiny_run / "checkpoints", broken / "checkpoints")
+    with pytest.raises(SystemExit) as exit_:
+        jobs.circuits.main(["--run", str(broken)])
+    assert exit_.value.code == 2
+    assert f"{RUN_CONFIG_FILE} is missing" in capsys.readouterr().err
+    assert connected == []
+    # checkpoints listed in the index but gone: the config refuses it, and the pool itself refuses such
+    # a run before it starts any actor
+    gone = tmp_path / "gone"
+    (gone / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / RUN_CONFIG_FILE, gone / RUN_CONFIG_FILE)
+    index = pl.read_parquet(index_path(tiny_run))
+    index.with_columns(path=pl.col("path").str.replace(str(tiny_run), str(gone), literal=True)).write_parquet(
+        index_path(gone)
+    )
+    with pytest.raises(ConfigError, match="checkpoints listed in the index are missing"):
+        run_config(gone)
+    with pytest.raises(FileNotFoundError, match="checkpoints listed in the index are missing"):
+        circuits_over_run(run_config(tiny_run).model_copy(update={"run": gone}))
+    assert started == [] and connected == [] and actors_ever_started() == before
+    assert not (gone / "circuits").exists()
 
 
 def test_robustness_on_the_fine_tune_split_is_refused_by_the_config(tiny_run):
-    with pytest.raises(Exception, match="robustness compares perturbed circuit splits"):
+    with pytest.raises(ConfigError, match="robustness compares perturbed circuit splits"):
         load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune"])
-    assert load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune", "robustness=false"])
+    config = load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune", "robustness=false"])
+    assert (config.run, config.split, config.robustness) == (tiny_run, "finetune", False)
+    assert config.examples == 256 and config.actors == 2  # the rest: the run's defaults

@@ -5,37 +5,28 @@ from __future__ import annotations
 import math
 
 import pytest
-import ray
 import torch
 
-from ftcircuits.cluster.train import connect, run_finetune
+from ftcircuits.cluster.train import run_finetune
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def base_and_dataset(tmp_path, model, tokenizer):
-    """Save ``model`` as a base model directory and write a 200-item Add/Sub-100 dataset."""
-    model_dir = tmp_path / "base"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+@pytest.fixture()
+def data_dir(tmp_path, tokenizer):
+    """A 200-item Add/Sub-100 dataset."""
     items, _ = build_dataset(task_family("addsub", range=100), tokenizer, 200, seed=0)
-    return model_dir, write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
+    return write_dataset(tmp_path / "addsub-100", items, {"task": "addsub"})
 
 
 def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
-    tmp_path, ray_cluster, small_model, tokenizer
+    tmp_path, ray_cluster, model_dir, data_dir, tokenizer
 ):
-    model_dir, data_dir = base_and_dataset(tmp_path, small_model, tokenizer)
     config = load_config(
         FinetuneConfig,
         None,
@@ -80,10 +71,9 @@ def test_lora_on_two_workers_writes_reloadable_checkpoints_and_an_index(
     ],
     ids=["adalora-zero0", "ia3", "fpft-zero3"],
 )  # fmt: skip
-def test_every_method_trains_on_two_workers(tmp_path, ray_cluster, small_model, tokenizer, method):
+def test_every_method_trains_on_two_workers(tmp_path, ray_cluster, model_dir, data_dir, tokenizer, method):
     import json
 
-    model_dir, data_dir = base_and_dataset(tmp_path, small_model, tokenizer)
     config = load_config(
         FinetuneConfig,
         None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ftcircuits.config.training import PlainFinetuneConfig
@@ -55,8 +56,6 @@ def test_lr_groups_give_matching_parameters_their_own_rate(tokenizer, small_mode
 
 
 def test_an_lr_group_that_matches_nothing_is_an_error(small_model):
-    import pytest
-
     with pytest.raises(ValueError, match=r"match no trainable parameter"):
         decay_groups(small_model, 0.1, {"lora_A": 1e-3})
 
@@ -65,6 +64,8 @@ def test_schedule_warms_up_then_decays():
     factor = warmup_cosine(TrainSettings(total_steps=100, warmup_steps=10, min_lr_ratio=0.1))
     assert factor(0) == 0.1 and factor(9) == 1.0
     assert factor(50) < 1.0 and abs(factor(100) - 0.1) < 1e-9
+    assert factor(55) == pytest.approx(0.1 + 0.9 / 2)  # halfway through the decay: halfway down the cosine
+    assert factor(150) == factor(100)  # past the end it stays at the floor
 
 
 def test_plain_finetune_learns_a_mapping(tokenizer, small_model):

@@ -18,10 +18,8 @@ from ftcircuits.models.shapes import build_same_shape, known_shapes, shape_confi
 from ftcircuits.paths import TINY_BASE_DIR
 
 
-def test_save_and_load_round_trip_gives_identical_logits(tmp_path, small_model, tokenizer):
-    small_model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    loaded = load_model(str(tmp_path))
+def test_save_and_load_round_trip_gives_identical_logits(model_dir, small_model, tokenizer):
+    loaded = load_model(str(model_dir))
     ids = tokenizer(["72 plus 46 is"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(small_model(ids).logits, loaded.model(ids).logits)

@@ -12,18 +12,10 @@ from ftcircuits.models.loader import ModelSourceError, load_model
 from ftcircuits.models.swap import CheckpointWeights
 
 
-@pytest.fixture()
-def base_dir(tmp_path, small_model, tokenizer):
-    path = tmp_path / "base"
-    small_model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def trained_checkpoint(base_dir, tokenizer, out, method: MethodConfig):
+def trained_checkpoint(save_model, base_dir, out, method: MethodConfig):
     """Return a checkpoint directory whose weights differ from the base (a few random steps)."""
     loaded = load_model(str(base_dir))
-    ids = tokenizer.convert_tokens_to_ids(method.trainable_tokens)
+    ids = loaded.tokenizer.convert_tokens_to_ids(method.trainable_tokens)
     model = apply_method(loaded.model, describe_architecture(loaded.model.config), method, 4, ids)
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -32,9 +24,7 @@ def trained_checkpoint(base_dir, tokenizer, out, method: MethodConfig):
         model(input_ids=batch).logits.pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_model(model, out)
 
 
 def logits(model, tokenizer):
@@ -52,10 +42,12 @@ def logits(model, tokenizer):
     ],
     ids=["lora+tokens", "ia3", "fpft"],
 )
-def test_swapped_checkpoint_equals_a_fresh_load_and_base_comes_back(tmp_path, base_dir, tokenizer, method):
-    first = trained_checkpoint(base_dir, tokenizer, tmp_path / "first", method)
-    second = trained_checkpoint(base_dir, tokenizer, tmp_path / "second", method)
-    weights = CheckpointWeights(load_model(str(base_dir)))
+def test_swapped_checkpoint_equals_a_fresh_load_and_base_comes_back(
+    tmp_path, model_dir, save_model, tokenizer, method
+):
+    first = trained_checkpoint(save_model, model_dir, tmp_path / "first", method)
+    second = trained_checkpoint(save_model, model_dir, tmp_path / "second", method)
+    weights = CheckpointWeights(load_model(str(model_dir)))
     base_logits = logits(weights.model, tokenizer)
     model_before = weights.model
     for checkpoint in (first, second, first):  # swap back and forth: no drift from earlier merges
@@ -68,8 +60,8 @@ def test_swapped_checkpoint_equals_a_fresh_load_and_base_comes_back(tmp_path, ba
     assert weights.model is model_before
 
 
-def test_random_init_is_seeded_and_differs_from_the_base(base_dir, tokenizer):
-    weights = CheckpointWeights(load_model(str(base_dir)))
+def test_random_init_is_seeded_and_differs_from_the_base(model_dir, tokenizer):
+    weights = CheckpointWeights(load_model(str(model_dir)))
     base_logits = logits(weights.model, tokenizer)
     weights.swap_to("random:3")
     random_logits = logits(weights.model, tokenizer)
@@ -80,13 +72,11 @@ def test_random_init_is_seeded_and_differs_from_the_base(base_dir, tokenizer):
 
 
 def test_an_adapter_of_another_base_or_a_non_checkpoint_is_refused(
-    tmp_path, base_dir, tokenizer, small_model
+    tmp_path, model_dir, small_model, save_model
 ):
-    other = tmp_path / "other"
-    small_model.save_pretrained(other)
-    tokenizer.save_pretrained(other)
-    adapter = trained_checkpoint(other, tokenizer, tmp_path / "adapter", MethodConfig(name="lora", r=2))
-    weights = CheckpointWeights(load_model(str(base_dir)))
+    other = save_model(small_model, tmp_path / "other")
+    adapter = trained_checkpoint(save_model, other, tmp_path / "adapter", MethodConfig(name="lora", r=2))
+    weights = CheckpointWeights(load_model(str(model_dir)))
     with pytest.raises(ModelSourceError, match="was trained on"):
         weights.swap_to(adapter)
     (tmp_path / "empty").mkdir()

@@ -18,7 +18,7 @@ from ftcircuits.options import (
     Split,
     StepConvention,
 )
-from ftcircuits.run_layout import index_path
+from ftcircuits.run_layout import check_run, index_path
 from ftcircuits.tasks.io import MANIFEST_FILE
 
 
@@ -91,10 +91,14 @@ class CircuitRunConfig(DiscoverySettings):
 
     @field_validator("run")
     @classmethod
-    def _run_has_checkpoints(cls, run: Path) -> Path:
+    def _run_is_complete(cls, run: Path) -> Path:
         index = index_path(run)
         if not index.is_file():
             raise ValueError(f"no fine-tuning run at {str(run)!r} ({index} missing; run jobs.finetune)")
+        try:
+            check_run(run)
+        except FileNotFoundError as error:
+            raise ValueError(f"incomplete fine-tuning run at {str(run)!r}: {error}") from None
         return run
 
 

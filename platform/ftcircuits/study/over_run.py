@@ -24,7 +24,13 @@ from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, RANDOM_PREFIX, CheckpointWeights
 from ftcircuits.options import ModelKind
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import CIRCUITS_DIR, checkpoint_name, read_checkpoint_index, read_run_record
+from ftcircuits.run_layout import (
+    CIRCUITS_DIR,
+    check_run,
+    checkpoint_name,
+    read_checkpoint_index,
+    read_run_record,
+)
 from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed
 
 SUMMARY_FILE = "summary.parquet"
@@ -55,11 +61,9 @@ class RunInputs:
 
 def run_inputs(run: Path) -> RunInputs:
     """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``."""
+    check_run(run)
     config = read_run_record(run)
     index = read_checkpoint_index(run)
-    missing = [p for p in index["path"] if not Path(p).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"checkpoints listed in the index are missing: {missing[:3]}")
     config.pop("mlflow_run", None)  # a resumed run is the same run
     identity = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return RunInputs(config["model"], Path(config["data_dir"]), index, identity)
