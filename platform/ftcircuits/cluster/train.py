@@ -12,10 +12,14 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ftcircuits.config.data import PERTURB_RATIOS
 from ftcircuits.finetune.run_identity import check_run_directory, run_record
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
+from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import RAY_DIR, run_config_path
+from ftcircuits.run_layout import DATA_DIR, RAY_DIR, run_config_path
+from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.io import MANIFEST_FILE
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -81,3 +85,25 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
     result = trainer.fit()
     RunLogger(uri, run_id).finish("FINISHED" if result.error is None else "FAILED")
     return result, run_id
+
+
+def run_dataset(config) -> Path:
+    """Return the dataset directory of a fine-tuning run (``<out>/data/<dataset>``), building it (with its
+    perturbed variants) when missing; refuse an ``out`` that holds a run with another config first."""
+    data_dir = Path(config.out) / DATA_DIR / config.task.dataset_name()
+    check_run_directory(run_record(config, data_dir))  # before any work: another config is refused
+    if not (data_dir / MANIFEST_FILE).is_file():
+        tokenizer = load_tokenizer(config.model)
+        make_task_dataset(config.task, tokenizer, config.model, Path(config.out) / DATA_DIR, PERTURB_RATIOS)
+    return data_dir
+
+
+def finetune(config) -> str:
+    """Build the run's dataset if needed and run it on Ray (``config``: FinetuneConfig); return the MLflow
+    run id. A run that fails raises RuntimeError."""
+    data_dir = run_dataset(config)
+    connect()
+    result, run_id = run_finetune(config, data_dir)
+    if result.error is not None:
+        raise RuntimeError(f"fine-tuning {config.out} failed: {result.error}")
+    return run_id

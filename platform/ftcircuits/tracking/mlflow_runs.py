@@ -7,8 +7,12 @@ the driver (``create_run``) and only one process (rank 0) logs into it by id
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
+
+_PARAM_NAME = re.compile(r"[\w\-. :/]+")  # what MLflow accepts in a param name
 
 
 def tracking_uri(out: Path) -> str:
@@ -17,14 +21,19 @@ def tracking_uri(out: Path) -> str:
 
 
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
-    """Flatten nested config values into dotted MLflow params."""
+    """Flatten nested config values into dotted MLflow params.
+
+    A mapping whose keys are not valid param names (regular expressions such as ``rank_pattern`` or
+    ``lr_groups`` keys) stays one param, its JSON.
+    """
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and all(_PARAM_NAME.fullmatch(str(k)) for k in value):
             flat |= flat_params(value, name + ".")
         else:
-            flat[name] = str(value)[:500]
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            flat[name] = text[:500]
     return flat
 
 

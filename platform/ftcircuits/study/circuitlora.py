@@ -1,0 +1,141 @@
+"""CircuitLoRA's planning stage (Algorithm 1): from a probe run's circuits to a LoRA config.
+
+The base and final circuits of the probe run give each edge's change; the changes are summed per
+layer under a layer-score variant; the critical layers get the higher rank. The plan (layers,
+scores, ranks, the LoRA fields, both parameter counts) is plain data, written to the run
+directory before the CircuitLoRA fine-tune starts, so a rerun reads it instead of redoing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from transformers import AutoModelForCausalLM
+
+from ftcircuits.circuits.compare import critical_layers, edge_changes, layer_scores
+from ftcircuits.config.circuitlora import CircuitLoraConfig
+from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.circuitlora import (
+    PAPER_PAIRS,
+    RankPair,
+    adapter_parameters,
+    critical_lr_groups,
+    matched_rank_pair,
+    module_widths,
+    rank_patterns,
+    uniform_parameters,
+)
+from ftcircuits.models.architecture import Architecture
+from ftcircuits.models.loader import load_model
+from ftcircuits.paths import atomic_file
+from ftcircuits.study.dynamics import checkpoint_circuits, read_summary
+
+PLAN_FILE = "circuitlora.json"
+
+
+@dataclass(frozen=True)
+class CircuitLoraPlan:
+    """What Algorithm 1 chose, and the LoRA fields and learning-rate groups that carry it out."""
+
+    probe_run: str
+    circuits: str
+    variant: str
+    rule: str
+    k: int
+    layer_scores: list[float]
+    critical_layers: list[int]
+    ranks: dict  # {"other": r_o, "critical": r_c}
+    lora_fields: dict  # r, alpha, rank_pattern, alpha_pattern
+    lr_groups: dict[str, float]
+    trainable_lora: int  # CircuitLoRA's adapter parameters
+    trainable_lora_uniform: int  # uniform LoRA at ranks.lora_r, the budget it is matched to
+    model_parameters: int
+
+
+def probe_circuits(circuits_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Return the (base, final) checkpoint circuits of a probe run's circuits directory."""
+    circuits = checkpoint_circuits(circuits_dir, read_summary(circuits_dir))
+    return circuits[0][1], circuits[-1][1]
+
+
+def choose_critical_layers(
+    before: pl.DataFrame, after: pl.DataFrame, layers: int, config: CircuitLoraConfig
+) -> tuple[pl.DataFrame, list[int], int]:
+    """Return the layer scores, the critical layers and k under the config's variant and rule."""
+    rule = config.critical
+    k = rule.k_for(layers)
+    scores = layer_scores(edge_changes(before, after), layers, rule.variant)
+    chosen = critical_layers(scores, rule.rule, k)
+    if not chosen:
+        raise ValueError(f"rule {rule.rule!r} marks no layer critical (variant {rule.variant!r})")
+    if len(chosen) == layers:
+        raise ValueError(f"rule {rule.rule!r} marks every layer critical: CircuitLoRA would be plain LoRA")
+    return scores, chosen, k
+
+
+def rank_pair(config: CircuitLoraConfig, widths: dict, arch: Architecture, critical: list[int]) -> RankPair:
+    """Return (r_o, r_c) as the config asks: budget-matched, a paper pair by name, or given."""
+    ranks = config.ranks
+    if ranks.choice == "matched":
+        return matched_rank_pair(widths, arch, critical, ranks.lora_r, ranks.ratio)
+    if ranks.choice == "explicit":
+        return RankPair(ranks.other, ranks.critical)
+    return PAPER_PAIRS[ranks.choice]
+
+
+def shape_widths(base_model: str) -> tuple[Architecture, dict[str, int], int]:
+    """Return the architecture, LoRA module widths and parameter count of a model, built on meta."""
+    loaded = load_model(base_model)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(loaded.model.config)
+    total = sum(p.numel() for p in loaded.model.parameters())
+    return loaded.architecture, module_widths(meta, loaded.architecture), total
+
+
+def plan_circuitlora(
+    config: CircuitLoraConfig, base_model: str, probe_run: Path, circuits_dir: Path
+) -> CircuitLoraPlan:
+    """Run Algorithm 1 on the probe's base and final circuits; return the plan (nothing trains here)."""
+    arch, widths, total = shape_widths(base_model)
+    before, after = probe_circuits(circuits_dir)
+    scores, chosen, k = choose_critical_layers(before, after, arch.layers, config)
+    pair = rank_pair(config, widths, arch, chosen)
+    return CircuitLoraPlan(
+        probe_run=str(probe_run), circuits=str(circuits_dir), variant=config.critical.variant,
+        rule=config.critical.rule, k=k, layer_scores=scores["score"].to_list(), critical_layers=chosen,
+        ranks=asdict(pair), lora_fields=rank_patterns(arch, chosen, pair, config.ranks.alpha_ratio),
+        lr_groups=critical_lr_groups(arch, chosen, config.lr_critical),
+        trainable_lora=adapter_parameters(widths, arch, chosen, pair),
+        trainable_lora_uniform=uniform_parameters(widths, config.ranks.lora_r), model_parameters=total,
+    )  # fmt: skip
+
+
+def check_lora_preset(preset: FinetuneConfig, path: Path) -> None:
+    """Raise ValueError unless the CircuitLoRA run's preset is a LoRA method."""
+    if preset.method.name != "lora":
+        raise ValueError(f"CircuitLoRA needs a LoRA preset; {path} has method {preset.method.name!r}")
+
+
+def circuitlora_finetune_config(
+    preset: FinetuneConfig, plan: CircuitLoraPlan, config: CircuitLoraConfig
+) -> FinetuneConfig:
+    """Return the preset with CircuitLoRA's method and learning rates, run in ``<out>/finetune-<hash>``:
+    another plan (other layers, ranks or rates) gets its own run, the same plan resumes or is done."""
+    check_lora_preset(preset, config.finetune_config)
+    method = preset.method.model_copy(update=plan.lora_fields)
+    train = preset.train.model_copy(update={"lr": config.lr_other, "lr_groups": plan.lr_groups})
+    tuned = preset.model_copy(update={"method": method, "train": train})
+    key = hashlib.sha256(json.dumps(tuned.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:10]
+    return tuned.model_copy(update={"out": Path(config.out) / f"finetune-{key}"})
+
+
+def write_plan(out: Path, plan: CircuitLoraPlan) -> Path:
+    path = Path(out) / PLAN_FILE
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(asdict(plan), indent=1))
+    return path
