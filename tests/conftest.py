@@ -3,6 +3,7 @@ circuits, and a private local Ray cluster (no network)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -16,8 +17,17 @@ import pytest
 import torch
 
 from ftcircuits.circuits.graph import Graph
+from ftcircuits.config.training import MethodConfig
+from ftcircuits.encoding import prompt_ids, require_answer_ids
+from ftcircuits.finetune.loop import PlainStrategy, epoch_batches
+from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.schedule import TrainSettings
+from ftcircuits.models.loader import load_model
 from ftcircuits.models.tiny import TinyShape, build_tiny_model
 from ftcircuits.models.tokenizer import build_tiny_tokenizer
+from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
+from ftcircuits.tasks import build_dataset, task_family, write_dataset
+from ftcircuits.tasks.build import perturbed_circuit_splits
 
 torch.set_num_threads(2)
 
@@ -125,3 +135,40 @@ def ray_cluster() -> Iterator[None]:
             else:
                 os.environ[name] = value
         shutil.rmtree(root, ignore_errors=True)
+
+
+TINY_RUN_STEPS = (0, 3, 6, 9)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
+    """A LoRA run of a small model on Add/Sub-100, checkpoints at TINY_RUN_STEPS, laid out as by
+    jobs.finetune (its record, index and checkpoints)."""
+    root = tmp_path_factory.mktemp("run")
+    base = save_model(build_tiny_model(tokenizer, small_shape, seed=0), root / "base")
+    family = task_family("addsub", range=100)
+    items, _ = build_dataset(family, tokenizer, 160, seed=0)
+    perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
+    data = write_dataset(root / "data" / "addsub-100", items, {"task": "addsub"}, perturbed)
+    loaded = load_model(str(base))
+    model = apply_method(loaded.model, loaded.architecture, MethodConfig(name="lora", r=4))
+    train = items.filter(pl.col("split") == "finetune")
+    ids = prompt_ids(tokenizer, train["prompt"].to_list())
+    answers = require_answer_ids(tokenizer, train["prompt"].to_list(), train["answer"].to_list())
+    settings = TrainSettings(total_steps=TINY_RUN_STEPS[-1], lr=2e-2, warmup_steps=1)
+    strategy = PlainStrategy(model, settings)
+    rows = []
+
+    def save(step: int) -> None:
+        path = save_model(model, checkpoint_path(root, step))
+        rows.append({"step": step, "path": str(path), "train_loss": 0.0, "eval_accuracy": 0.0})
+
+    save(0)
+    stream = iter(epoch_batches(ids, answers, 16, 2, tokenizer.pad_token_id))
+    for step in range(1, TINY_RUN_STEPS[-1] + 1):
+        strategy.micro_step(next(stream))
+        if step in TINY_RUN_STEPS:
+            save(step)
+    pl.DataFrame(rows).write_parquet(index_path(root))
+    (root / RUN_CONFIG_FILE).write_text(json.dumps({"model": str(base), "data_dir": str(data)}))
+    return root

@@ -3,7 +3,6 @@ finished work."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,52 +16,8 @@ from ftcircuits.cluster import circuit_pool
 from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
 from ftcircuits.config.discovery import CircuitRunConfig
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.config.training import MethodConfig
-from ftcircuits.encoding import prompt_ids, require_answer_ids
-from ftcircuits.finetune.loop import PlainStrategy, epoch_batches
-from ftcircuits.finetune.methods import apply_method
-from ftcircuits.finetune.schedule import TrainSettings
-from ftcircuits.models.loader import load_model
-from ftcircuits.models.tiny import build_tiny_model
-from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
+from ftcircuits.run_layout import RUN_CONFIG_FILE, index_path
 from ftcircuits.study.over_run import SUMMARY_FILE, CircuitRunner, circuit_units, run_inputs
-from ftcircuits.tasks import build_dataset, task_family, write_dataset
-from ftcircuits.tasks.build import perturbed_circuit_splits
-
-STEPS = (0, 3, 6, 9)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
-    """A LoRA run of a small model on Add/Sub-100, checkpoints at STEPS, laid out as by jobs.finetune."""
-    root = tmp_path_factory.mktemp("run")
-    base = save_model(build_tiny_model(tokenizer, small_shape, seed=0), root / "base")
-    family = task_family("addsub", range=100)
-    items, _ = build_dataset(family, tokenizer, 160, seed=0)
-    perturbed = perturbed_circuit_splits(items, family, tokenizer, [0.5], seed=1)
-    data = write_dataset(root / "data" / "addsub-100", items, {"task": "addsub"}, perturbed)
-    loaded = load_model(str(base))
-    model = apply_method(loaded.model, loaded.architecture, MethodConfig(name="lora", r=4))
-    train = items.filter(pl.col("split") == "finetune")
-    ids = prompt_ids(tokenizer, train["prompt"].to_list())
-    answers = require_answer_ids(tokenizer, train["prompt"].to_list(), train["answer"].to_list())
-    settings = TrainSettings(total_steps=STEPS[-1], lr=2e-2, warmup_steps=1)
-    strategy = PlainStrategy(model, settings)
-    rows = []
-
-    def save(step: int) -> None:
-        path = save_model(model, checkpoint_path(root, step))
-        rows.append({"step": step, "path": str(path), "train_loss": 0.0, "eval_accuracy": 0.0})
-
-    save(0)
-    stream = iter(epoch_batches(ids, answers, 16, 2, tokenizer.pad_token_id))
-    for step in range(1, STEPS[-1] + 1):
-        strategy.micro_step(next(stream))
-        if step in STEPS:
-            save(step)
-    pl.DataFrame(rows).write_parquet(index_path(root))
-    (root / RUN_CONFIG_FILE).write_text(json.dumps({"model": str(base), "data_dir": str(data)}))
-    return root
 
 
 def run_config(run, **overrides) -> CircuitRunConfig:
@@ -103,7 +58,7 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
 
     analyze(["--run", str(tiny_run), "--set", "examples=16", "--set", "batch_size=8"])
     similarity = pl.read_parquet(out / "analysis" / "similarity.parquet")
-    assert similarity["step"].to_list() == list(STEPS)
+    assert similarity["step"].to_list() == [0, 3, 6, 9]  # the tiny run's checkpoints
     assert similarity["edge_jaccard_base"][0] == 1.0 and similarity["edge_jaccard_prev"][0] is None
     robustness = pl.read_parquet(out / "analysis" / "robustness.parquet")
     assert sorted(robustness["model"].to_list()) == ["base", "random-init"]

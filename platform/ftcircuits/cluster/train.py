@@ -53,6 +53,43 @@ def _train_loop(payload: dict) -> None:
         finetune_worker(payload["config"], payload["data_dir"], worker)
 
 
+def finetune_trainer(
+    config, data_dir: Path, mlflow_run: tuple[str, str] | None, max_failures: int = 2, callbacks: list = ()
+) -> TorchTrainer:
+    """Return the TorchTrainer of one fine-tuning run (``config``: FinetuneConfig, ``out`` absolute).
+
+    Rank 0 logs into ``mlflow_run`` ((tracking uri, run id)), or nowhere when None (as in a Tune
+    trial, where only the Tune driver writes to MLflow); ``callbacks`` are Ray Train callbacks.
+    """
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker} | (
+        {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}
+    )
+    return TorchTrainer(
+        _train_loop,
+        train_loop_config={"config": config, "data_dir": Path(data_dir).resolve(), "mlflow": mlflow_run},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=Path(config.out).name,
+            storage_path=str(Path(config.out) / RAY_DIR),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def record_run(config, data_dir: Path, mlflow_run_id: str | None) -> None:
+    """Write the run's record (``finetune.json``: config, dataset, MLflow run), which later stages read;
+    refuse an ``out`` that holds a run with another config first."""
+    record = run_record(config, data_dir)
+    check_run_directory(record)  # the same config resumes from Ray's storage; another one is refused
+    with atomic_file(run_config_path(config.out)) as tmp:
+        tmp.write_text(json.dumps(record | {"mlflow_run": mlflow_run_id}, indent=1))
+
+
 def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.train.Result, str]:
     """Run one fine-tuning run (``config``: FinetuneConfig) on Ray Train, tracked in MLflow.
 
@@ -60,29 +97,10 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
     """
     out = Path(config.out).resolve()
     config = config.model_copy(update={"out": out})
-    record = run_record(config, data_dir)
-    check_run_directory(record)  # the same config resumes from Ray's storage; another one is refused
+    check_run_directory(run_record(config, data_dir))
     uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"))
-    with atomic_file(run_config_path(out)) as tmp:  # what later stages (circuits) read of this run
-        tmp.write_text(json.dumps(record | {"mlflow_run": run_id}, indent=1))
-    scaling = config.scaling
-    resources = {"CPU": scaling.cpus_per_worker} | (
-        {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}
-    )
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"config": config, "data_dir": Path(data_dir).resolve(), "mlflow": (uri, run_id)},
-        scaling_config=ScalingConfig(
-            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=out.name,
-            storage_path=str(out / RAY_DIR),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
-        ),
-    )
-    result = trainer.fit()
+    record_run(config, data_dir, run_id)
+    result = finetune_trainer(config, data_dir, (uri, run_id), max_failures).fit()
     RunLogger(uri, run_id).finish("FINISHED" if result.error is None else "FAILED")
     return result, run_id
 

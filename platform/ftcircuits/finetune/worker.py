@@ -85,10 +85,12 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         decay_groups(model, config.train.weight_decay, config.train.lr_groups),
     )
     first_step = 0
+    latest = {"eval_accuracy": float("nan")}  # the newest checkpoint's, for the final report
     rows: list[dict] = []
     if context.resume_from is not None:
         first_step = strategy.load_state(context.resume_from)
         rows = read_checkpoint_index(config.out).filter(pl.col("step") <= first_step).to_dicts()
+        latest["eval_accuracy"] = rows[-1]["eval_accuracy"] if rows else float("nan")
     logger = RunLogger(*context.mlflow_run) if context.mlflow_run and context.rank == 0 else None
 
     def checkpoint(step: int, loss: float) -> None:
@@ -107,6 +109,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
                 pl.DataFrame(rows).write_parquet(tmp)
             if logger is not None:
                 logger.metric("eval_accuracy", held, step)
+        latest["eval_accuracy"] = held
         context.report({"step": step, "train_loss": loss, "eval_accuracy": held}, path)
 
     def on_step(step: int, loss: float) -> None:
@@ -123,9 +126,8 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
     train_answer_model(strategy, remaining, replace(settings, total_steps=total_steps - first_step), on_step)
     seconds = time.perf_counter() - started  # includes the checkpoints taken during training
     tokens = sum(int(batch.attention_mask.sum()) for batch in remaining)
-    context.report(
-        {"step": total_steps, "worker_tokens_per_s": tokens / seconds, "train_seconds": seconds}, None
-    )
+    final = {"step": total_steps, "worker_tokens_per_s": tokens / seconds, "train_seconds": seconds}
+    context.report(final | latest, None)  # train_seconds marks a run that trained to its end
     if logger is not None:
         logger.metric("worker_tokens_per_s", tokens / seconds, total_steps)
     if logger is not None:
