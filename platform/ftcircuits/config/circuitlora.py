@@ -75,7 +75,7 @@ class CircuitLoraConfig(Strict):
     finetune_config: Path = Field(
         Path("jobs/configs/finetune-tiny.yaml"), description="the CircuitLoRA run's preset (a LoRA method)"
     )
-    lr_critical: float = Field(1e-2, gt=0, description="learning rate of the critical layers' adapters")
+    lr_critical: float = Field(5e-3, gt=0, description="learning rate of the critical layers' adapters")
     lr_other: float = Field(5e-3, gt=0, description="learning rate of every other trained parameter")
     out: Path = Path("runs/circuitlora-tiny")
 

@@ -45,7 +45,7 @@ class SweepSpace(Strict):
 
     variant: list[LayerVariant] = Field(default_factory=lambda: ["source", "source_no_input", "destination"])
     k: list[int] = Field(default_factory=lambda: [1, 2], description="critical-layer counts to try")
-    lr_critical: FloatRange = FloatRange(low=3e-3, high=3e-2, log=True)
+    lr_critical: FloatRange = FloatRange(low=2e-3, high=1e-2, log=True)
     lr_other: FloatRange = FloatRange(low=2e-3, high=1e-2, log=True)
     ranks: str = Field("matched", description="matched or search")
     ratio: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0], description="matched: r_c / r_o")

@@ -1,0 +1,41 @@
+"""Algorithm 1 on hand-built before/after circuits: known critical layers under each layer-score variant."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftcircuits.config.circuitlora import CircuitLoraConfig
+from ftcircuits.config.loading import load_config
+from ftcircuits.study.circuitlora import choose_critical_layers
+
+# before: input -> a0.h0 (q) -> m0 -> logits; after: the q edge becomes a k edge, a0.h1 -> m1 joins.
+BEFORE = {("input", "a0.h0<q>"): 0.5, ("a0.h0", "m0"): 2.0, ("m0", "logits"): -1.0}
+AFTER = {("input", "a0.h0<k>"): -0.25, ("a0.h0", "m0"): 1.5, ("m0", "logits"): 1.0, ("a0.h1", "m1"): 3.0}
+
+
+def config(**critical) -> CircuitLoraConfig:
+    return load_config(CircuitLoraConfig, None, [f"critical.{k}={v}" for k, v in critical.items()])
+
+
+@pytest.mark.parametrize(
+    ("variant", "scores", "critical"),
+    [
+        # deltas: input->q 0.5 (removed), input->k 0.25 (added), a0.h0->m0 0.5, m0->logits 2.0, a0.h1->m1 3.0
+        ("source", [6.25, 0.0], [0]),  # every source lies in layer 0 (input counts as layer 0)
+        ("source_no_input", [5.5, 0.0], [0]),
+        ("destination", [1.25, 3.0], [1]),  # q/k of a0.h0 and m0 in layer 0, m1 in layer 1, logits left out
+    ],
+)
+def test_each_variant_gives_its_known_critical_layer(hand_built_circuit, variant, scores, critical):
+    before, after = hand_built_circuit(BEFORE), hand_built_circuit(AFTER)
+    table, chosen, k = choose_critical_layers(before, after, 2, config(variant=variant, k=1))
+    assert table["score"].to_list() == pytest.approx(scores) and chosen == critical and k == 1
+
+
+def test_k_scales_with_depth_and_a_rule_that_picks_nothing_is_refused(hand_built_circuit):
+    assert [config().critical.k_for(layers) for layers in (2, 6, 24, 32)] == [1, 1, 5, 6]
+    with pytest.raises(ValueError, match="critical k=2 must be below the model's 2 layers"):
+        config(k=2).critical.k_for(2)
+    before, after = hand_built_circuit(BEFORE), hand_built_circuit(AFTER)
+    with pytest.raises(ValueError, match="marks no layer critical"):  # [6.25, 0]: nothing above mean + std
+        choose_critical_layers(before, after, 2, config(rule="mean_std"))
