@@ -125,7 +125,9 @@ def ray_cluster() -> Iterator[None]:
         token.write_text(secrets.token_hex(32))
         os.environ.pop("RAY_ADDRESS", None)
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(root / "ray"))
+        # the dashboard serves the State API Ray Train's placement-group cleaner needs (see cluster.train)
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 _temp_dir=str(root / "ray"))  # fmt: skip
         yield
     finally:
         ray.shutdown()

@@ -27,12 +27,15 @@ def connect(num_cpus: int | None = None) -> None:
     """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one of our own.
 
     Without ``RAY_ADDRESS`` a plain ``ray.init()`` would join any cluster already running on the
-    machine (whose workers cannot import this package); ``address="local"`` never does.
+    machine (whose workers cannot import this package); ``address="local"`` never does. A local Ray
+    starts its dashboard: it serves the State API, through which Ray Train's placement-group cleaner
+    learns that a trainer's controller died (a Tune trial ASHA stopped) and frees its CPUs; without
+    it the cleaner only warns, forever, and later trials wait for resources that never come back.
     """
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, num_cpus=num_cpus if address == "local" else None,
-                 include_dashboard=False, log_to_driver=True)  # fmt: skip
+        local = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        ray.init(address=address, log_to_driver=True, **(local if address == "local" else {}))
 
 
 def _train_loop(payload: dict) -> None:
