@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from ftcircuits.config.data import Strict
+from ftcircuits.config.data import PresetPath, Strict
 from ftcircuits.options import CriticalRule, LayerVariant
 
 RANK_CHOICES = ("matched", "paper-8-32", "paper-16-64", "explicit")
@@ -66,22 +66,17 @@ class CircuitLoraConfig(Strict):
     """``jobs.circuitlora``: Algorithm 1 end to end, from a probe run to the CircuitLoRA fine-tune."""
 
     probe_run: Path | None = Field(None, description="an existing fine-tuning run (else probe_config runs)")
-    probe_config: Path = Field(Path("jobs/configs/finetune-tiny.yaml"), description="the probe's preset")
+    probe_config: PresetPath = Field(
+        Path("jobs/configs/finetune-tiny.yaml"), description="the probe's preset"
+    )
     circuit_overrides: list[str] = Field(
         default_factory=list, description="--set overrides for the probe's circuits (jobs.circuits --run)"
     )
     critical: CriticalLayerRule = CriticalLayerRule()
     ranks: RankSettings = RankSettings()
-    finetune_config: Path = Field(
+    finetune_config: PresetPath = Field(
         Path("jobs/configs/finetune-tiny.yaml"), description="the CircuitLoRA run's preset (a LoRA method)"
     )
     lr_critical: float = Field(5e-3, gt=0, description="learning rate of the critical layers' adapters")
     lr_other: float = Field(5e-3, gt=0, description="learning rate of every other trained parameter")
     out: Path = Path("runs/circuitlora-tiny")
-
-    @field_validator("probe_config", "finetune_config")
-    @classmethod
-    def _preset_exists(cls, path: Path) -> Path:
-        if not Path(path).is_file():
-            raise ValueError(f"fine-tuning preset {str(path)!r} does not exist")
-        return path

@@ -73,6 +73,16 @@ ModelSource = Annotated[str, AfterValidator(_checked_model)]
 """A model source ("tiny", a model directory, ``shape:NAME`` or a hub id), checked before any work."""
 
 
+def _existing_preset(path: Path) -> Path:
+    if not Path(path).is_file():
+        raise ValueError(f"fine-tuning preset {str(path)!r} does not exist")
+    return path
+
+
+PresetPath = Annotated[Path, AfterValidator(_existing_preset)]
+"""A fine-tuning preset file another job runs, checked to exist before any work."""
+
+
 PERTURB_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # robustness: shares of items replaced
 
 

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ftcircuits.config.data import ModelSource, Strict, TaskSpec, all_paper_tasks
+from ftcircuits.config.data import ModelSource, PresetPath, Strict, TaskSpec, all_paper_tasks
 from ftcircuits.config.training import PlainFinetuneConfig
 
 
 class DynamicsStage(Strict):
     """The study's circuit-dynamics stage: a fine-tuning preset run on Ray, its circuits, their analysis."""
 
-    finetune_config: Path = Path("jobs/configs/finetune-tiny.yaml")
+    finetune_config: PresetPath = Path("jobs/configs/finetune-tiny.yaml")
     circuit_overrides: list[str] = Field(
         default_factory=list, description="--set overrides for jobs.circuits --run and jobs.analyze"
     )
-
-    @field_validator("finetune_config")
-    @classmethod
-    def _preset_exists(cls, path: Path) -> Path:
-        if not Path(path).is_file():
-            raise ValueError(f"fine-tuning preset {str(path)!r} does not exist")
-        return path
 
 
 class StudyConfig(Strict):

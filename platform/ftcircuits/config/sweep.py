@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from ftcircuits.config.data import Strict
+from ftcircuits.config.data import PresetPath, Strict
 from ftcircuits.options import LayerVariant
 
 
@@ -81,9 +81,11 @@ class SweepConfig(Strict):
     """``tuning.sweep``: CircuitLoRA trials on Ray Tune (Optuna search, ASHA stopping), one probe for all."""
 
     probe_run: Path | None = Field(None, description="an existing fine-tuning run (else probe_config runs)")
-    probe_config: Path = Path("jobs/configs/finetune-tiny.yaml")
+    probe_config: PresetPath = Path("jobs/configs/finetune-tiny.yaml")
     circuit_overrides: list[str] = Field(default_factory=list)
-    finetune_config: Path = Field(Path("jobs/configs/finetune-tiny.yaml"), description="the trials' preset")
+    finetune_config: PresetPath = Field(
+        Path("jobs/configs/finetune-tiny.yaml"), description="the trials' preset"
+    )
     lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose budget matched ranks meet")
     space: SweepSpace = SweepSpace()
     trials: int = Field(6, ge=1)
@@ -92,10 +94,3 @@ class SweepConfig(Strict):
     reduction_factor: int = Field(2, ge=2)
     seed: int = 0
     out: Path = Path("runs/sweep-circuitlora-tiny")
-
-    @field_validator("probe_config", "finetune_config")
-    @classmethod
-    def _preset_exists(cls, path: Path) -> Path:
-        if not Path(path).is_file():
-            raise ValueError(f"fine-tuning preset {str(path)!r} does not exist")
-        return path
