@@ -22,13 +22,12 @@ from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.discovery import CircuitRunConfig
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.training import FinetuneConfig
-from ftcircuits.finetune.circuitlora import matched_rank_pair
+from ftcircuits.models.loader import model_skeleton
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.study.circuitlora import (
-    check_lora_preset,
+    check_plannable,
     circuitlora_finetune_config,
     plan_circuitlora,
-    shape_widths,
     write_plan,
 )
 from ftcircuits.study.over_run import run_inputs
@@ -40,13 +39,30 @@ def checked_presets(config: CircuitLoraConfig) -> tuple[FinetuneConfig, Finetune
     """Return the CircuitLoRA preset and the probe's (None for an existing probe run); check before any
     work that k fits the model and that the ranks can be matched with k critical layers."""
     preset = load_config(FinetuneConfig, config.finetune_config)
-    check_lora_preset(preset, config.finetune_config)
     probe = None if config.probe_run is not None else load_config(FinetuneConfig, config.probe_config)
-    arch, widths, _ = shape_widths(preset.model)
-    k = config.critical.k_for(arch.layers)
-    if config.ranks.choice == "matched":  # every layer has the same widths: any k layers tell
-        matched_rank_pair(widths, arch, list(range(k)), config.ranks.lora_r, config.ranks.ratio)
+    _, arch = model_skeleton(preset.model)
+    ratios = [config.ranks.ratio] if config.ranks.choice == "matched" else []
+    check_plannable(preset, config.finetune_config, [config.critical.k_for(arch.layers)], ratios,
+                    config.ranks.lora_r)  # fmt: skip
     return preset, probe
+
+
+def probe_stage(
+    probe_run: Path | None, probe_preset: FinetuneConfig | None, circuit_overrides: list[str]
+) -> tuple[Path, Path]:
+    """Return the probe run (fine-tuned now from ``probe_preset`` unless given) and the directory of its
+    checkpoints' circuits (computed on Ray unless already on disk): what Algorithm 1 reads."""
+    probe_run = Path(probe_run or probe_preset.out).resolve()
+    if probe_preset is not None:
+        print(f"== probe: fine-tuning into {probe_run}")
+        finetune(probe_preset)
+    circuit_config = load_config(CircuitRunConfig, None, [f"run={probe_run}", "robustness=false",
+                                                          *circuit_overrides])  # fmt: skip
+    print(f"== circuits of every checkpoint of {probe_run}")
+    connect()
+    circuits_dir, _, computed = circuits_over_run(circuit_config)
+    print(f"{computed} circuits computed: {circuits_dir}")
+    return probe_run, circuits_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,16 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
 
-    probe_run = config.probe_run or probe_preset.out
-    if config.probe_run is None:
-        print(f"== probe: fine-tuning {config.probe_config} into {probe_run}")
-        finetune(probe_preset)
-    circuit_config = load_config(CircuitRunConfig, None, [f"run={probe_run}", "robustness=false",
-                                                          *config.circuit_overrides])  # fmt: skip
-    print(f"== circuits of every checkpoint of {probe_run}")
-    connect()
-    circuits_dir, _, computed = circuits_over_run(circuit_config)
-    print(f"{computed} circuits computed: {circuits_dir}")
+    probe_run, circuits_dir = probe_stage(config.probe_run, probe_preset, config.circuit_overrides)
 
     plan = plan_circuitlora(config, run_inputs(probe_run).base_model, probe_run, circuits_dir)
     plan_path = write_plan(config.out, plan)

@@ -22,18 +22,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ftcircuits.cluster.circuit_pool import circuits_over_run
-from ftcircuits.cluster.train import connect, finetune
-from ftcircuits.config.discovery import CircuitRunConfig
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig, SweepSpace
 from ftcircuits.config.training import FinetuneConfig
-from ftcircuits.finetune.circuitlora import matched_rank_pair
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import read_run_record
-from ftcircuits.study.circuitlora import PLAN_FILE, check_lora_preset, shape_widths
+from ftcircuits.study.circuitlora import PLAN_FILE, check_plannable
 from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run, tracking_uri
+from jobs.circuitlora import probe_stage
 from jobs.cli import config_parser, parse_config
 from tuning.tracking import TrialRuns, stopped_early
 from tuning.trial import TRIALS_DIR, SweepInputs, run_trial
@@ -69,19 +66,12 @@ def checked_presets(config: SweepConfig) -> tuple[FinetuneConfig, FinetuneConfig
     """Return the trials' preset and the probe's; refuse, before any trial, a k the model cannot have,
     rank ranges with no r_o < r_c, and a matched budget no (k, ratio) of the space can meet."""
     preset = load_config(FinetuneConfig, config.finetune_config)
-    check_lora_preset(preset, config.finetune_config)
     probe = None if config.probe_run is not None else load_config(FinetuneConfig, config.probe_config)
-    arch, widths, _ = shape_widths(preset.model)
     space = config.space
-    too_deep = [k for k in space.k if k >= arch.layers]
-    if too_deep:
-        raise ValueError(f"space.k {too_deep} must be below the model's {arch.layers} layers")
     if space.ranks == "search" and space.r_other.low >= space.r_critical.high:
         raise ValueError("space.r_critical must reach above space.r_other: no r_o < r_c to draw")
-    if space.ranks == "matched":  # every layer has the same widths: any k layers tell
-        for k in space.k:
-            for ratio in space.ratio:
-                matched_rank_pair(widths, arch, list(range(k)), config.lora_r, ratio)
+    ratios = space.ratio if space.ranks == "matched" else []
+    check_plannable(preset, config.finetune_config, space.k, ratios, config.lora_r, k_name="space.k")
     return preset, probe
 
 
@@ -89,15 +79,7 @@ def sweep_inputs(
     config: SweepConfig, preset: FinetuneConfig, probe_preset: FinetuneConfig | None
 ) -> SweepInputs:
     """Return what every trial shares: the probe run (run now if needed) and its circuits, computed once."""
-    probe_run = Path(config.probe_run or probe_preset.out).resolve()
-    if config.probe_run is None:
-        print(f"== probe: fine-tuning {config.probe_config} into {probe_run}")
-        finetune(probe_preset)
-    circuit_config = load_config(CircuitRunConfig, None, [f"run={probe_run}", "robustness=false",
-                                                          *config.circuit_overrides])  # fmt: skip
-    connect()
-    circuits_dir, _, computed = circuits_over_run(circuit_config)
-    print(f"== probe circuits: {computed} computed, in {circuits_dir}")
+    probe_run, circuits_dir = probe_stage(config.probe_run, probe_preset, config.circuit_overrides)
     inputs = run_inputs(probe_run)
     return SweepInputs(config, preset, probe_run, circuits_dir, inputs.base_model, inputs.data)
 

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import CONFIG_NAME
 
 from ftcircuits.models.architecture import Architecture, describe_architecture
@@ -71,6 +77,29 @@ def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     base_source = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(resolve_model_source(base_source), dtype=dtype)
     return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+
+
+def model_skeleton(source: str) -> tuple[PreTrainedModel, Architecture]:
+    """Return ``source``'s model on the meta device (shapes, no weights read) and its architecture.
+
+    An adapter directory gives its base model's skeleton.
+    """
+    import json
+
+    resolved = resolve_model_source(source)
+    if resolved.startswith(SHAPE_PREFIX):
+        model = build_same_shape(resolved.removeprefix(SHAPE_PREFIX), device="meta")
+        return model, describe_architecture(model.config)
+    if (Path(resolved) / ADAPTER_CONFIG).is_file():
+        base = json.loads((Path(resolved) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        resolved = resolve_model_source(base)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except OSError as error:
+        raise ModelSourceError(f"cannot read the config of model {source!r}: {error}") from error
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model, describe_architecture(model.config)
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:

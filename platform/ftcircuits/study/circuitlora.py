@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
-import torch
-from transformers import AutoModelForCausalLM
 
 from ftcircuits.circuits.compare import critical_layers, edge_changes, layer_scores
 from ftcircuits.config.circuitlora import CircuitLoraConfig
@@ -31,7 +30,7 @@ from ftcircuits.finetune.circuitlora import (
     uniform_parameters,
 )
 from ftcircuits.models.architecture import Architecture
-from ftcircuits.models.loader import load_model
+from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.study.dynamics import checkpoint_circuits, read_summary
 
@@ -89,12 +88,31 @@ def rank_pair(config: CircuitLoraConfig, widths: dict, arch: Architecture, criti
 
 
 def shape_widths(base_model: str) -> tuple[Architecture, dict[str, int], int]:
-    """Return the architecture, LoRA module widths and parameter count of a model, built on meta."""
-    loaded = load_model(base_model)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(loaded.model.config)
-    total = sum(p.numel() for p in loaded.model.parameters())
-    return loaded.architecture, module_widths(meta, loaded.architecture), total
+    """Return the architecture, LoRA module widths and parameter count of a model (no weights read)."""
+    model, arch = model_skeleton(base_model)
+    return arch, module_widths(model, arch), sum(p.numel() for p in model.parameters())
+
+
+def check_plannable(
+    preset: FinetuneConfig,
+    preset_path: Path,
+    ks: Sequence[int],
+    ratios: Sequence[float],
+    lora_r: int,
+    k_name: str = "critical k",
+) -> Architecture:
+    """Refuse, before any work, what no plan could carry out: a preset that is not LoRA, a k the model
+    cannot have, and a budget-matched pair that no (k, ratio) can meet (``ratios`` empty: ranks are
+    not matched). Return the preset model's architecture."""
+    check_lora_preset(preset, preset_path)
+    arch, widths, _ = shape_widths(preset.model)
+    too_deep = [k for k in ks if k >= arch.layers]
+    if too_deep:
+        raise ValueError(f"{k_name} {too_deep} must be below the model's {arch.layers} layers")
+    for k in ks:  # every layer has the same widths: any k layers tell
+        for ratio in ratios:
+            matched_rank_pair(widths, arch, list(range(k)), lora_r, ratio)
+    return arch
 
 
 def plan_circuitlora(
