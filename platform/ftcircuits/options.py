@@ -34,6 +34,11 @@ NodeRule = Literal["union", "intersection"]  # merging circuits: which nodes
 ScoreRule = Literal["mean", "max", "min"]  # merging circuits: the score of a shared edge
 LayerVariant = Literal["source", "source_no_input", "destination"]  # which layer an edge's change counts for
 CriticalRule = Literal["topk", "mean_std"]  # the k best layers, or those above mean + std
+# CircuitLoRA: whose circuits give the critical layers: the task's own, or its subtasks' merged circuits.
+CriticalSource = Literal["task", "compositional"]
+# CircuitLoRA's (r_o, r_c): budget-matched to a uniform LoRA rank, a paper pair by name, or given.
+RankChoice = Literal["matched", "paper-8-32", "paper-16-64", "explicit"]
+SweepRanks = Literal["matched", "search"]  # a sweep draws r_c / r_o ratios (matched) or both ranks
 
 # What a circuit over a run is of: a checkpoint of the run, the base model, or a random init of its shape.
 ModelKind = Literal["checkpoint", "base", "random-init"]

@@ -53,6 +53,15 @@ def read_checkpoint_index(run: Path) -> pl.DataFrame:
     return pl.read_parquet(path).sort("step")
 
 
+def run_finished(run: Path) -> bool:
+    """Return whether ``run`` holds a run that trained to its end (its index reaches ``total_steps``)."""
+    path = index_path(run)
+    if not path.is_file():
+        return False
+    index = pl.read_parquet(path)
+    return "total_steps" in index.columns and index["step"].max() == index["total_steps"].max()
+
+
 def check_run(run: Path) -> None:
     """Raise FileNotFoundError naming what is missing unless ``run`` holds a complete fine-tuning run:
     its record, its index and every checkpoint the index lists."""

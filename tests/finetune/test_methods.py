@@ -77,3 +77,19 @@ def test_adalora_budget_really_reallocates_during_training(small_model, tokenize
         if hasattr(module, "lora_E"):
             key = f"{name.removeprefix('base_model.model.')}.lora_E.default"
             assert int((module.lora_E["default"] != 0).sum()) <= sum(pattern[key])
+
+
+def test_ia3_with_new_tokens_trains_the_input_embedding(small_model, tokenizer, tmp_path):
+    """PEFT's IA3 has no trainable_token_indices: the whole embedding trains and is saved with the adapter."""
+    arch = describe_architecture(small_model.config)
+    ids = tokenizer.convert_tokens_to_ids(["+", "="])
+    plain = apply_method(small_model, arch, MethodConfig(name="ia3"))
+    ia3_only = trainable_parameters(plain)
+    plain.unload()
+    model = apply_method(small_model, arch, MethodConfig(name="ia3"), token_ids=ids)
+    assert trainable_parameters(model) == ia3_only + small_model.gpt_neox.embed_in.weight.numel()
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert any("embed_in" in key for key in saved)

@@ -13,11 +13,11 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.config.data import PERTURB_RATIOS
-from ftcircuits.finetune.run_identity import check_run_directory, run_record
+from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import DATA_DIR, RAY_DIR, run_config_path
+from ftcircuits.run_layout import DATA_DIR, RAY_DIR, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
@@ -119,10 +119,15 @@ def run_dataset(config) -> Path:
     return data_dir
 
 
-def finetune(config) -> str:
+def finetune(config) -> str | None:
     """Build the run's dataset if needed and run it on Ray (``config``: FinetuneConfig); return the MLflow
-    run id. A run that fails raises RuntimeError."""
+    run id. A run already finished with this config is not rerun (its recorded run id is returned); a run
+    that fails raises RuntimeError."""
     data_dir = run_dataset(config)
+    check_run_schedule(config, data_dir)
+    if run_finished(config.out):
+        print(f"fine-tuning run {config.out} is finished: reused")
+        return read_run_record(config.out).get("mlflow_run")
     connect()
     result, run_id = run_finetune(config, data_dir)
     if result.error is not None:

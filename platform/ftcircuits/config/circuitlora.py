@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ftcircuits.config.data import PresetPath, Strict
-from ftcircuits.options import CriticalRule, LayerVariant
-
-RANK_CHOICES = ("matched", "paper-8-32", "paper-16-64", "explicit")
+from ftcircuits.options import CriticalRule, CriticalSource, LayerVariant, RankChoice
 
 
 class CriticalLayerRule(Strict):
@@ -23,16 +21,9 @@ class CriticalLayerRule(Strict):
     rule: CriticalRule = "topk"
     k_share: float = Field(0.2, gt=0, lt=1, description="k = max(1, round(k_share * layers))")
     k: int | None = Field(None, ge=1, description="an explicit k (checked against the layer count)")
-    source: str = Field(
-        "task", description="'task': the task's own circuits; 'compositional': merged subtasks"
+    source: CriticalSource = Field(
+        "task", description="'task': the task's own circuits; 'compositional': its merged subtask circuits"
     )
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, source: str) -> str:
-        if source not in ("task", "compositional"):
-            raise ValueError(f"unknown critical-layer source {source!r}; allowed: task, compositional")
-        return source
 
     def k_for(self, layers: int) -> int:
         """Return k for a model of ``layers`` layers; ValueError if an explicit k exceeds them."""
@@ -46,7 +37,7 @@ class CriticalLayerRule(Strict):
 class RankSettings(Strict):
     """CircuitLoRA's (r_o, r_c): budget-matched to uniform LoRA rank ``lora_r``, a paper pair, or given."""
 
-    choice: str = Field("matched", description=f"one of {', '.join(RANK_CHOICES)}")
+    choice: RankChoice = "matched"
     lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose budget 'matched' meets")
     ratio: float = Field(4.0, gt=1, description="'matched': the r_c / r_o aimed at (the paper's pairs: 4)")
     other: int | None = Field(None, ge=1, description="'explicit': r_o")
@@ -55,8 +46,6 @@ class RankSettings(Strict):
 
     @model_validator(mode="after")
     def _choice_is_complete(self) -> RankSettings:
-        if self.choice not in RANK_CHOICES:
-            raise ValueError(f"unknown ranks.choice {self.choice!r}; allowed: {', '.join(RANK_CHOICES)}")
         if self.choice == "explicit" and (self.other is None or self.critical is None):
             raise ValueError("ranks.choice 'explicit' needs ranks.other and ranks.critical")
         return self

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.config.data import PresetPath, Strict
-from ftcircuits.options import LayerVariant
+from ftcircuits.options import LayerVariant, SweepRanks
 
 
 class FloatRange(Strict):
@@ -47,7 +47,7 @@ class SweepSpace(Strict):
     k: list[int] = Field(default_factory=lambda: [1, 2], description="critical-layer counts to try")
     lr_critical: FloatRange = FloatRange(low=2e-3, high=1e-2, log=True)
     lr_other: FloatRange = FloatRange(low=2e-3, high=1e-2, log=True)
-    ranks: str = Field("matched", description="matched or search")
+    ranks: SweepRanks = "matched"
     ratio: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0], description="matched: r_c / r_o")
     r_other: RankRange | None = None
     r_critical: RankRange | None = None
@@ -68,8 +68,6 @@ class SweepSpace(Strict):
 
     @model_validator(mode="after")
     def _ranks_are_searchable(self) -> SweepSpace:
-        if self.ranks not in ("matched", "search"):
-            raise ValueError(f"unknown space.ranks {self.ranks!r}; allowed: matched, search")
         if self.ranks == "search" and (self.r_other is None or self.r_critical is None):
             raise ValueError("space.ranks 'search' needs space.r_other and space.r_critical ranges")
         if self.ranks == "matched" and any(r <= 1 for r in self.ratio):

@@ -36,8 +36,8 @@ def apply_method(
     """Return ``model`` ready to train under ``method`` (PEFT-wrapped unless FPFT).
 
     ``token_ids`` (the ids of ``method.trainable_tokens``) get trainable input
-    embeddings in every adapter method alike, through PEFT's
-    ``trainable_token_indices``.
+    embeddings, through PEFT's ``trainable_token_indices`` (LoRA, AdaLoRA) or, for IA3, which lacks
+    it, the whole input embedding as a module to save.
     """
     if method.name == "fpft":
         return model
@@ -63,8 +63,21 @@ def apply_method(
         )  # fmt: skip
     else:  # ia3: scale attention projections and the MLP's output input
         mlp_out = arch.names.mlp_out.format(i=0).removeprefix(arch.names.layer.format(i=0) + ".")
-        config = IA3Config(target_modules=targets, feedforward_modules=[mlp_out], **tokens)
+        # PEFT's IA3 has no trainable_token_indices: with new tokens, the whole input embedding
+        # trains (and is saved with the adapter), which its trainable-parameter count shows.
+        embed = [arch.names.embed.rsplit(".", 1)[-1]] if token_ids else None
+        config = IA3Config(target_modules=targets, feedforward_modules=[mlp_out], modules_to_save=embed)
     return get_peft_model(model, config)
+
+
+def check_schedule(method: MethodConfig, total_steps: int) -> None:
+    """Raise ValueError when ``method``'s schedule does not fit a run of ``total_steps`` steps (AdaLoRA's
+    warm-up ``tinit`` and final phase ``tfinal`` must leave steps to reallocate the budget in)."""
+    if method.name == "adalora" and method.adalora_tinit >= total_steps - method.adalora_tfinal:
+        raise ValueError(
+            f"AdaLoRA's adalora_tinit {method.adalora_tinit} + adalora_tfinal {method.adalora_tfinal} leave "
+            f"no budgeting phase in a run of {total_steps} steps: lower them or train longer"
+        )
 
 
 def attach_budget_reallocation(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftcircuits.finetune.methods import check_schedule
+from ftcircuits.finetune.schedule import optimizer_steps
 from ftcircuits.run_layout import read_run_record, run_config_path
+from ftcircuits.tasks.io import read_manifest
 
 
 def run_record(config, data_dir: Path) -> dict:
@@ -42,3 +45,16 @@ def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
         elif left != right:
             keys.add(f"{prefix}{key}")
     return keys
+
+
+def run_steps(config, data_dir: Path) -> int:
+    """Return the optimiser steps of a run (``config``: a FinetuneConfig) on the dataset in ``data_dir``."""
+    examples = read_manifest(data_dir)["summary"]["splits"]["finetune"]
+    train = config.train
+    return optimizer_steps(examples, train.epochs, train.micro_batch_size, config.scaling.workers,
+                           train.grad_accumulation)  # fmt: skip
+
+
+def check_run_schedule(config, data_dir: Path) -> None:
+    """Refuse, before any worker starts, a method whose schedule does not fit the run's steps."""
+    check_schedule(config.method, run_steps(config, data_dir))

@@ -32,3 +32,13 @@ def warmup_cosine(settings: TrainSettings) -> Callable[[int], float]:
         return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine
 
     return factor
+
+
+def optimizer_steps(
+    examples: int, epochs: int, micro_batch: int, workers: int, grad_accumulation: int
+) -> int:
+    """Return the optimiser steps of a run: each epoch's micro-batches, cut to a multiple of
+    workers x accumulation so every rank steps alike, over ``epochs``."""
+    per_epoch = math.ceil(examples / micro_batch)
+    usable = per_epoch // (workers * grad_accumulation) * workers * grad_accumulation
+    return epochs * usable // (workers * grad_accumulation)

@@ -22,7 +22,8 @@ import torch
 from ftcircuits.encoding import accuracy, prompt_ids, require_answer_ids
 from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
 from ftcircuits.finetune.loop import decay_groups, epoch_batches, train_answer_model
-from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.methods import apply_method, trainable_parameters
+from ftcircuits.finetune.schedule import optimizer_steps
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import CHECKPOINTS_DIR, checkpoint_path, index_path, read_checkpoint_index
@@ -56,7 +57,11 @@ def sharded_batches(ids, answers, config, pad_id: int, context: WorkerContext) -
     for epoch in range(train.epochs):
         epoch_list = list(epoch_batches(ids, answers, train.micro_batch_size, 1, pad_id, train.seed + epoch))
         mine += epoch_list[:usable][context.rank :: context.world]
-    return mine, len(mine) // train.grad_accumulation
+    # the same count as the driver's (run_identity.run_steps)
+    steps = optimizer_steps(
+        len(ids), train.epochs, train.micro_batch_size, context.world, train.grad_accumulation
+    )
+    return mine, steps
 
 
 def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerContext()) -> None:
@@ -75,7 +80,11 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
         )
     train = config.train
     settings = train.settings(total_steps)
+    model_params = sum(p.numel() for p in loaded.model.parameters())
     model = apply_method(loaded.model, loaded.architecture, config.method, total_steps, token_ids)
+    # per index row: what every result table states (trainable parameters, their share, the run's length)
+    size = {"trainable_params": trainable_parameters(model), "model_params": model_params,
+            "total_steps": total_steps}  # fmt: skip
     strategy = DeepSpeedStrategy(
         model,
         settings,
@@ -104,7 +113,7 @@ def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerConte
             tokenizer.save_pretrained(path)
             for older in rows:  # resuming needs only the newest training state
                 shutil.rmtree(Path(older["path"]) / DeepSpeedStrategy.ENGINE_STATE, ignore_errors=True)
-            rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held})
+            rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held} | size)
             with atomic_file(index_path(config.out)) as tmp:
                 pl.DataFrame(rows).write_parquet(tmp)
             if logger is not None:

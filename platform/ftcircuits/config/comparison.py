@@ -1,0 +1,70 @@
+"""The method comparison's schema: the runs' preset and recipe, the tasks, seeds and compared methods."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from ftcircuits.config.circuitlora import CriticalLayerRule, RankSettings
+from ftcircuits.config.data import PresetPath, Strict, TaskSpec
+
+
+class CircuitLoraArm(Strict):
+    """CircuitLoRA's choices, planned on each task's probe run (Algorithm 1 per task)."""
+
+    critical: CriticalLayerRule = CriticalLayerRule()
+    ranks: RankSettings = RankSettings()
+    lr_critical: float = Field(5e-3, gt=0)
+    lr_other: float = Field(5e-3, gt=0)
+
+
+class MethodArm(Strict):
+    """One compared method: the runs' preset with ``set`` overrides, and CircuitLoRA's plan when given."""
+
+    name: str = Field(description="the method's label in tables and run directories")
+    set: list[str] = Field(default_factory=list, description="dotted overrides of the runs' preset")
+    circuitlora: CircuitLoraArm | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"arm name {name!r} must be a file name (letters, digits, '.', '_', '-')")
+        return name
+
+
+class CompareConfig(Strict):
+    """``jobs.compare_methods``: every arm on every task over several seeds, one table with spreads."""
+
+    finetune_config: PresetPath = Field(
+        Path("jobs/configs/finetune-tiny.yaml"), description="the runs' preset (a LoRA method)"
+    )
+    recipe: list[str] = Field(
+        default_factory=list, description="dotted overrides every run shares (schedule, workers, ...)"
+    )
+    probe_config: PresetPath = Field(
+        Path("jobs/configs/finetune-tiny.yaml"),
+        description="CircuitLoRA's probe on each task: this preset on the task (its own out for its task)",
+    )
+    circuit_overrides: list[str] = Field(default_factory=list, description="the probes' circuit settings")
+    tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="addsub", range=100)])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    arms: list[MethodArm]
+    learned_at: float = Field(0.3, gt=0, le=1, description="a task is learned at this accuracy or more")
+    out: Path = Path("runs/compare-tiny")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CompareConfig:
+        for what, values in (
+            ("arm names", [arm.name for arm in self.arms]),
+            ("seeds", self.seeds),
+            ("tasks", [task.dataset_name() for task in self.tasks]),
+        ):
+            if not values:
+                raise ValueError(f"no {what}: give at least one")
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise ValueError(f"{what} repeat: {repeated}")
+        return self
