@@ -70,8 +70,9 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
     tasks = {task.dataset_name(): task for task in config.tasks}
     planned = {}
     for name in sorted({run.task for run in runs if run.method in arms}):
-        probe = probe_config(config, tasks[name])
-        probe_run, circuits_dir = probe_stage(None, probe, config.circuit_overrides)
+        given = config.probe_runs.get(name)
+        probe = None if given is not None else probe_config(config, tasks[name])
+        probe_run, circuits_dir = probe_stage(given, probe, config.circuit_overrides)
         for arm in arms.values():
             circuitlora = arm_circuitlora_config(config, arm, tasks[name])
             plan = plan_circuitlora(circuitlora, run_inputs(probe_run).base_model, probe_run, circuits_dir)

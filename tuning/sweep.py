@@ -33,9 +33,10 @@ from ftcircuits.tracking.mlflow_runs import RunLogger, create_run, tracking_uri
 from jobs.circuitlora import probe_stage
 from jobs.cli import config_parser, parse_config
 from tuning.tracking import TrialRuns, stopped_early
-from tuning.trial import TRIALS_DIR, SweepInputs, run_trial
+from tuning.trial import TRIALS_DIR, SweepInputs, circuitlora_config, run_trial
 
 METRIC = "eval_accuracy"
+SPACE_KEYS = ("variant", "k", "lr_critical", "lr_other", "ratio", "r_other", "r_critical")  # a trial's draw
 TUNE_DIR, EXPERIMENT = "tune", "sweep"
 PARENT_FILE = "mlflow_parent.json"
 # The trial function only drives its TorchTrainer, whose workers hold the CPUs: it asks for no CPU, and
@@ -157,11 +158,17 @@ def asha_saving(trials: pl.DataFrame) -> dict[str, float]:
     return {"trial_minutes": run, "trial_minutes_without_stopping": float(scaled.sum())}
 
 
-def write_best(trials: pl.DataFrame, out: Path) -> Path | None:
-    """Write ``best.yaml``: the best trial's fine-tuning config, as ``jobs.finetune`` runs it."""
+def write_best(trials: pl.DataFrame, out: Path, inputs: SweepInputs) -> Path | None:
+    """Write ``best.yaml``, the best trial's fine-tuning config as ``jobs.finetune`` runs it, and
+    ``best-circuitlora.yaml``, its choices as ``jobs.circuitlora`` runs them on the sweep's probe."""
     ranked = trials.filter(pl.col("best_accuracy").is_not_null())
     if ranked.is_empty():
         return None
+    params = {k: v for k, v in ranked.row(0, named=True).items() if k in SPACE_KEYS and v is not None}
+    choices = circuitlora_config(params, inputs.sweep, out / "best-circuitlora")
+    choices = choices.model_copy(update={"probe_run": inputs.probe_run})
+    with atomic_file(out / "best-circuitlora.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(choices.model_dump(mode="json"), sort_keys=False))
     record = read_run_record(out / TRIALS_DIR / ranked["trial_id"][0])
     config = {k: v for k, v in record.items() if k not in ("data_dir", "mlflow_run")}
     config["out"] = str(out / "best-run")
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ())
     trials = trials_table(results, out)
     with atomic_file(out / "trials.parquet") as tmp:
         trials.write_parquet(tmp)
-    best = write_best(trials, out)
+    best = write_best(trials, out, inputs)
     saving = asha_saving(trials)
     logger = RunLogger(uri, parent)
     for key, value in saving.items():

@@ -39,3 +39,32 @@ def test_k_scales_with_depth_and_a_rule_that_picks_nothing_is_refused(hand_built
     before, after = hand_built_circuit(BEFORE), hand_built_circuit(AFTER)
     with pytest.raises(ValueError, match="marks no layer critical"):  # [6.25, 0]: nothing above mean + std
         choose_critical_layers(before, after, 2, config(rule="mean_std"))
+
+
+def test_compositional_source_takes_the_merged_subtask_circuits_of_base_and_final(tiny_run, tmp_path):
+    from ftcircuits.circuits.compare import edge_changes, layer_scores
+    from ftcircuits.circuits.io import read_circuit
+    from ftcircuits.circuits.merge import merge_circuits
+    from ftcircuits.study.circuitlora import plan_circuitlora
+
+    overrides = [
+        "critical.source=compositional",
+        "critical.k=1",
+        "circuit_overrides=[examples=16, batch_size=8]",
+    ]
+    chosen = load_config(CircuitLoraConfig, None, overrides)
+    plan = plan_circuitlora(chosen, str(tiny_run / "base"), tiny_run, tmp_path)
+    merged = []
+    for name in ("base", "final"):
+        parts = [
+            read_circuit(tmp_path / "compositional" / name / f"compositional-{p}") for p in ("inner", "outer")
+        ]
+        assert [meta["examples"] for _, meta in parts] == [16, 16]
+        edges = round(0.05 * parts[0][0].height)
+        merged.append(merge_circuits([edges_ for edges_, _ in parts], edges))
+    expected = layer_scores(edge_changes(*merged), 2, "source")
+    assert plan.source == "compositional" and plan.layer_scores == pytest.approx(expected["score"].to_list())
+    assert plan.critical_layers == [int(expected.sort("score", descending=True)["layer"][0])]
+    stamp = (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns
+    assert plan_circuitlora(chosen, str(tiny_run / "base"), tiny_run, tmp_path) == plan  # read, not redone
+    assert (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns == stamp

@@ -82,6 +82,12 @@ def write_circuit(path_stem: Path, edges: pl.DataFrame, metadata: dict) -> Path:
     return meta_path
 
 
+def circuit_exists(path_stem: Path) -> bool:
+    """Return whether a complete circuit was written at ``path_stem`` (its JSON is written last)."""
+    stem = Path(path_stem)
+    return stem.with_name(stem.name + META_SUFFIX).is_file()
+
+
 def read_circuit(path_stem: Path) -> tuple[pl.DataFrame, dict]:
     """Read a circuit's edges table and metadata."""
     stem = Path(path_stem)

@@ -48,6 +48,9 @@ class CompareConfig(Strict):
         Path("jobs/configs/finetune-tiny.yaml"),
         description="CircuitLoRA's probe on each task: this preset on the task (its own out for its task)",
     )
+    probe_runs: dict[str, Path] = Field(
+        default_factory=dict, description="task (dataset name, e.g. addsub-100) -> an existing probe run"
+    )
     circuit_overrides: list[str] = Field(default_factory=list, description="the probes' circuit settings")
     tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="addsub", range=100)])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
@@ -67,4 +70,7 @@ class CompareConfig(Strict):
             repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
             if repeated:
                 raise ValueError(f"{what} repeat: {repeated}")
+        unknown = set(self.probe_runs) - {task.dataset_name() for task in self.tasks}
+        if unknown:
+            raise ValueError(f"probe_runs name tasks not compared: {sorted(unknown)}")
         return self

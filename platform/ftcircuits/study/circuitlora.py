@@ -18,6 +18,8 @@ import polars as pl
 
 from ftcircuits.circuits.compare import critical_layers, edge_changes, layer_scores
 from ftcircuits.config.circuitlora import CircuitLoraConfig
+from ftcircuits.config.discovery import CompositionalConfig, DiscoverySettings
+from ftcircuits.config.loading import load_config
 from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.finetune.circuitlora import (
     PAPER_PAIRS,
@@ -32,9 +34,12 @@ from ftcircuits.finetune.circuitlora import (
 from ftcircuits.models.architecture import Architecture
 from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
+from ftcircuits.run_layout import DATA_DIR, read_checkpoint_index
+from ftcircuits.study.compositional import merged_subtask_circuit
 from ftcircuits.study.dynamics import checkpoint_circuits, read_summary
 
 PLAN_FILE = "circuitlora.json"
+DISCOVERY_FIELDS = set(DiscoverySettings.model_fields)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class CircuitLoraPlan:
 
     probe_run: str
     circuits: str
+    source: str  # the task's own circuits, or its merged subtask circuits (compositional)
     variant: str
     rule: str
     k: int
@@ -60,6 +66,23 @@ def probe_circuits(circuits_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return the (base, final) checkpoint circuits of a probe run's circuits directory."""
     circuits = checkpoint_circuits(circuits_dir, read_summary(circuits_dir))
     return circuits[0][1], circuits[-1][1]
+
+
+def merged_probe_circuits(
+    config: CircuitLoraConfig, probe_run: Path, circuits_dir: Path
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Return the merged subtask circuits (compositional inner + outer) of the probe's base and final
+    checkpoints, discovered with the probe circuits' overrides and cached in ``<circuits>/compositional``."""
+    index = read_checkpoint_index(probe_run)
+    discovery = [o for o in config.circuit_overrides if o.split("=")[0].split(".")[0] in DISCOVERY_FIELDS]
+    merged = []
+    for name, checkpoint in (("base", index["path"][0]), ("final", index["path"][-1])):
+        settings = load_config(CompositionalConfig, None, [
+            *discovery, f"model={checkpoint}", f"data={Path(probe_run) / DATA_DIR}",
+            f"out={Path(circuits_dir) / 'compositional' / name}",
+        ])  # fmt: skip
+        merged.append(merged_subtask_circuit(settings))
+    return merged[0], merged[1]
 
 
 def choose_critical_layers(
@@ -120,11 +143,15 @@ def plan_circuitlora(
 ) -> CircuitLoraPlan:
     """Run Algorithm 1 on the probe's base and final circuits; return the plan (nothing trains here)."""
     arch, widths, total = shape_widths(base_model)
-    before, after = probe_circuits(circuits_dir)
+    if config.critical.source == "compositional":
+        before, after = merged_probe_circuits(config, probe_run, circuits_dir)
+    else:
+        before, after = probe_circuits(circuits_dir)
     scores, chosen, k = choose_critical_layers(before, after, arch.layers, config)
     pair = rank_pair(config, widths, arch, chosen)
     return CircuitLoraPlan(
-        probe_run=str(probe_run), circuits=str(circuits_dir), variant=config.critical.variant,
+        probe_run=str(probe_run), circuits=str(circuits_dir), source=config.critical.source,
+        variant=config.critical.variant,
         rule=config.critical.rule, k=k, layer_scores=scores["score"].to_list(), critical_layers=chosen,
         ranks=asdict(pair), lora_fields=rank_patterns(arch, chosen, pair, config.ranks.alpha_ratio),
         lr_groups=critical_lr_groups(arch, chosen, config.lr_critical),

@@ -9,31 +9,35 @@ same budgets.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import polars as pl
 
 from ftcircuits.circuits.compare import circuit_similarity
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.evaluation import circuit_evaluation
-from ftcircuits.circuits.io import circuit_mask, edges_table, write_circuit
+from ftcircuits.circuits.io import circuit_exists, circuit_mask, edges_table, read_circuit, write_circuit
 from ftcircuits.circuits.merge import merge_circuits
 from ftcircuits.circuits.pairs import PairBatch, pair_batches
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import edge_count, select_circuit, top_edges
 from ftcircuits.config.data import TaskSpec
 from ftcircuits.config.discovery import CompositionalConfig
-from ftcircuits.models.loader import LoadedModel
+from ftcircuits.models.loader import LoadedModel, load_model
 from ftcircuits.options import Metric, NodeRule, ScoreRule
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE, read_items
 
-PARTS = ("inner", "outer", "full")  # the two subtasks, then the compositional task itself
+SUBTASKS = ("inner", "outer")
+PARTS = (*SUBTASKS, "full")  # the two subtasks, then the compositional task itself
 
 
-def part_items(config: CompositionalConfig, loaded: LoadedModel) -> dict[str, pl.DataFrame]:
+def part_items(
+    config: CompositionalConfig, loaded: LoadedModel, parts: Sequence[str] = PARTS
+) -> dict[str, pl.DataFrame]:
     """Return each part's items (the config's split, first ``examples``), building missing datasets."""
     items = {}
-    for part in PARTS:
+    for part in parts:
         spec = TaskSpec(name="compositional", part=part)
         directory = config.data / spec.dataset_name()
         if not (directory / MANIFEST_FILE).is_file():
@@ -49,10 +53,11 @@ def part_circuits(
     items: dict[str, pl.DataFrame],
     on_part: Callable[[str], None] | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """Discover each part's circuit, write it to ``<out>/compositional-<part>``; return the edges tables."""
+    """Discover each part's circuit (the parts of ``items``), write it to ``<out>/compositional-<part>``;
+    return the edges tables."""
     attribution, selection = config.attribution_config(), config.selection_config()
     circuits = {}
-    for part in PARTS:
+    for part in items:
         found = discover_circuit(loaded, items[part], attribution, selection, config.batch_size)
         circuits[part] = edges_table(found.scores, found.circuit, found.graph)
         meta = circuit_metadata(loaded, attribution, selection, task=f"compositional-{part}",
@@ -119,3 +124,17 @@ def merged_similarity(subtasks: Sequence[pl.DataFrame], own: pl.DataFrame, **rul
     """Return node/edge Jaccard of the merged circuit (cut to the own circuit's edge count) vs the own one."""
     merged = merge_circuits(subtasks, int(own["in_circuit"].sum()), **rules)
     return circuit_similarity(own, merged)
+
+
+def merged_subtask_circuit(config: CompositionalConfig) -> pl.DataFrame:
+    """Return the merged circuit of the compositional task's subtasks on ``config.model`` at
+    ``config.budget``: the subtasks' circuits (discovered, or read from ``<out>/compositional-<part>``)
+    merged under the config's node and score rules, cut to the budget's edge count."""
+    stems = {part: Path(config.out) / f"compositional-{part}" for part in SUBTASKS}
+    if all(circuit_exists(stem) for stem in stems.values()):
+        circuits = {part: read_circuit(stem)[0] for part, stem in stems.items()}
+    else:
+        loaded = load_model(config.model)
+        circuits = part_circuits(config, loaded, part_items(config, loaded, SUBTASKS))
+    edges = max(1, round(config.budget * circuits["inner"].height))  # every graph edge is a row
+    return merge_circuits(list(circuits.values()), edges, nodes=config.nodes, score=config.score)
