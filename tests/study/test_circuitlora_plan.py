@@ -68,3 +68,16 @@ def test_compositional_source_takes_the_merged_subtask_circuits_of_base_and_fina
     stamp = (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns
     assert plan_circuitlora(chosen, str(tiny_run / "base"), tiny_run, tmp_path) == plan  # read, not redone
     assert (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns == stamp
+
+
+def test_the_plan_states_every_variants_critical_layers(hand_built_circuit):
+    from ftcircuits.study.circuitlora import critical_layers_by_variant
+
+    before, after = hand_built_circuit(BEFORE), hand_built_circuit(AFTER)
+    by_variant = critical_layers_by_variant(before, after, 2, config(variant="destination", k=1))
+    assert {v: d["critical_layers"] for v, d in by_variant.items()} == {
+        "source": [0], "source_no_input": [0], "destination": [1]
+    }  # fmt: skip
+    assert by_variant["source"]["scores"] == pytest.approx([6.25, 0.0])
+    strict = critical_layers_by_variant(before, after, 2, config(rule="mean_std"))
+    assert strict["source"]["critical_layers"] == []  # [6.25, 0]: nothing above mean + std

@@ -33,6 +33,7 @@ from ftcircuits.finetune.circuitlora import (
 )
 from ftcircuits.models.architecture import Architecture
 from ftcircuits.models.loader import model_skeleton
+from ftcircuits.options import LayerVariant, choices
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import DATA_DIR, read_checkpoint_index
 from ftcircuits.study.compositional import merged_subtask_circuit
@@ -57,6 +58,7 @@ class CircuitLoraPlan:
     ranks: dict  # {"other": r_o, "critical": r_c}
     lora_fields: dict  # r, alpha, rank_pattern, alpha_pattern
     lr_groups: dict[str, float]
+    by_variant: dict  # every layer-score variant's scores and critical layers under the same rule and k
     trainable_lora: int  # CircuitLoRA's adapter parameters
     trainable_lora_uniform: int  # uniform LoRA at ranks.lora_r, the budget it is matched to
     model_parameters: int
@@ -98,6 +100,24 @@ def choose_critical_layers(
     if len(chosen) == layers:
         raise ValueError(f"rule {rule.rule!r} marks every layer critical: CircuitLoRA would be plain LoRA")
     return scores, chosen, k
+
+
+def critical_layers_by_variant(
+    before: pl.DataFrame, after: pl.DataFrame, layers: int, config: CircuitLoraConfig
+) -> dict[str, dict]:
+    """Return, for every layer-score variant, its layer scores and critical layers under the config's
+    rule and k (empty where the rule marks no layer or every layer): how much the choice depends on it."""
+    out = {}
+    for variant in choices(LayerVariant):
+        rule = config.critical.model_copy(update={"variant": variant})
+        try:
+            table, chosen, _ = choose_critical_layers(
+                before, after, layers, config.model_copy(update={"critical": rule})
+            )
+        except ValueError:
+            table, chosen = layer_scores(edge_changes(before, after), layers, variant), []
+        out[variant] = {"scores": table["score"].to_list(), "critical_layers": chosen}
+    return out
 
 
 def rank_pair(config: CircuitLoraConfig, widths: dict, arch: Architecture, critical: list[int]) -> RankPair:
@@ -153,7 +173,8 @@ def plan_circuitlora(
         probe_run=str(probe_run), circuits=str(circuits_dir), source=config.critical.source,
         variant=config.critical.variant,
         rule=config.critical.rule, k=k, layer_scores=scores["score"].to_list(), critical_layers=chosen,
-        ranks=asdict(pair), lora_fields=rank_patterns(arch, chosen, pair, config.ranks.alpha_ratio),
+        by_variant=critical_layers_by_variant(before, after, arch.layers, config), ranks=asdict(pair),
+        lora_fields=rank_patterns(arch, chosen, pair, config.ranks.alpha_ratio),
         lr_groups=critical_lr_groups(arch, chosen, config.lr_critical),
         trainable_lora=adapter_parameters(widths, arch, chosen, pair),
         trainable_lora_uniform=uniform_parameters(widths, config.ranks.lora_r), model_parameters=total,
