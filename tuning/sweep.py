@@ -26,7 +26,7 @@ from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig, SweepSpace
 from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import read_run_record
+from ftcircuits.run_layout import index_path, read_run_record
 from ftcircuits.study.circuitlora import PLAN_FILE, check_plannable
 from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run, tracking_uri
@@ -131,13 +131,17 @@ def trials_table(results: tune.ResultGrid, out: Path) -> pl.DataFrame:
         plan_path = out / TRIALS_DIR / trial_id / PLAN_FILE
         plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
         ranks = plan.get("ranks", {})
+        index = index_path(out / TRIALS_DIR / trial_id)
+        size = pl.read_parquet(index).row(-1, named=True) if index.is_file() else {}
         rows.append({
             "trial_id": trial_id, **{k: result.config.get(k) for k in sorted(result.config)},
             "critical_layers": plan.get("critical_layers"), "r_other": ranks.get("other"),
             "r_critical": ranks.get("critical"), "trainable_params": plan.get("trainable_lora"),
             "lora_params": plan.get("trainable_lora_uniform"), "best_accuracy": max(accuracies, default=None),
             "last_accuracy": accuracies[-1] if accuracies else None, "last_step": metrics.get("step"),
-            "minutes": metrics.get("time_total_s", 0.0) / 60, "stopped_early": stopped_early(metrics),
+            "param_share": size["trainable_params"] / size["model_params"] if size else None,
+            "minutes": metrics.get("time_total_s", 0.0) / 60,
+            "stopped_early": stopped_early(out / TRIALS_DIR / trial_id),
             "error": None if result.error is None else str(result.error)[:200],
         })  # fmt: skip
     return pl.DataFrame(rows).sort("best_accuracy", descending=True, nulls_last=True)

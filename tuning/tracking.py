@@ -1,8 +1,8 @@
 """MLflow from the Tune driver only: one parent run per sweep, a child run per trial.
 
-Trials sit side by side in the MLflow UI's compare view (tag ``mlflow.parentRunId``). A trial that
-trained to its end reports ``train_seconds``; one that ASHA stopped never does, and is marked
-stopped early (tag ``stopped_early``, status KILLED) rather than finished. The trial -> run map is
+Trials sit side by side in the MLflow UI's compare view (tag ``mlflow.parentRunId``). A trial whose
+run's index falls short of its steps (ASHA stopped it) is marked stopped early (tag
+``stopped_early``, status KILLED) rather than finished. The trial -> run map is
 kept in the sweep directory, so a restored sweep logs into the same child runs.
 """
 
@@ -15,15 +15,18 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ftcircuits.paths import atomic_file
+from ftcircuits.run_layout import run_finished
 from ftcircuits.tracking.mlflow_runs import flat_params
 
+TRIALS_DIR = "trials"  # a sweep's trial runs: <sweep>/trials/<trial id>
+
 CHILDREN_FILE = "mlflow_trials.json"
-FINISHED_MARK = "train_seconds"  # in the final report of a run that trained to its end
 
 
-def stopped_early(last_result: dict | None) -> bool:
-    """Return whether a trial ended before training to its end (ASHA stopped it)."""
-    return not last_result or FINISHED_MARK not in last_result
+def stopped_early(trial_dir: Path) -> bool:
+    """Return whether a trial ended before training to its end (ASHA stopped it): its run's index falls
+    short of the run's steps. (One that ASHA stops at its last checkpoint trained to its end.)"""
+    return not run_finished(trial_dir)
 
 
 class TrialRuns(tune.Callback):
@@ -61,7 +64,7 @@ class TrialRuns(tune.Callback):
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        early = stopped_early(trial.last_result)
+        early = stopped_early(self.path.parent / TRIALS_DIR / trial.trial_id)
         client, run_id = self._client(), self._child(trial)
         client.set_tag(run_id, "stopped_early", str(early).lower())
         client.set_terminated(run_id, "KILLED" if early else "FINISHED")

@@ -19,8 +19,7 @@ from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.sweep import SweepConfig
 from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.study.circuitlora import circuitlora_finetune_config, plan_circuitlora, write_plan
-
-TRIALS_DIR = "trials"
+from tuning.tracking import TRIALS_DIR
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ray import tune
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig
 from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.run_layout import index_path
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from tuning import sweep
 from tuning.tracking import stopped_early
@@ -91,10 +92,16 @@ def test_a_stopped_sweep_resumes_and_logs_child_runs_under_one_parent(tmp_path, 
     assert best.method.rank_pattern and best.train.lr_groups and best.out == out / "best-run"
 
 
-def test_stopped_early_is_read_from_the_final_report():
-    assert stopped_early({"step": 4, "eval_accuracy": 0.5}) is True
-    assert stopped_early({"step": 8, "eval_accuracy": 0.5, "train_seconds": 3.0}) is False
-    assert stopped_early(None) is True
+def test_stopped_early_is_read_from_the_trials_index(tmp_path):
+    def trial(name: str, steps: list[int], total: int) -> Path:
+        index = index_path(tmp_path / name)
+        index.parent.mkdir(parents=True)
+        pl.DataFrame({"step": steps, "total_steps": [total] * len(steps)}).write_parquet(index)
+        return tmp_path / name
+
+    assert stopped_early(trial("stopped", [0, 2, 4], 8)) is True
+    assert stopped_early(trial("ran-to-its-end", [0, 4, 8], 8)) is False  # even if ASHA stopped it at 8
+    assert stopped_early(tmp_path / "never-started") is True
 
 
 @pytest.mark.parametrize(
