@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftcircuits.config.circuitlora import CircuitLoraConfig
+from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.study import StudyConfig
 from ftcircuits.config.sweep import SweepConfig
@@ -14,7 +15,12 @@ from ftcircuits.config.training import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "jobs" / "configs"
-SCHEMAS = {"tiny.yaml": StudyConfig, "circuitlora-tiny.yaml": CircuitLoraConfig}
+SCHEMAS = {
+    "tiny.yaml": StudyConfig,
+    "circuitlora-tiny.yaml": CircuitLoraConfig,
+    "compare-tiny.yaml": CompareConfig,
+    "compare-tiny-tasks.yaml": CompareConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -32,3 +38,12 @@ def test_sweep_preset_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config(SweepConfig, path)
     assert config.trials == 6 and config.space.ranks == "matched" and config.finetune_config.is_file()
+
+
+def test_comparison_preset_compares_every_method_at_matched_budgets(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_config(CompareConfig, CONFIGS / "compare-tiny.yaml")
+    names = ["lora", "circuitlora-matched", "circuitlora-swept", "adalora", "ia3", "fpft"]
+    assert [arm.name for arm in config.arms] == names
+    assert config.seeds == [0, 1, 2] and [t.dataset_name() for t in config.tasks] == ["addsub-100"]
+    assert {arm.circuitlora.ranks.choice for arm in config.arms if arm.circuitlora} == {"matched"}
