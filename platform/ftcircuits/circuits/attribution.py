@@ -6,8 +6,10 @@ in one forward and backward. Destination gradients come from the gradients of
 the q/k/v projection outputs (per head, through the attention norm's
 vector-Jacobian product) and of the MLP and final norm inputs, so no
 per-head copy of the residual stream is ever made. Gradients are averaged
-over the steps and each layer's scores are one einsum, in float32 (or the
-model's dtype if wider).
+over the steps and each layer's scores are one einsum. Source outputs, their
+differences and the stored gradients stay in the model's dtype (bf16 or fp16
+halve the memory of the largest tensors); each einsum's result and the scores
+are accumulated in float32 (or the model's dtype if wider).
 """
 
 from __future__ import annotations
@@ -52,15 +54,19 @@ class AttributionConfig:
 def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConfig) -> torch.Tensor:
     """Return the edge scores ``[n_sources, n_destinations]`` summed over the batch's examples."""
     graph, arch = probe.graph, probe.arch
-    clean_z, clean_logits = probe.source_outputs(batch.clean, batch.clean.input_ids)
-    corrupted_z, _ = probe.source_outputs(batch.clean, batch.corrupted_ids)
+    dtype, act = probe.score_dtype, probe.activation_dtype
+    clean_z, clean_logits = probe.source_outputs(batch.clean, batch.clean.input_ids, act)
+    corrupted_z, _ = probe.source_outputs(batch.clean, batch.corrupted_ids, act)
     delta = corrupted_z - clean_z
+    embeds = clean_z[:, :, 0].to(dtype), corrupted_z[:, :, 0].to(dtype)  # copies: the full outputs go
+    del clean_z, corrupted_z
     alphas = config.alphas()
-    grads = _stacked_gradients(
-        probe, batch, clean_z[:, :, 0], corrupted_z[:, :, 0], clean_logits, alphas, config
-    )
+    grads = _stacked_gradients(probe, batch, *embeds, clean_logits, alphas, config)
 
-    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
+    def summed(spec: str, sources: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return torch.einsum(spec, sources, grad.to(act)).to(dtype)  # in the model's dtype, summed wider
+
+    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=dtype, device=delta.device)
     steps = len(alphas)
     for layer in range(arch.layers):
         before = graph.sources_before(layer)
@@ -68,10 +74,10 @@ def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConf
             probe, layer, grads, delta[:, :, :before], steps
         )
         reads = before if arch.parallel_blocks else before + arch.heads
-        mlp = _mean_over_steps(grads["mlp"][layer], steps)
-        scores[:reads, graph.mlp_destination(layer)] += torch.einsum("btsd,btd->s", delta[:, :, :reads], mlp)
-    final = _mean_over_steps(grads["logits"], steps)
-    scores[:, graph.logits_destination] += torch.einsum("btsd,btd->s", delta, final)
+        mlp = _mean_over_steps(grads["mlp"][layer].to(dtype), steps)
+        scores[:reads, graph.mlp_destination(layer)] += summed("btsd,btd->s", delta[:, :, :reads], mlp)
+    final = _mean_over_steps(grads["logits"].to(dtype), steps)
+    scores[:, graph.logits_destination] += summed("btsd,btd->s", delta, final)
     return (scores * graph.edge_mask.to(scores.device)).detach()
 
 
@@ -107,7 +113,8 @@ def _stacked_gradients(
     shape = stacked.input_ids.shape
 
     def keep_grad(tensor: torch.Tensor, store: list | dict, key) -> None:
-        tensor.register_hook(lambda g: store.__setitem__(key, g.to(probe.score_dtype).reshape(*shape, -1)))
+        act = probe.activation_dtype
+        tensor.register_hook(lambda g: store.__setitem__(key, g.to(act).reshape(*shape, -1)))
 
     def cloned_input(store, key):
         def hook(module, args):
@@ -154,10 +161,10 @@ def _attention_layer_scores(
     space first and projected once.
     """
     norm = probe.attention_norms[layer]
-    dtype = probe.score_dtype
+    dtype, act = probe.score_dtype, probe.activation_dtype
     head_grads, weights = [], []
     for projection, grad in zip(probe.projections[layer], grads["qkv"][layer], strict=True):
-        head_grads.append(projection.split_output(grad).flatten(2, 3))  # [mB, T, n_p, dh]
+        head_grads.append(projection.split_output(grad.to(dtype)).flatten(2, 3))  # [mB, T, n_p, dh]
         weights.append(projection.weight().to(dtype).flatten(0, 1))  # [n_p, dh, d]
     dq, weight = torch.cat(head_grads, dim=2), torch.cat(weights, dim=0)
     x = grads["x"][layer].to(dtype)
@@ -176,15 +183,16 @@ def _attention_layer_scores(
     # term 1: sum_bt (delta * w) . mean_k r_k g_k, with mean_k r_k g_k = (mean_k r_k dq_k) @ W
     averaged = _mean_over_steps(dq * scale[..., None, None], steps)
     projected = torch.einsum("btnh,nhd->btnd", averaged, weight)
-    scores = torch.einsum("btsd,btnd->sn", delta * gain, projected)
+    scores = torch.einsum("btsd,btnd->sn", delta * gain.to(act), projected.to(act)).to(dtype)
     # term 3: r_k * mean(w * g_k * u_k) = r_k * (dq_k . W (w * u_k)) / d, times delta . u_k
     unit_heads = torch.einsum("nhd,btd->btnh", weight, unit * gain)
     coefficient = (dq * unit_heads).sum(-1) * scale[..., None] / d_model  # [mB, T, n]
     batch, length = delta.shape[:2]
-    delta_unit = torch.einsum("btsd,kbtd->kbts", delta, unit.view(steps, batch, length, d_model))
+    delta_unit = torch.einsum("btsd,kbtd->kbts", delta, unit.view(steps, batch, length, d_model).to(act))
+    delta_unit = delta_unit.to(dtype)
     scores -= torch.einsum("kbtn,kbts->sn", coefficient.view(steps, batch, length, -1), delta_unit) / steps
     if layernorm:  # term 2: r_k * mean(w * g_k) = r_k * (dq_k . W w) / d, times sum_d delta
         gain_heads = torch.einsum("nhd,d->nh", weight, gain) / d_model
         centring = _mean_over_steps(torch.einsum("btnh,nh->btn", dq, gain_heads) * scale[..., None], steps)
-        scores -= torch.einsum("bts,btn->sn", delta.sum(-1), centring)
+        scores -= torch.einsum("bts,btn->sn", delta.sum(-1, dtype=dtype), centring)
     return scores

@@ -27,7 +27,8 @@ class ModelProbe:
         self.mlp_outs = [modules[names.mlp_out.format(i=i)] for i in layers]
         self.projections = [qkv_projections(model, arch, i) for i in layers]
         self.out_heads = [out_projection_heads(model, arch, i) for i in layers]
-        self.score_dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+        self.activation_dtype = next(model.parameters()).dtype  # what attribution keeps activations in
+        self.score_dtype = torch.promote_types(self.activation_dtype, torch.float32)  # what scores sum in
 
     def run(self, batch: PromptBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Return last-position logits of ``batch`` (optionally with other token ids)."""
@@ -35,9 +36,14 @@ class ModelProbe:
 
     @torch.no_grad()
     def source_outputs(
-        self, batch: PromptBatch, input_ids: torch.Tensor
+        self, batch: PromptBatch, input_ids: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return every source's output ``[B, T, n_sources, d]`` (float) and the last-position logits."""
+        """Return every source's output ``[B, T, n_sources, d]`` and the last-position logits.
+
+        The outputs are in ``dtype`` (default: the score dtype, float32 or wider); attribution asks
+        for the model's own dtype, so a bf16 model's activations take half the memory.
+        """
+        dtype = dtype or self.score_dtype
         outputs: list[torch.Tensor] = []
         forward = [(self.embed, lambda m, i, o: outputs.append(o))]
         pre = []
@@ -49,9 +55,9 @@ class ModelProbe:
             logits = self.run(batch, input_ids)
         batch_size, length = batch.input_ids.shape
         # OPT runs its MLP on flattened [B*T, d] states: bring every output back to [B, T, -1, d]
-        parts = [t.to(self.score_dtype).reshape(batch_size, length, -1, t.shape[-1]) for t in outputs]
+        parts = [t.to(dtype).reshape(batch_size, length, -1, t.shape[-1]) for t in outputs]
         stacked = torch.cat(parts, dim=2)
-        return stacked * batch.attention_mask[:, :, None, None].to(self.score_dtype), logits
+        return stacked * batch.attention_mask[:, :, None, None].to(dtype), logits
 
     def head_outputs(self, layer: int, context: torch.Tensor) -> torch.Tensor:
         """Return each head's write into the residual ``[B, T, H, d]`` from the output projection's input."""
