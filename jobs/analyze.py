@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if config.robustness:
         tables["robustness"] = dynamics.robustness(out, summary)
+        tables["robustness_baselines"] = dynamics.robustness_against_baselines(tables["robustness"])
     analysis = out / ANALYSIS_DIR
     analysis.mkdir(exist_ok=True)
     for name, table in tables.items():
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         print(tables["similarity"].select("step", *columns, "abs_score_spearman_base", "accuracy"))
         if "robustness" in tables:
             print(tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
+            print(tables["robustness_baselines"])
     print(json.dumps(headline, indent=1))
     print(f"tables and figures: {analysis} ({', '.join(p.name for p in plots)})")
 

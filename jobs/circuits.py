@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 def circuits_of_run(config: CircuitRunConfig) -> None:
     """Circuits of the base and every checkpoint (and robustness variants) on Ray, tracked in MLflow."""
     inputs = run_inputs(config.run)  # fails here, before Ray starts, on a bad run or dataset
-    units = circuit_units(inputs, config.robustness, config.random_seed)
+    units = circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines))
     connect()
     logger = circuits_logger(config, inputs)
     bar = tqdm(total=len(units), desc="circuits", unit="circuit")

@@ -40,8 +40,11 @@ CriticalSource = Literal["task", "compositional"]
 RankChoice = Literal["matched", "paper-8-32", "paper-16-64", "explicit"]
 SweepRanks = Literal["matched", "search"]  # a sweep draws r_c / r_o ratios (matched) or both ranks
 
-# What a circuit over a run is of: a checkpoint of the run, the base model, or a random init of its shape.
-ModelKind = Literal["checkpoint", "base", "random-init"]
+# A robustness baseline of the base model's shape: a fresh random init (the architecture's init scale),
+# random at the base weights' per-tensor mean and std, or the base weights permuted within each tensor.
+Baseline = Literal["random-init", "random-scaled", "permuted"]
+# What a circuit over a run is of: a checkpoint of the run, the base model, or a baseline of its shape.
+ModelKind = Literal["checkpoint", "base", "random-init", "random-scaled", "permuted"]
 
 
 def choices(alias) -> tuple:

@@ -58,6 +58,7 @@ def discover_circuit(
     metrics = circuit_evaluation(probe, batches, circuit.to(device), attribution.metric)
     nodes = sorted(nodes_in_circuit(circuit, graph))
     metrics |= {
+        "score_std": float(scores[graph.edge_mask].std()),  # the edge scores' spread (0: input-blind)
         "edges_in_circuit": int(circuit.sum()),
         "edges_total": graph.n_edges,
         "nodes_in_circuit": len(nodes),

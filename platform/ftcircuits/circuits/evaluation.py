@@ -91,7 +91,9 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
 def circuit_evaluation(
     probe: ModelProbe, batches: Iterable[PairBatch], circuit: torch.Tensor, metric: Metric = "kl"
 ) -> dict[str, float]:
-    """Return faithfulness (normalized and the paper's form), circuit accuracy and model accuracy.
+    """Return faithfulness (normalized and the paper's form), circuit accuracy, model accuracy, and
+    ``input_kl``: the mean KL between the model's clean and corrupted next-token distributions (near 0:
+    the model's output barely depends on the input, and its circuit means little).
 
     normalized: (L(C) - L(empty)) / (L(full) - L(empty)) with L the metric's
     loss, summed over examples. paper: 100 * (1 - |KL(full||corrupt) -
@@ -121,6 +123,7 @@ def circuit_evaluation(
         else float("nan"),
         "circuit_accuracy": totals["hits"] / totals["n"],
         "model_accuracy": totals["model_hits"] / totals["n"],
+        "input_kl": totals["kl_full"] / totals["n"],
     }
 
 

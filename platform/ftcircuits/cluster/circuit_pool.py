@@ -94,7 +94,7 @@ def circuits_over_run(
     """
     inputs = run_inputs(config.run)
     out = circuits_dir(config.run, config, inputs)
-    units = circuit_units(inputs, config.robustness, config.random_seed)
+    units = circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines))
     done = {unit.key: finished_circuit(out, unit) for unit in units}
     todo = [unit for unit in units if done[unit.key] is None]
     for row in done.values():

@@ -11,12 +11,14 @@ from ftcircuits.circuits.selection import Selection
 from ftcircuits.config.data import ModelSource, Strict
 from ftcircuits.options import (
     AttributionMethod,
+    Baseline,
     Metric,
     NodeRule,
     ScoreRule,
     SelectionMethod,
     Split,
     StepConvention,
+    choices,
 )
 from ftcircuits.run_layout import check_run, index_path
 from ftcircuits.tasks.io import MANIFEST_FILE
@@ -68,13 +70,17 @@ class CircuitJobConfig(DiscoverySettings):
 class CircuitRunConfig(DiscoverySettings):
     """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray.
 
-    With ``robustness``, also the circuits of the base and of a random-init model
-    of the same shape on every perturbed variant of the circuit split.
+    With ``robustness``, also the circuits of the base and of each baseline of the same shape
+    (``baselines``: random init, random at the base's per-tensor scale, permuted base weights) on
+    every perturbed variant of the circuit split.
     """
 
     run: Path
     examples: int | None = Field(256, ge=1, description="first N items of the split (default: all)")
     robustness: bool = True
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(choices(Baseline)), description="robustness: the base against these"
+    )
     random_seed: int = 0
     actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")
     cpus_per_actor: float = Field(1, gt=0)

@@ -1,9 +1,13 @@
 """One base model in memory, into which checkpoints' weights are swapped (no reload of the base).
 
 A checkpoint is a directory written by fine-tuning: a PEFT adapter (merged onto
-the base weights) or full weights in Hugging Face format. ``random:SEED`` swaps in
-a fresh random initialisation of the same architecture, and ``base`` restores the
-base weights.
+the base weights) or full weights in Hugging Face format. ``base`` restores the
+base weights. Baselines of the same shape:
+
+- ``random:SEED``: a fresh random initialisation of the architecture (its init scale);
+- ``random-scaled:SEED``: every parameter tensor drawn from a normal with the base tensor's own mean
+  and std (random, but at the pre-trained weights' per-tensor scale);
+- ``permuted:SEED``: every parameter tensor's base values shuffled within the tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from ftcircuits.models.loader import ADAPTER_CONFIG, LoadedModel, ModelSourceErr
 
 BASE = "base"
 RANDOM_PREFIX = "random:"
+SCALED_PREFIX = "random-scaled:"
+PERMUTED_PREFIX = "permuted:"
 
 
 class CheckpointWeights:
@@ -43,6 +49,9 @@ class CheckpointWeights:
         model.load_state_dict(self.base_state)
         if weights.startswith(RANDOM_PREFIX):
             model.load_state_dict(self._random_state(int(weights.removeprefix(RANDOM_PREFIX))))
+        elif weights.startswith((SCALED_PREFIX, PERMUTED_PREFIX)):
+            prefix = SCALED_PREFIX if weights.startswith(SCALED_PREFIX) else PERMUTED_PREFIX
+            self._redraw_parameters(int(weights.removeprefix(prefix)), permute=prefix == PERMUTED_PREFIX)
         elif weights != BASE:
             path = Path(weights)
             if (path / ADAPTER_CONFIG).is_file():
@@ -75,3 +84,18 @@ class CheckpointWeights:
             torch.manual_seed(seed)
             fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
         return fresh.state_dict()
+
+    @torch.no_grad()
+    def _redraw_parameters(self, seed: int, permute: bool) -> None:
+        """Replace every parameter (not buffers) from the base values: shuffled within the tensor, or drawn
+        from a normal with the tensor's mean and std (a one-element tensor keeps its value)."""
+        generator = torch.Generator().manual_seed(seed)
+        for _, param in sorted(self.loaded.model.named_parameters()):  # tied weights are listed once
+            base = param.detach().float().cpu().flatten()
+            if base.numel() < 2:
+                continue
+            if permute:
+                drawn = base[torch.randperm(base.numel(), generator=generator)]
+            else:
+                drawn = torch.randn(base.numel(), generator=generator) * base.std() + base.mean()
+            param.copy_(drawn.view(param.shape).to(param.dtype))

@@ -72,8 +72,23 @@ def changed_circuit_edges(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataF
     return edge_changes(before, after).select("source", "destination", "status", "delta")
 
 
+DEGENERATE_KL = 1e-3  # nats: below this mean clean/corrupted KL, a model's output ignores the input
+
+
+def input_dependence(summary: pl.DataFrame) -> pl.DataFrame:
+    """Return per robustness model (base and baselines) how much its behaviour depends on the input, on the
+    unperturbed split: mean clean/corrupted KL, the edge scores' std, and ``degenerate`` (KL below
+    DEGENERATE_KL or scores all equal), which makes its circuit, and its robustness, meaningless."""
+    unperturbed = summary.filter((pl.col("model") != "checkpoint") & (pl.col("ratio") == 0.0))
+    return unperturbed.select(
+        "model", "input_kl", "score_std",
+        degenerate=(pl.col("input_kl") < DEGENERATE_KL) | (pl.col("score_std") == 0),
+    )  # fmt: skip
+
+
 def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
-    """Return per model and perturbation ratio the node and edge Jaccard against its unperturbed circuit."""
+    """Return per model (base or baseline) and perturbation ratio the node and edge Jaccard against its
+    unperturbed circuit, with the model's input dependence (``input_dependence``) as columns."""
     rows = []
     robust = summary.filter(pl.col("model") != "checkpoint")
     if robust.is_empty():
@@ -88,7 +103,32 @@ def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
             accuracy = group.filter(pl.col("ratio") == ratio)["model_accuracy"][0]
             rows.append({"model": model, "ratio": ratio, "node_jaccard": similarity["node_jaccard"],
                          "edge_jaccard": similarity["edge_jaccard"], "model_accuracy": accuracy})  # fmt: skip
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows).join(input_dependence(summary), on="model", how="left", maintain_order="left")
+
+
+ROBUSTNESS_GAP = 0.1  # the paper's claim holds when the base keeps this much more edge Jaccard on average
+
+
+def robustness_against_baselines(robust: pl.DataFrame) -> pl.DataFrame:
+    """Return per baseline the paper's comparison: mean edge Jaccard over the perturbation ratios of the
+    base and of the baseline, their gap, the baseline's degeneracy flag, and ``keeps_gap`` (a baseline
+    that is not degenerate and that the base beats by at least ROBUSTNESS_GAP)."""
+    means = robust.group_by("model", maintain_order=True).agg(
+        pl.col("edge_jaccard").mean().alias("mean_edge_jaccard"),
+        pl.col("node_jaccard").mean().alias("mean_node_jaccard"),
+        pl.col("degenerate").first(), pl.col("input_kl").first(),
+    )  # fmt: skip
+    base = means.filter(pl.col("model") == "base")
+    if base.is_empty():
+        raise ValueError("no robustness circuits of the base model")
+    base_edge = base["mean_edge_jaccard"][0]
+    return (
+        means.filter(pl.col("model") != "base")
+        .rename({"model": "baseline"})
+        .with_columns(base_mean_edge_jaccard=pl.lit(base_edge))
+        .with_columns(gap=pl.col("base_mean_edge_jaccard") - pl.col("mean_edge_jaccard"))
+        .with_columns(keeps_gap=~pl.col("degenerate") & (pl.col("gap") >= ROBUSTNESS_GAP))
+    )
 
 
 def critical_by_variant(layer_change_table: pl.DataFrame, rule_column: str) -> dict[str, list[int]]:
@@ -117,4 +157,7 @@ def headline_numbers(tables: dict[str, pl.DataFrame]) -> dict:
         mean = tables["robustness"].group_by("model", maintain_order=True).agg(pl.col("edge_jaccard").mean())
         for model, value in mean.iter_rows():
             headline[f"robustness_mean_edge_jaccard_{model}"] = value
+        against = robustness_against_baselines(tables["robustness"])
+        headline["degenerate_baselines"] = against.filter("degenerate")["baseline"].to_list()
+        headline["baselines_keeping_the_gap"] = against.filter("keeps_gap")["baseline"].to_list()
     return headline

@@ -21,8 +21,8 @@ from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
 from ftcircuits.config.discovery import DiscoverySettings
 from ftcircuits.models.loader import load_model
-from ftcircuits.models.swap import BASE, RANDOM_PREFIX, CheckpointWeights
-from ftcircuits.options import ModelKind
+from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
+from ftcircuits.options import Baseline, ModelKind
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import (
     CIRCUITS_DIR,
@@ -34,8 +34,10 @@ from ftcircuits.run_layout import (
 from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed
 
 SUMMARY_FILE = "summary.parquet"
-METRICS = ("faithfulness", "faithfulness_paper", "circuit_accuracy", "model_accuracy",
-           "edges_in_circuit", "nodes_in_circuit")  # fmt: skip
+METRICS = ("faithfulness", "faithfulness_paper", "circuit_accuracy", "model_accuracy", "input_kl",
+           "score_std", "edges_in_circuit", "nodes_in_circuit")  # fmt: skip
+CIRCUIT_FORMAT = 2  # in the output key: circuits written before the metrics above are recomputed
+BASELINE_WEIGHTS = {"random-init": RANDOM_PREFIX, "random-scaled": SCALED_PREFIX, "permuted": PERMUTED_PREFIX}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class CircuitUnit:
     """One circuit to discover over a run: which weights, on which variant of the circuit split."""
 
     key: str  # file stem of the circuit, unique within a run's settings
-    weights: str  # a checkpoint directory, "base" or "random:SEED"
+    weights: str  # a checkpoint directory, "base" or a baseline's "<prefix>SEED" (models.swap)
     model: ModelKind
     step: int | None = None  # the checkpoint's optimiser step
     ratio: float = 0.0  # share of items replaced (0: the unperturbed split)
@@ -73,6 +75,7 @@ def settings_hash(settings: DiscoverySettings, inputs: RunInputs) -> str:
     """Return a short hash of the discovery settings, the run and its dataset's content: the output key."""
     payload = {
         "settings": settings.discovery_key(),
+        "format": CIRCUIT_FORMAT,
         "run": inputs.identity,
         "data": read_manifest(inputs.data).get("content_hash"),
     }
@@ -84,8 +87,13 @@ def circuits_dir(run: Path, settings: DiscoverySettings, inputs: RunInputs) -> P
     return Path(run) / CIRCUITS_DIR / settings_hash(settings, inputs)
 
 
-def circuit_units(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> list[CircuitUnit]:
-    """Return a unit per checkpoint, and with ``robustness`` per (base | random-init, ratio)."""
+def circuit_units(
+    inputs: RunInputs,
+    robustness: bool,
+    random_seed: int = 0,
+    baselines: tuple[Baseline, ...] = ("random-init",),
+) -> list[CircuitUnit]:
+    """Return a unit per checkpoint, and with ``robustness`` per (base | each baseline, ratio)."""
     units = [
         CircuitUnit(checkpoint_name(step), str(path), "checkpoint", step)
         for step, path in inputs.checkpoints.select("step", "path").iter_rows()
@@ -95,8 +103,9 @@ def circuit_units(inputs: RunInputs, robustness: bool, random_seed: int = 0) -> 
         if not ratios:
             raise ValueError(f"robustness needs perturbed variants of {inputs.data}; it has none")
         seed = random_seed
-        variants = (("base", "base", BASE),
-                    ("random-init", f"random-init-seed{seed}", f"{RANDOM_PREFIX}{seed}"))  # fmt: skip
+        variants = [("base", "base", BASE)] + [
+            (kind, f"{kind}-seed{seed}", f"{BASELINE_WEIGHTS[kind]}{seed}") for kind in baselines
+        ]
         for model, stem, weights in variants:
             units += [CircuitUnit(f"{stem}-p{r:.2f}", weights, model, None, r) for r in [0.0, *ratios]]
     return units
