@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ftcircuits.circuits.graph import Graph
 from ftcircuits.config.discovery import AnalysisConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         "layer_scores": dynamics.layer_change(base, final, architecture.layers, config.critical_k),
         "edge_changes": dynamics.changed_circuit_edges(base, final),
     }
+    tables["similarity_by_budget"] = dynamics.similarity_by_budget(base, final, Graph.of(architecture))
+    curves = dynamics.faithfulness_by_checkpoint(out, summary)
+    if not curves.is_empty():
+        tables["faithfulness_by_budget"] = curves
+        tables["smallest_faithful_budget"] = dynamics.smallest_faithful_budget(curves)
     if config.robustness:
         tables["robustness"] = dynamics.robustness(out, summary)
         tables["robustness_baselines"] = dynamics.robustness_against_baselines(tables["robustness"])
@@ -59,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         figures.layer_score_bars(scores, analysis / "layer_scores.png", critical, f"edge change, {change}"),
         figures.circuit_drawing(tables["edge_changes"], drawing, *shape, change),
     ]
+    plots.append(figures.jaccard_by_budget(tables["similarity_by_budget"], analysis / "jaccard_by_budget.png",
+                                           change))  # fmt: skip
+    if "faithfulness_by_budget" in tables:
+        labelled = tables["faithfulness_by_budget"].with_columns(circuit=pl.format("step {}", "step"))
+        plots.append(figures.faithfulness_by_budget(labelled, analysis / "faithfulness_by_checkpoint.png",
+                                                    "every checkpoint's circuit"))  # fmt: skip
     if "robustness" in tables:
         plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
 
@@ -79,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         if "robustness" in tables:
             print(tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
             print(tables["robustness_baselines"])
+        print(tables["similarity_by_budget"])
+        if "smallest_faithful_budget" in tables:
+            print(tables["smallest_faithful_budget"])
     print(json.dumps(headline, indent=1))
     print(f"tables and figures: {analysis} ({', '.join(p.name for p in plots)})")
 

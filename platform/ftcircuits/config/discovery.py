@@ -77,6 +77,7 @@ class CircuitRunConfig(DiscoverySettings):
 
     run: Path
     examples: int | None = Field(256, ge=1, description="first N items of the split (default: all)")
+    curve: bool = Field(True, description="each checkpoint circuit's faithfulness against budget")
     robustness: bool = True
     baselines: list[Baseline] = Field(
         default_factory=lambda: list(choices(Baseline)), description="robustness: the base against these"

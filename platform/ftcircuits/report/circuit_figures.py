@@ -195,3 +195,20 @@ def faithfulness_by_budget(curves: pl.DataFrame, path: Path, title: str = "") ->
     ax.legend(fontsize="small")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def jaccard_by_budget(table: pl.DataFrame, path: Path, title: str = "") -> Path:
+    """Plot node and edge Jaccard (base vs final circuit) against the circuit's budget (log x, percent)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = 100 * _floats(table, "budget")
+    for column, label in (("node_jaccard", "nodes"), ("edge_jaccard", "edges")):
+        ax.plot(xs, _floats(table, column), marker="o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("circuit budget (% of edges, log scale)")
+    ax.set_ylabel("Jaccard, base vs final")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -6,12 +6,15 @@ file per task) and returns polars tables; ``jobs.analyze`` writes and plots them
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
 from ftcircuits.circuits.compare import circuit_similarity, critical_layers, edge_changes, layer_scores
-from ftcircuits.circuits.io import read_circuit
+from ftcircuits.circuits.graph import Graph
+from ftcircuits.circuits.io import circuit_mask, edges_table, read_circuit
+from ftcircuits.circuits.selection import edge_count, select_circuit
 from ftcircuits.options import LayerVariant, choices
 from ftcircuits.study.over_run import SUMMARY_FILE
 
@@ -153,6 +156,10 @@ def headline_numbers(tables: dict[str, pl.DataFrame]) -> dict:
         "critical_layers_topk": critical_by_variant(tables["layer_scores"], "critical_topk"),
         "critical_layers_mean_std": critical_by_variant(tables["layer_scores"], "critical_mean_std"),
     }
+    if "similarity_by_budget" in tables:
+        headline["jaccard_final_vs_base_by_budget"] = tables["similarity_by_budget"].to_dicts()
+    if "smallest_faithful_budget" in tables:
+        headline["smallest_faithful_budget_by_step"] = dict(tables["smallest_faithful_budget"].iter_rows())
     if "robustness" in tables:
         mean = tables["robustness"].group_by("model", maintain_order=True).agg(pl.col("edge_jaccard").mean())
         for model, value in mean.iter_rows():
@@ -161,3 +168,47 @@ def headline_numbers(tables: dict[str, pl.DataFrame]) -> dict:
         headline["degenerate_baselines"] = against.filter("degenerate")["baseline"].to_list()
         headline["baselines_keeping_the_gap"] = against.filter("keeps_gap")["baseline"].to_list()
     return headline
+
+
+HEADLINE_BUDGETS = (0.01, 0.02, 0.05, 0.1, 0.2)  # Jaccard depends on the circuit's size: the headline at each
+
+
+def similarity_by_budget(
+    before: pl.DataFrame, after: pl.DataFrame, graph: Graph, budgets: Sequence[float] = HEADLINE_BUDGETS
+) -> pl.DataFrame:
+    """Return per budget the node and edge Jaccard of two circuits re-selected from their stored scores
+    (top edges by |score|, dead nodes pruned, as discovery selects them) at that budget."""
+    rows = []
+    scores = [circuit_mask(edges, graph)[0] for edges in (before, after)]
+    for budget in budgets:
+        a, b = (edges_table(s, select_circuit(s, graph, "top", budget=budget), graph) for s in scores)
+        similarity = circuit_similarity(a, b)
+        rows.append({"budget": budget, "edges": edge_count(graph, budget),
+                     "node_jaccard": similarity["node_jaccard"],
+                     "edge_jaccard": similarity["edge_jaccard"]})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+FAITHFUL_AT = 0.8  # normalized faithfulness a circuit must reach to count as faithful
+
+
+def faithfulness_by_checkpoint(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
+    """Return (step, budget, faithfulness) of every checkpoint circuit's faithfulness curve, as stored when
+    its circuit was discovered with ``curve``; empty when none was."""
+    rows = []
+    for key, step in summary.filter(pl.col("model") == "checkpoint").select("key", "step").iter_rows():
+        curve = read_circuit(Path(out) / key)[1].get("curve")
+        if curve:
+            rows += [{"step": step, "budget": b, "faithfulness": f}
+                     for b, f in zip(curve["budgets"], curve["faithfulness"], strict=True)]  # fmt: skip
+    return pl.DataFrame(rows, schema={"step": pl.Int64, "budget": pl.Float64, "faithfulness": pl.Float64})
+
+
+def smallest_faithful_budget(curves: pl.DataFrame, level: float = FAITHFUL_AT) -> pl.DataFrame:
+    """Return per step the smallest budget whose circuit reaches ``level`` normalized faithfulness (null
+    when none does)."""
+    return (
+        curves.group_by("step")
+        .agg(pl.col("budget").filter(pl.col("faithfulness") >= level).min().alias("smallest_faithful_budget"))
+        .sort("step")
+    )

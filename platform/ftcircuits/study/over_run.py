@@ -143,8 +143,9 @@ class CircuitRunner:
         loaded = self.weights.loaded
         items = self.items(unit.ratio)
         settings = self.settings
+        curve = settings.curve and unit.model == "checkpoint"  # faithfulness against budget per checkpoint
         found = discover_circuit(
-            loaded, items, self.attribution, self.selection, settings.batch_size, curve=settings.curve
+            loaded, items, self.attribution, self.selection, settings.batch_size, curve=curve
         )
         meta = circuit_metadata(
             loaded, self.attribution, self.selection, unit=asdict(unit), split=self.settings.split,
