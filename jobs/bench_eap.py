@@ -43,6 +43,20 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measured_cuda(fn: Callable[[], object]) -> tuple[float, int]:
+    """Return (seconds, peak CUDA memory allocated above the start) of one call."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    began = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - began, torch.cuda.max_memory_allocated() - start
+
+
 def measured(fn: Callable[[], object]) -> tuple[float, int]:
     """Return (seconds, peak RSS bytes above the start) of one call, sampling RSS every 2 ms.
 
@@ -98,11 +112,14 @@ def floor_pass(probe: ModelProbe, batch: PairBatch, steps: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", help="model shapes (default: gpt2 pythia-1.4b-deduped)")
-    for flag in ("--batch", "--length", "--steps", "--threads", "--repeats"):
+    for flag in ("--batch", "--length", "--steps", "--threads", "--repeats", "--layers"):
         parser.add_argument(flag, type=int)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--skip-slow", action="store_true", default=None, help="skip the slow reference (c)")
     args = parser.parse_args(argv)
-    names = ("shapes", "batch", "length", "steps", "threads", "skip_slow", "repeats")
+    names = ("shapes", "batch", "length", "steps", "threads", "skip_slow", "repeats", "layers", "precision",
+             "device")  # fmt: skip
     config = parse_config(BenchEapConfig, args, flag_overrides(args, names))
     torch.set_num_threads(config.threads)
     attribution = AttributionConfig(steps=config.steps, metric="kl")
@@ -112,29 +129,40 @@ def main(argv: list[str] | None = None) -> None:
 
 def benchmark_shape(shape: str, args: BenchEapConfig, config: AttributionConfig) -> str:
     """Return one line of timings, peak memory and ratios for ``shape``."""
-    model = build_same_shape(shape, **DEFAULT_OVERRIDES.get(shape, {})).float()
+    overrides = DEFAULT_OVERRIDES.get(shape, {}) | ({"num_hidden_layers": args.layers} if args.layers else {})
+    model = build_same_shape(shape, **overrides).to(DTYPES[args.precision]).to(args.device)
     model.config._attn_implementation = "eager"
     arch = describe_architecture(model.config)
     probe = ModelProbe(model, arch)
-    batch = random_batch(arch.vocab, args.batch, args.length)
-    attribute_batch(probe, random_batch(arch.vocab, 1, 8), config)  # warm-up
+    batch = random_batch(arch.vocab, args.batch, args.length).to(args.device)
+    attribute_batch(probe, random_batch(arch.vocab, 1, 8).to(args.device), config)  # warm-up
+    wide = ModelProbe(model, arch)
+    wide.activation_dtype = torch.float32  # the same model, activations held in float32 (as before)
     ways = {
         "ours": lambda: attribute_batch(probe, batch, config),
         "floor": lambda: floor_pass(probe, batch, args.steps),
     }
+    if args.precision != "fp32":
+        ways["ours-fp32-activations"] = lambda: attribute_batch(wide, batch, config)
     if not args.skip_slow:
         ways["slow"] = lambda: reference_scores(model, batch, config)
     runs = {name: [] for name in ways}
+    measure = measured_cuda if args.device == "cuda" else measured
     for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every way alike
         for name, way in ways.items():
-            runs[name].append(measured(way))
+            runs[name].append(measure(way))
     (ours_s, ours_m), (floor_s, floor_m) = summary(runs["ours"]), summary(runs["floor"])
     line = (
-        f"{shape} ({arch.layers} layers, {probe.graph.n_edges} edges) batch {args.batch}x{args.length}, "
+        f"{shape} ({arch.layers} layers, d={arch.d_model}, {probe.graph.n_edges} edges) {args.precision} on "
+        f"{args.device}, batch {args.batch}x{args.length}, "
         f"median of {args.repeats}, "
         f"m={args.steps}: ours {ours_s:.2f}s / {ours_m / 2**20:.0f} MiB; "
         f"floor {floor_s:.2f}s / {floor_m / 2**20:.0f} MiB; time ours/floor {ours_s / floor_s:.2f}"
     )
+    if "ours-fp32-activations" in runs:
+        wide_s, wide_m = summary(runs["ours-fp32-activations"])
+        line += (f"; ours with fp32 activations {wide_s:.2f}s / {wide_m / 2**20:.0f} MiB, "
+                 f"peak memory ours/fp32-activations {ours_m / max(wide_m, 1):.2f}")  # fmt: skip
     if not args.skip_slow:
         slow_s, slow_m = summary(runs["slow"])
         line += (

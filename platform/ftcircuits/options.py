@@ -22,6 +22,7 @@ PaddingSide = Literal["left", "right"]
 FinetuneMethod = Literal["fpft", "lora", "adalora", "ia3"]
 ZeroStage = Literal[0, 1, 2, 3]
 Precision = Literal["fp32", "bf16", "fp16"]
+Device = Literal["cpu", "cuda"]
 
 AttributionMethod = Literal["eap", "clean-corrupted", "eap-ig-inputs"]
 # "k=1..m": alpha = k/m for k = 1..m (the paper-era reference: includes the clean input);

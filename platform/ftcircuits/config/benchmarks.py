@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from ftcircuits.config.data import Strict
 from ftcircuits.models.shapes import known_shapes
+from ftcircuits.options import Device, Precision
 from ftcircuits.paths import TINY_BASE_DIR
 
 
@@ -36,6 +37,9 @@ class BenchEapConfig(Strict):
     threads: int = Field(2, ge=1)
     skip_slow: bool = Field(False, description="skip the slow reference scorer")
     repeats: int = Field(3, ge=1, description="runs of each way (median time, max memory)")
+    precision: Precision = Field("fp32", description="model dtype (not fp32: also ours with fp32 activations)")
+    device: Device = "cpu"
+    layers: int | None = Field(None, ge=1, description="the shapes' layer count (default: per shape)")
 
     @field_validator("shapes")
     @classmethod
