@@ -37,7 +37,7 @@ class BenchEapConfig(Strict):
     threads: int = Field(2, ge=1)
     skip_slow: bool = Field(False, description="skip the slow reference scorer")
     repeats: int = Field(3, ge=1, description="runs of each way (median time, max memory)")
-    precision: Precision = Field("fp32", description="model dtype (not fp32: also ours with fp32 activations)")
+    precision: Precision = Field("fp32", description="model dtype; bf16 also runs fp32 activations")
     device: Device = "cpu"
     layers: int | None = Field(None, ge=1, description="the shapes' layer count (default: per shape)")
 
