@@ -9,7 +9,7 @@ import pytest
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.study import StudyConfig
+from ftcircuits.config.study import MultiSeedConfig, StudyConfig
 from ftcircuits.config.sweep import SweepConfig
 from ftcircuits.config.training import FinetuneConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ftcircuits.config.data import ModelSource, PresetPath, Strict, TaskSpec, all_paper_tasks
 from ftcircuits.config.training import PlainFinetuneConfig
@@ -31,3 +31,23 @@ class StudyConfig(Strict):
     eval_batch_size: int = Field(256, ge=1)
     threads: int = Field(2, ge=1)
     dynamics: DynamicsStage | None = None
+
+
+class MultiSeedConfig(Strict):
+    """``jobs.dynamics``: the dynamics stage (fine-tune, circuits over checkpoints, analysis) for several
+    fine-tuning seeds, each cached, then every headline number as mean ± std over the seeds."""
+
+    finetune_config: PresetPath = Path("jobs/configs/finetune-tiny.yaml")
+    seeds: list[int] = Field(default_factory=lambda: [42, 0, 1], description="fine-tuning seeds")
+    circuit_overrides: list[str] = Field(
+        default_factory=list, description="--set overrides for jobs.circuits --run and jobs.analyze"
+    )
+    robustness: bool = Field(True, description="robustness circuits (of the base: the same for every seed)")
+    out: Path = Path("runs/dynamics-tiny")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be at least two distinct values, got {seeds}")
+        return seeds

@@ -212,3 +212,24 @@ def jaccard_by_budget(table: pl.DataFrame, path: Path, title: str = "") -> Path:
     ax.legend(fontsize="small")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def similarity_bands_figure(bands: pl.DataFrame, path: Path) -> Path:
+    """Plot node and edge Jaccard vs the base over steps: the mean over seeds, a band of ± one std."""
+    df = bands.sort("step")
+    steps = _floats(df, "step")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for kind, color in (("node", "tab:blue"), ("edge", "tab:orange")):
+        mean, std = (
+            _floats(df, f"{kind}_jaccard_base_mean"),
+            np.nan_to_num(_floats(df, f"{kind}_jaccard_base_std")),
+        )
+        ax.plot(steps, mean, color=color, marker="o", markersize=3, label=f"{kind} Jaccard vs base (mean)")
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, label="± std over seeds")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Jaccard similarity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"Circuit similarity over fine-tuning, {int(df['seeds'].max())} seeds")
+    return _save(fig, path)
