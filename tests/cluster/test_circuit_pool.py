@@ -38,8 +38,8 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     out, rows, computed = circuits_over_run(config)
     inputs = run_inputs(tiny_run)
     units = circuit_units(inputs, robustness=True)
-    # 4 checkpoints + (base, random-init) x (unperturbed, p=0.5)
-    assert computed == len(units) == 8 and [r["key"] for r in rows] == [t.key for t in units]
+    # 4 checkpoints + (base, random-init, random-scaled, permuted) x (unperturbed, p=0.5)
+    assert computed == len(units) == 12 and [r["key"] for r in rows] == [t.key for t in units]
     sequential = CircuitRunner(inputs.base_model, inputs.data, config, tmp_path)
     for unit in reversed(units):  # another order: swapping must not leak weights between units
         sequential.run(unit)
@@ -49,7 +49,7 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
         assert ours["score"].to_numpy() == pytest.approx(theirs["score"].to_numpy(), rel=1e-4, abs=1e-7)
     by_key = {r["key"]: r for r in rows}
     assert by_key["step-000000"]["edges_in_circuit"] == by_key["base-p0.00"]["edges_in_circuit"]
-    assert pl.read_parquet(out / SUMMARY_FILE).height == 8
+    assert pl.read_parquet(out / SUMMARY_FILE).height == 12
 
     again_out, again_rows, again_computed = circuits_over_run(config)
     assert again_computed == 0 and again_out == out and again_rows == rows
@@ -61,8 +61,17 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     assert similarity["step"].to_list() == [0, 3, 6, 9]  # the tiny run's checkpoints
     assert similarity["edge_jaccard_base"][0] == 1.0 and similarity["edge_jaccard_prev"][0] is None
     robustness = pl.read_parquet(out / "analysis" / "robustness.parquet")
-    assert sorted(robustness["model"].to_list()) == ["base", "random-init"]
-    figures = {"similarity.png", "layer_scores.png", "circuit_changes.png", "robustness.png"}
+    assert sorted(robustness["model"].to_list()) == ["base", "permuted", "random-init", "random-scaled"]
+    summary = pl.read_parquet(out / SUMMARY_FILE).filter(pl.col("ratio") == 0.0).sort("key")
+    flags = dict(robustness.select("model", "degenerate").iter_rows())
+    for model, kl in summary.filter(pl.col("model") != "checkpoint").select("model", "input_kl").iter_rows():
+        assert flags[model] == (kl < 1e-3), model  # the flag is the KL rule on the stored metric
+    against = pl.read_parquet(out / "analysis" / "robustness_baselines.parquet")
+    assert sorted(against["baseline"].to_list()) == ["permuted", "random-init", "random-scaled"]
+    curves = pl.read_parquet(out / "analysis" / "faithfulness_by_budget.parquet")
+    assert sorted(curves["step"].unique().to_list()) == [0, 3, 6, 9] and curves.height == 4 * 10
+    figures = {"similarity.png", "layer_scores.png", "circuit_changes.png", "robustness.png",
+               "jaccard_by_budget.png", "faithfulness_by_checkpoint.png"}  # fmt: skip
     assert figures <= {p.name for p in (out / "analysis").iterdir()}
 
 

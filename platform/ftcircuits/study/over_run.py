@@ -22,7 +22,7 @@ from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
 from ftcircuits.config.discovery import DiscoverySettings
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
-from ftcircuits.options import Baseline, ModelKind
+from ftcircuits.options import Baseline, ModelKind, choices
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import (
     CIRCUITS_DIR,
@@ -91,7 +91,7 @@ def circuit_units(
     inputs: RunInputs,
     robustness: bool,
     random_seed: int = 0,
-    baselines: tuple[Baseline, ...] = ("random-init",),
+    baselines: tuple[Baseline, ...] = choices(Baseline),
 ) -> list[CircuitUnit]:
     """Return a unit per checkpoint, and with ``robustness`` per (base | each baseline, ratio)."""
     units = [
