@@ -21,7 +21,7 @@ from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.data import TaskSpec
 from ftcircuits.config.loading import ConfigError
 from ftcircuits.finetune.run_identity import check_run_schedule
-from ftcircuits.models.loader import load_tokenizer
+from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report.figures import method_comparison
 from ftcircuits.study.circuitlora import check_plannable, plan_circuitlora, write_plan
@@ -56,11 +56,12 @@ def planned_runs(config: CompareConfig) -> list[ComparedRun]:
                 runs.append(run)
             if arm.circuitlora is not None:
                 preset, choices = runs[-1].config, arm.circuitlora
-                arch = check_plannable(preset, config.finetune_config, [], [], choices.ranks.lora_r)
+                layers = model_skeleton(preset.model)[1].layers
                 ratios = [choices.ranks.ratio] if choices.ranks.choice == "matched" else []
-                check_plannable(preset, config.finetune_config, [choices.critical.k_for(arch.layers)], ratios,
+                check_plannable(preset, config.finetune_config, [choices.critical.k_for(layers)], ratios,
                                 choices.ranks.lora_r, k_name=f"arm {arm.name}: critical k")  # fmt: skip
-        probe_config(config, task)
+        if task.dataset_name() not in config.probe_runs:
+            probe_config(config, task)  # the probe's preset loads on this task
     return runs
 
 
