@@ -19,7 +19,7 @@ from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.discovery import CircuitJobConfig, CircuitRunConfig
 from ftcircuits.models.loader import load_model
-from ftcircuits.study.over_run import METRICS, RunInputs, circuit_units, run_inputs
+from ftcircuits.study.over_run import METRICS, RunInputs, run_inputs, run_units
 from ftcircuits.tasks.io import read_items, read_manifest
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 from jobs.cli import config_parser, parse_config
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
 def circuits_of_run(config: CircuitRunConfig) -> None:
     """Circuits of the base and every checkpoint (and robustness variants) on Ray, tracked in MLflow."""
     inputs = run_inputs(config.run)  # fails here, before Ray starts, on a bad run or dataset
-    units = circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines))
+    training = config.robustness and "briefly-trained" in config.baselines
+    with tqdm(total=config.brief_steps, desc="briefly-trained baseline", disable=not training) as brief:
+        units = run_units(config, inputs, lambda step, loss: brief.update())  # trains that baseline if asked
     connect()
     logger = circuits_logger(config, inputs)
     bar = tqdm(total=len(units), desc="circuits", unit="circuit")

@@ -43,9 +43,9 @@ SweepRanks = Literal["matched", "search"]  # a sweep draws r_c / r_o ratios (mat
 
 # A robustness baseline of the base model's shape: a fresh random init (the architecture's init scale),
 # random at the base weights' per-tensor mean and std, or the base weights permuted within each tensor.
-Baseline = Literal["random-init", "random-scaled", "permuted"]
+Baseline = Literal["random-init", "random-scaled", "permuted", "briefly-trained"]
 # What a circuit over a run is of: a checkpoint of the run, the base model, or a baseline of its shape.
-ModelKind = Literal["checkpoint", "base", "random-init", "random-scaled", "permuted"]
+ModelKind = Literal["checkpoint", "base", "random-init", "random-scaled", "permuted", "briefly-trained"]
 
 
 def choices(alias) -> tuple:

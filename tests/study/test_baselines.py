@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.discover import discover_circuit
@@ -12,8 +13,9 @@ from ftcircuits.circuits.selection import Selection
 from ftcircuits.config.data import TaskSpec
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, SCALED_PREFIX, CheckpointWeights
+from ftcircuits.study.baselines import briefly_trained_baseline, briefly_trained_dir
 from ftcircuits.study.dynamics import DEGENERATE_KL, input_dependence, robustness_against_baselines
-from ftcircuits.study.over_run import BASELINE_WEIGHTS
+from ftcircuits.study.over_run import BASELINE_WEIGHTS, circuit_units, run_inputs
 from ftcircuits.tasks.dataset import build_dataset
 
 
@@ -101,3 +103,34 @@ def test_robustness_against_baselines_states_the_gap_and_the_flag():
     assert table["baseline"].to_list() == ["random-init", "permuted"]
     assert table["gap"].to_list() == pytest.approx([0.8 - 1.0, 0.8 - 0.4])
     assert table["keeps_gap"].to_list() == [False, True]  # random-init: degenerate (and no gap)
+
+
+def test_the_briefly_trained_baseline_is_input_dependent_cached_and_distinct(
+    tiny_weights, tiny_items, tmp_path
+):
+    steps = []
+    path = briefly_trained_baseline("tiny", tmp_path, 20, seed=0, on_step=lambda s, loss: steps.append(s))
+    assert path == briefly_trained_dir(tmp_path, 20, 0) and len(steps) == 20
+    trained = dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
+    assert (
+        briefly_trained_baseline("tiny", tmp_path, 20, seed=0, on_step=lambda s, loss: steps.append(s))
+        == path
+    )
+    assert len(steps) == 20  # cached: not trained again
+    base = dict(tiny_weights.model.named_parameters())
+    assert trained.keys() == base.keys()
+    assert not torch.equal(trained["gpt_neox.embed_in.weight"], base["gpt_neox.embed_in.weight"])
+    tiny_weights.swap_to(path)  # loaded as a full-weights checkpoint
+    metrics = dependence(tiny_weights, tiny_items)
+    tiny_weights.swap_to(BASE)
+    assert metrics["input_kl"] > DEGENERATE_KL and metrics["score_std"] > 0
+
+
+def test_units_of_the_briefly_trained_baseline_load_its_directory(tiny_run, tmp_path):
+    inputs = run_inputs(tiny_run)
+    with pytest.raises(ValueError, match="needs its model directory"):
+        circuit_units(inputs, True, baselines=("briefly-trained",))
+    units = circuit_units(inputs, True, baselines=("permuted", "briefly-trained"), briefly_trained=tmp_path)
+    trained = [u for u in units if u.model == "briefly-trained"]
+    assert {u.weights for u in trained} == {str(tmp_path)} and trained[0].key == "briefly-trained-seed0-p0.00"
+    assert len(trained) == len([u for u in units if u.model == "permuted"])

@@ -19,10 +19,10 @@ from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
 from ftcircuits.study.over_run import (
     CircuitRunner,
     CircuitUnit,
-    circuit_units,
     circuits_dir,
     finished_circuit,
     run_inputs,
+    run_units,
     write_summary,
 )
 
@@ -94,7 +94,7 @@ def circuits_over_run(
     """
     inputs = run_inputs(config.run)
     out = circuits_dir(config.run, config, inputs)
-    units = circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines))
+    units = run_units(config, inputs)
     done = {unit.key: finished_circuit(out, unit) for unit in units}
     todo = [unit for unit in units if done[unit.key] is None]
     for row in done.values():

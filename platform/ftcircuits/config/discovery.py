@@ -18,7 +18,6 @@ from ftcircuits.options import (
     SelectionMethod,
     Split,
     StepConvention,
-    choices,
 )
 from ftcircuits.run_layout import check_run, index_path
 from ftcircuits.tasks.io import MANIFEST_FILE
@@ -71,8 +70,9 @@ class CircuitRunConfig(DiscoverySettings):
     """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray.
 
     With ``robustness``, also the circuits of the base and of each baseline of the same shape
-    (``baselines``: random init, random at the base's per-tensor scale, permuted base weights) on
-    every perturbed variant of the circuit split.
+    (``baselines``: random init, random at the base's per-tensor scale, permuted base weights, or a
+    random init briefly trained on the tiny pre-training corpus) on every perturbed variant of the
+    circuit split.
     """
 
     run: Path
@@ -80,9 +80,11 @@ class CircuitRunConfig(DiscoverySettings):
     curve: bool = Field(True, description="each checkpoint circuit's faithfulness against budget")
     robustness: bool = True
     baselines: list[Baseline] = Field(
-        default_factory=lambda: list(choices(Baseline)), description="robustness: the base against these"
+        default_factory=lambda: ["random-init", "random-scaled", "permuted"],
+        description="robustness: the base against these (briefly-trained costs a short pre-training)",
     )
     random_seed: int = 0
+    brief_steps: int = Field(100, ge=1, description="briefly-trained: optimiser steps on the tiny corpus")
     actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")
     cpus_per_actor: float = Field(1, gt=0)
     gpus_per_actor: float = Field(0, ge=0, description="fractions share a GPU between actors")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,10 +20,10 @@ import torch
 
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
-from ftcircuits.config.discovery import DiscoverySettings
+from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
-from ftcircuits.options import Baseline, ModelKind, choices
+from ftcircuits.options import Baseline, ModelKind
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import (
     CIRCUITS_DIR,
@@ -31,6 +32,7 @@ from ftcircuits.run_layout import (
     read_checkpoint_index,
     read_run_record,
 )
+from ftcircuits.study.baselines import briefly_trained_baseline
 from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed
 
 SUMMARY_FILE = "summary.parquet"
@@ -91,9 +93,14 @@ def circuit_units(
     inputs: RunInputs,
     robustness: bool,
     random_seed: int = 0,
-    baselines: tuple[Baseline, ...] = choices(Baseline),
+    baselines: tuple[Baseline, ...] = ("random-init", "random-scaled", "permuted"),
+    briefly_trained: Path | None = None,
 ) -> list[CircuitUnit]:
-    """Return a unit per checkpoint, and with ``robustness`` per (base | each baseline, ratio)."""
+    """Return a unit per checkpoint, and with ``robustness`` per (base | each baseline, ratio).
+
+    The briefly-trained baseline's weights are the model directory ``briefly_trained``
+    (``study.baselines.briefly_trained_baseline``), required when it is among ``baselines``.
+    """
     units = [
         CircuitUnit(checkpoint_name(step), str(path), "checkpoint", step)
         for step, path in inputs.checkpoints.select("step", "path").iter_rows()
@@ -102,13 +109,30 @@ def circuit_units(
         ratios = sorted(float(r) for r in read_manifest(inputs.data).get("perturbed", {}))
         if not ratios:
             raise ValueError(f"robustness needs perturbed variants of {inputs.data}; it has none")
+        if "briefly-trained" in baselines and briefly_trained is None:
+            raise ValueError("the briefly-trained baseline needs its model directory (briefly_trained)")
         seed = random_seed
         variants = [("base", "base", BASE)] + [
-            (kind, f"{kind}-seed{seed}", f"{BASELINE_WEIGHTS[kind]}{seed}") for kind in baselines
-        ]
+            (kind, f"{kind}-seed{seed}",
+             str(briefly_trained) if kind == "briefly-trained" else f"{BASELINE_WEIGHTS[kind]}{seed}")
+            for kind in baselines
+        ]  # fmt: skip
         for model, stem, weights in variants:
             units += [CircuitUnit(f"{stem}-p{r:.2f}", weights, model, None, r) for r in [0.0, *ratios]]
     return units
+
+
+def run_units(
+    config: CircuitRunConfig, inputs: RunInputs, on_step: Callable[[int, float], None] | None = None
+) -> list[CircuitUnit]:
+    """Return the units of ``config`` over a run, first training the briefly-trained baseline (cached
+    under ``<run>/circuits/baselines``) when robustness compares against it."""
+    trained = None
+    if config.robustness and "briefly-trained" in config.baselines:
+        root = Path(config.run) / CIRCUITS_DIR / "baselines"
+        trained = briefly_trained_baseline(inputs.base_model, root, config.brief_steps, config.random_seed,
+                                           on_step)  # fmt: skip
+    return circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines), trained)
 
 
 def finished_circuit(out: Path, unit: CircuitUnit) -> dict | None:
