@@ -109,14 +109,14 @@ def test_the_briefly_trained_baseline_is_input_dependent_cached_and_distinct(
     tiny_weights, tiny_items, tmp_path
 ):
     steps = []
-    path = briefly_trained_baseline("tiny", tmp_path, 20, seed=0, on_step=lambda s, loss: steps.append(s))
-    assert path == briefly_trained_dir(tmp_path, 20, 0) and len(steps) == 20
+    path = briefly_trained_baseline("tiny", tmp_path, 50, seed=0, on_step=lambda s, loss: steps.append(s))
+    assert path == briefly_trained_dir(tmp_path, 50, 0) and len(steps) == 50
     trained = dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
     assert (
-        briefly_trained_baseline("tiny", tmp_path, 20, seed=0, on_step=lambda s, loss: steps.append(s))
+        briefly_trained_baseline("tiny", tmp_path, 50, seed=0, on_step=lambda s, loss: steps.append(s))
         == path
     )
-    assert len(steps) == 20  # cached: not trained again
+    assert len(steps) == 50  # cached: not trained again
     base = dict(tiny_weights.model.named_parameters())
     assert trained.keys() == base.keys()
     assert not torch.equal(trained["gpt_neox.embed_in.weight"], base["gpt_neox.embed_in.weight"])

@@ -84,7 +84,7 @@ class CircuitRunConfig(DiscoverySettings):
         description="robustness: the base against these (briefly-trained costs a short pre-training)",
     )
     random_seed: int = 0
-    brief_steps: int = Field(100, ge=1, description="briefly-trained: optimiser steps on the tiny corpus")
+    brief_steps: int = Field(200, ge=1, description="briefly-trained: optimiser steps on the tiny corpus")
     actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")
     cpus_per_actor: float = Field(1, gt=0)
     gpus_per_actor: float = Field(0, ge=0, description="fractions share a GPU between actors")
