@@ -23,6 +23,15 @@ def _shape_path(name: str) -> Path:
     return path
 
 
+def shape_for_hub_id(hub_id: str) -> str | None:
+    """Return the name of the shipped shape of the model ``hub_id`` (e.g. "facebook/opt-6.7b" -> "opt-6.7b"),
+    or None when no shape is shipped for it."""
+    for name in known_shapes():
+        if json.loads(_shape_path(name).read_text())["hub_id"] == hub_id:
+            return name
+    return None
+
+
 def shape_config(name: str, **overrides) -> PretrainedConfig:
     """Return the Hugging Face config of shape ``name`` with ``overrides`` applied (e.g. fewer layers)."""
     fields = json.loads(_shape_path(name).read_text())
