@@ -1,0 +1,130 @@
+"""The whole study in one command: data, accuracy before and after, circuits over checkpoints and their
+dynamics, CircuitLoRA against LoRA, and an HTML report.
+
+    python -m jobs.pipeline [--config FILE] [--set out=runs/pipeline]
+
+With no arguments it runs the embedded default (the shipped tiny model, a local Ray of its own, SQLite
+MLflow in ``<out>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another store). One LoRA run (the
+comparison's ``dynamics_arm``) gives both the accuracy after fine-tuning and the checkpoints whose circuits
+are studied, and is CircuitLoRA's probe. Every stage is cached: a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ftcircuits.cluster.train import finetune
+from ftcircuits.config.comparison import CompareConfig
+from ftcircuits.config.loading import ConfigError, load_config
+from ftcircuits.config.pipeline import PipelineConfig
+from ftcircuits.models.loader import load_model
+from ftcircuits.models.swap import CheckpointWeights
+from ftcircuits.paths import atomic_file
+from ftcircuits.report.figures import accuracy_bars
+from ftcircuits.report.study_report import StudyOutputs, render_study_report
+from ftcircuits.run_layout import read_checkpoint_index
+from ftcircuits.study.accuracy import circuit_split_accuracy, task_datasets
+from ftcircuits.study.comparison import arm_config
+from ftcircuits.tracking.mlflow_runs import tracking_uri
+from jobs import analyze, circuits, compare_methods
+from jobs.cli import config_parser, parse_config
+from jobs.dynamics import analysis_dir
+
+
+def comparison_overrides(
+    config: PipelineConfig, out: Path, probe: tuple[str, Path] | None = None
+) -> list[str]:
+    """Return the ``--set`` values that put the comparison under ``out`` with the pipeline's circuit
+    settings (and ``probe``, (task, run): the LoRA run as that task's CircuitLoRA probe)."""
+    values = [f"out={out / 'comparison'}", f"circuit_overrides={json.dumps(config.circuit_overrides)}"]
+    return values if probe is None else [*values, f"probe_runs={json.dumps({probe[0]: str(probe[1])})}"]
+
+
+def dynamics_run_config(config: PipelineConfig, out: Path):
+    """Return the FinetuneConfig of the LoRA run the study is about: the comparison's ``dynamics_arm`` at its
+    first task and seed; refuse a missing or CircuitLoRA arm (planned on this very run) before any work."""
+    compare = load_config(CompareConfig, config.comparison, comparison_overrides(config, out))
+    arms = {arm.name: arm for arm in compare.arms}
+    arm = arms.get(config.dynamics_arm)
+    if arm is None or arm.circuitlora is not None:
+        raise ConfigError(f"dynamics_arm {config.dynamics_arm!r} must name a comparison arm that is not "
+                          f"CircuitLoRA; {config.comparison} has {sorted(arms)}")  # fmt: skip
+    return arm_config(compare, arm, compare.tasks[0], compare.seeds[0])
+
+
+def cached_accuracy(path: Path, key: str, compute) -> dict[str, float]:
+    """Return the accuracy table cached in ``path`` under ``key`` (the model it is of), else compute it."""
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("model") == key:
+            return cached["accuracy"]
+    accuracy = compute()
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"model": key, "accuracy": accuracy}, indent=1))
+    return accuracy
+
+
+def stage(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(PipelineConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
+    started = time.time()
+    out = Path(config.out).resolve()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(out))  # one store for every stage
+    try:
+        run_config = dynamics_run_config(config, out)
+    except (ConfigError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    run = Path(run_config.out)
+    overrides = [arg for value in config.circuit_overrides for arg in ("--set", value)]
+    torch.set_num_threads(config.threads)
+
+    stage(f"data and base accuracy: {len(config.tasks)} tasks")
+    loaded = load_model(run_config.model)
+    datasets = task_datasets(config.tasks, loaded.tokenizer, run_config.model, out / "data")
+    measure = lambda: circuit_split_accuracy(loaded.model, loaded.tokenizer, datasets, config.eval_batch_size)  # noqa: E731
+    base = cached_accuracy(out / "accuracy" / "base.json", loaded.source, measure)
+
+    stage(f"fine-tuning {run_config.method.name} on {run_config.task.dataset_name()} into {run}")
+    finetune(run_config)
+    final = read_checkpoint_index(run).row(-1, named=True)
+    weights = CheckpointWeights(loaded)
+    weights.swap_to(final["path"])
+    tuned = cached_accuracy(out / "accuracy" / "finetuned.json", str(final["path"]), measure)
+    accuracy = {"base": base, f"{run_config.method.name}, step {final['step']}": tuned}
+    accuracy_bars(accuracy, out / "accuracy" / "accuracy.png", f"{loaded.source}: accuracy before and after")
+    print(f"\n{'task (circuit split)':24s} {'base':>7s} {'tuned':>7s}")
+    for name in base:
+        print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
+
+    stage("circuits of every checkpoint (and robustness variants) on Ray actors")
+    circuits.main(["--run", str(run), *overrides])
+    stage("circuit dynamics: similarity, faithfulness, robustness, critical layers")
+    analyze.main(["--run", str(run), *overrides])
+
+    stage("CircuitLoRA against LoRA at a matched budget")
+    compare_args = comparison_overrides(config, out, (run_config.task.dataset_name(), run))
+    compare_methods.main(
+        ["--config", str(config.comparison), *[a for v in compare_args for a in ("--set", v)]]
+    )
+
+    stage("report")
+    outputs = StudyOutputs(
+        pipeline=config, run=run, analysis=analysis_dir(run, config.circuit_overrides),
+        comparison=out / "comparison", accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",
+    )  # fmt: skip
+    report = render_study_report(outputs, out / "report.html")
+    print(f"\nthe whole study took {(time.time() - started) / 60:.1f} min")
+    print(f"report: {report}")
+    print(f"MLflow: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The whole study's HTML report, read from the outputs ``jobs.pipeline`` leaves: a results section in
+prose with its figures and tables, then the exact configs, seeds and package versions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from ftcircuits.config.comparison import CompareConfig
+from ftcircuits.config.data import TaskSpec
+from ftcircuits.config.loading import load_config
+from ftcircuits.report.html import (
+    Appendix,
+    Figure,
+    Report,
+    ReportSection,
+    Table,
+    package_versions,
+    render_report,
+)
+from ftcircuits.run_layout import read_run_record
+from ftcircuits.study.dynamics import FAITHFUL_AT, HEADLINE_FILE, ROBUSTNESS_GAP
+
+
+@dataclass(frozen=True)
+class StudyOutputs:
+    """Where one pipeline run's results are (``pipeline``: its PipelineConfig)."""
+
+    pipeline: object
+    run: Path  # the LoRA run whose checkpoints' circuits are studied
+    analysis: Path  # jobs.analyze's tables and figures of that run
+    comparison: Path  # jobs.compare_methods' out
+    accuracy: dict[str, dict[str, float]]  # model label -> task -> accuracy on the circuit split
+    accuracy_figure: Path
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def accuracy_section(outputs: StudyOutputs) -> ReportSection:
+    (base_label, base), (tuned_label, tuned) = outputs.accuracy.items()
+    name = TaskSpec.model_validate(read_run_record(outputs.run)["task"]).dataset_name()
+    table = pl.DataFrame({"task": list(base), base_label: [100 * v for v in base.values()],
+                          tuned_label: [100 * tuned[t] for t in base]})  # fmt: skip
+    text = (
+        f"The pre-trained model solves {_pct(base.get(name, 0.0))} of the held-out circuit split of "
+        f"{name}; after fine-tuning ({tuned_label}) it solves {_pct(tuned.get(name, 0.0))}. The other tasks "
+        "show what fine-tuning on one task does to the rest (none of them was trained on)."
+    )
+    return ReportSection(
+        title="Accuracy before and after fine-tuning", text=text,
+        figures=[Figure(path=outputs.accuracy_figure, caption="Accuracy on each task's circuit split (%).")],
+        tables=[Table(rows=table, caption="Accuracy on each task's circuit split (%).")],
+    )  # fmt: skip
+
+
+def similarity_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
+    similarity = pl.read_parquet(outputs.analysis / "similarity.parquet")
+    budgets = pl.read_parquet(outputs.analysis / "similarity_by_budget.parquet")
+    text = (
+        f"Between the base model and the final checkpoint (step {headline['final_step']}), the circuits "
+        f"share nodes far more than edges: node Jaccard {headline['node_jaccard_final_vs_base']:.3f}, edge "
+        f"Jaccard {headline['edge_jaccard_final_vs_base']:.3f}, Spearman of the edges' |score| "
+        f"{headline['abs_score_spearman_final_vs_base']:.3f}. Fine-tuning keeps which components matter "
+        "and rewires how they connect. Jaccard depends on the circuit's size, so the second figure states "
+        "it at every edge budget."
+    )
+    columns = ["step", "node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev",
+               "abs_score_spearman_base", "accuracy"]  # fmt: skip
+    return ReportSection(
+        title="Circuit similarity over fine-tuning steps", text=text,
+        figures=[
+            Figure(path=outputs.analysis / "similarity.png", caption="Similarity of each checkpoint's "
+                   "circuit to the base circuit and to the previous checkpoint's."),
+            Figure(path=outputs.analysis / "jaccard_by_budget.png",
+                   caption="Node and edge Jaccard, base vs final, against the circuit's edge budget."),
+        ],
+        tables=[Table(rows=similarity.select(c for c in columns if c in similarity.columns),
+                      caption="Similarity per checkpoint (Jaccard against the base and the previous one)."),
+                Table(rows=budgets, caption="Base vs final circuit at each edge budget.")],
+    )  # fmt: skip
+
+
+def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
+    smallest = pl.read_parquet(outputs.analysis / "smallest_faithful_budget.parquet")
+    budgets = smallest["smallest_faithful_budget"].drop_nulls()
+    reach = (f"between {_pct(budgets.min())} and {_pct(budgets.max())} of the edges" if len(budgets)
+             else "no budget measured")  # fmt: skip
+    text = (
+        f"Normalized faithfulness of each checkpoint's circuit against its edge budget. A circuit reaches "
+        f"{FAITHFUL_AT:.0%} faithfulness with {reach}, depending on the checkpoint: the headline circuits "
+        "(5%) recover only part of the model's behaviour."
+    )
+    return ReportSection(
+        title="Faithfulness against budget", text=text,
+        figures=[Figure(path=outputs.analysis / "faithfulness_by_checkpoint.png",
+                        caption="Faithfulness against edge budget, one curve per checkpoint.")],
+        tables=[Table(rows=smallest, caption=f"Smallest budget reaching {FAITHFUL_AT} faithfulness.")],
+    )  # fmt: skip
+
+
+def robustness_section(outputs: StudyOutputs) -> ReportSection:
+    against = pl.read_parquet(outputs.analysis / "robustness_baselines.parquet")
+    kept = against.filter("keeps_gap")["baseline"].to_list()
+    verdict = (f"the pre-trained circuit is more robust than {', '.join(kept)} by at least {ROBUSTNESS_GAP}"
+               if kept else f"no baseline is beaten by {ROBUSTNESS_GAP} or more: the paper's gap does not "
+               "hold on this model")  # fmt: skip
+    text = (
+        "Each model's circuit on perturbed circuit splits (a share of the items replaced) against its "
+        "circuit on the unperturbed split. Baselines of the same shape are checked for input dependence "
+        f"first (a degenerate one is flagged): {verdict}."
+    )
+    return ReportSection(
+        title="Robustness to perturbed inputs", text=text,
+        figures=[Figure(path=outputs.analysis / "robustness.png",
+                        caption="Edge Jaccard against the unperturbed circuit, by share of items replaced.")],
+        tables=[Table(rows=against, caption="Mean Jaccard over perturbation ratios, base vs each baseline.")],
+    )  # fmt: skip
+
+
+def critical_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
+    rows = [{"variant": v, "top-k": str(headline["critical_layers_topk"][v]),
+             "mean + std": str(headline["critical_layers_mean_std"].get(v, []))}
+            for v in headline["critical_layers_topk"]]  # fmt: skip
+    text = (
+        "Layers ranked by how much the edges touching them changed between the base and the final "
+        "circuit; the critical layers are where CircuitLoRA puts its higher rank."
+    )
+    return ReportSection(
+        title="Where the edges change: critical layers", text=text,
+        figures=[Figure(path=outputs.analysis / "layer_scores.png", caption="Edge change per layer."),
+                 Figure(path=outputs.analysis / "circuit_changes.png",
+                        caption="Edges added and removed between the base and the final circuit.")],
+        tables=[Table(rows=rows, caption="Critical layers per edge-change variant and rule.")],
+    )  # fmt: skip
+
+
+def methods_section(outputs: StudyOutputs) -> ReportSection:
+    table = pl.read_parquet(outputs.comparison / "comparison.parquet")
+    shown = table.select("task", "method", "seed", "trainable_params",
+                         (100 * pl.col("param_share")).alias("share_%"), (100 * pl.col("accuracy")).alias(
+                             "accuracy_%"), "steps")  # fmt: skip
+    lora = table.filter(pl.col("method") == "lora")
+    lines = []
+    if not lora.is_empty():
+        for row in table.filter(pl.col("method") != "lora").iter_rows(named=True):
+            base = lora.filter((pl.col("task") == row["task"]) & (pl.col("seed") == row["seed"]))
+            if not base.is_empty():
+                diff = 100 * (row["accuracy"] - base["accuracy"][0])
+                lines.append(
+                    f"{row['method']} {_pct(row['accuracy'])} with {row['trainable_params']:,} "
+                    f"trainable parameters ({diff:+.1f} points against LoRA's "
+                    f"{_pct(base['accuracy'][0])} with {base['trainable_params'][0]:,})"
+                )
+    seeds = table["seed"].n_unique()
+    text = (f"Fine-tuning methods at matched budgets, {seeds} seed{'s' if seeds > 1 else ''}: "
+            + ("; ".join(lines) if lines else "no LoRA row to compare with") + ". "
+            + ("One seed cannot separate methods a few points apart: jobs.compare_methods with more "
+               "seeds gives the spreads." if seeds == 1 else ""))  # fmt: skip
+    return ReportSection(
+        title="CircuitLoRA against LoRA", text=text,
+        figures=[Figure(path=outputs.comparison / "comparison.png", caption="Final held-out accuracy.")],
+        tables=[Table(rows=shown, caption="Each run: trainable parameters and final held-out accuracy.")],
+    )  # fmt: skip
+
+
+def appendix(outputs: StudyOutputs) -> Appendix:
+    pipeline = outputs.pipeline
+    compare = load_config(CompareConfig, pipeline.comparison)
+    record = read_run_record(outputs.run)
+    configs = {
+        "jobs.pipeline": yaml.safe_dump(pipeline.model_dump(mode="json"), sort_keys=False),
+        str(pipeline.comparison): Path(pipeline.comparison).read_text(),
+        str(compare.finetune_config): Path(compare.finetune_config).read_text(),
+        f"{outputs.run}/finetune.json (the studied run)": json.dumps(record, indent=1),
+    }
+    seeds = {"fine-tuning (comparison)": list(compare.seeds),
+             "the studied run": [int(record["train"]["seed"])]}  # fmt: skip
+    return Appendix(configs=configs, seeds=seeds, package_versions=package_versions())
+
+
+def render_study_report(outputs: StudyOutputs, out: Path) -> Path:
+    """Write the study's report to ``out`` (one self-contained HTML file) and return its path."""
+    headline = json.loads((outputs.analysis / HEADLINE_FILE).read_text())
+    record = read_run_record(outputs.run)
+    report = Report(
+        title="How fine-tuning rewires circuits",
+        subtitle=f"{record['model']}, {record['method']['name']} on {record['task']['name']}",
+        sections=[accuracy_section(outputs), similarity_section(outputs, headline),
+                  faithfulness_section(outputs), robustness_section(outputs),
+                  critical_section(outputs, headline), methods_section(outputs)],
+        appendix=appendix(outputs),
+    )  # fmt: skip
+    return render_report(report, out)

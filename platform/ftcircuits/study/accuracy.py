@@ -1,0 +1,44 @@
+"""Accuracy of a model on every task's circuit split: the study's before/after table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import polars as pl
+from transformers import PreTrainedTokenizerBase
+
+from ftcircuits.encoding import task_accuracy
+from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items
+
+
+def task_datasets(
+    tasks: Iterable, tokenizer: PreTrainedTokenizerBase, model: str, data_dir: Path
+) -> dict[str, Path]:
+    """Return each task's dataset directory under ``data_dir`` (``tasks``: TaskSpec), built when missing."""
+    directories = {}
+    for spec in tasks:
+        directory = Path(data_dir) / spec.dataset_name()
+        if not (directory / MANIFEST_FILE).is_file():
+            directory, _ = make_task_dataset(spec, tokenizer, model, Path(data_dir))
+        directories[spec.dataset_name()] = directory
+    return directories
+
+
+def circuit_split_accuracy(
+    model, tokenizer: PreTrainedTokenizerBase, datasets: Mapping[str, Path], batch_size: int = 256
+) -> dict[str, float]:
+    """Return the model's accuracy on each dataset's circuit split (held out from fine-tuning)."""
+    return {
+        name: task_accuracy(model, tokenizer, read_items(path, "circuit"), batch_size)["all"]
+        for name, path in datasets.items()
+    }
+
+
+def accuracy_table(columns: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """Return one row per task with a column per model (e.g. base, fine-tuned), as percentages."""
+    tasks = list(next(iter(columns.values())))
+    return pl.DataFrame(
+        {"task": tasks} | {name: [100 * acc[t] for t in tasks] for name, acc in columns.items()}
+    )
