@@ -1,6 +1,6 @@
 """Circuit dynamics of a fine-tuning run: similarity over steps, layer edge change, robustness, figures.
 
-    python -m jobs.analyze --run runs/finetune-tiny [--set critical_k=3]
+    python -m jobs.analyze --run runs/finetune-tiny [--set critical_k=3] [--run ANOTHER ...]
 
 Reads the circuits of ``python -m jobs.circuits --run`` (same ``--set`` discovery
 settings) and writes parquet tables and PNG figures to ``<circuits>/analysis``.
@@ -21,15 +21,39 @@ from ftcircuits.report import circuit_figures as figures
 from ftcircuits.run_layout import ANALYSIS_DIR
 from ftcircuits.study import dynamics
 from ftcircuits.study.over_run import circuits_dir, run_inputs
+from ftcircuits.study.seeds import write_across
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 from jobs.cli import config_parser, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a fine-tuning run directory with its circuits")
+    parser.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        help="a fine-tuning run with its circuits "
+        "(repeat for several runs, e.g. seeds: each analysed, then mean ± std over them)",
+    )
+    parser.add_argument("--out", type=Path, help="with several runs: where their summary goes")
     args = parser.parse_args(argv)
-    config = parse_config(AnalysisConfig, args, [f"run={args.run}"])
+    configs = [parse_config(AnalysisConfig, args, [f"run={run}"]) for run in args.run]  # all checked first
+    if len(configs) > 1 and args.out is None:
+        parser.error("several runs need --out (where the summary over them goes)")
+    headlines, similarities = {}, {}
+    for config in configs:
+        analysis = analyze_run(config)
+        headlines[str(config.run)] = json.loads((analysis / dynamics.HEADLINE_FILE).read_text())
+        similarities[str(config.run)] = pl.read_parquet(analysis / "similarity.parquet")
+    if len(configs) > 1:
+        summary = write_across(headlines, similarities, args.out)
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+            print(pl.DataFrame([{"number": k, **v} for k, v in summary["summary"].items()]))
+        print(f"over {len(configs)} runs: {args.out / dynamics.HEADLINE_FILE}")
+
+
+def analyze_run(config: AnalysisConfig) -> Path:
+    """Analyse one run's circuits; write and print its tables, figures and headline; return its dir."""
     inputs = run_inputs(config.run)
     out = circuits_dir(config.run, config, inputs)
     summary = dynamics.read_summary(out)
@@ -39,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tables = {
         "similarity": dynamics.similarity_over_steps(circuits, summary),
-        "layer_scores": dynamics.layer_change(base, final, architecture.layers, config.critical_k),
+        "layer_scores": dynamics.layer_change(
+            base, final, architecture.layers, config.critical_count(architecture.layers)
+        ),
         "edge_changes": dynamics.changed_circuit_edges(base, final),
     }
     tables["similarity_by_budget"] = dynamics.similarity_by_budget(base, final, Graph.of(architecture))
@@ -96,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             print(tables["smallest_faithful_budget"])
     print(json.dumps(headline, indent=1))
     print(f"tables and figures: {analysis} ({', '.join(p.name for p in plots)})")
+    return analysis
 
 
 if __name__ == "__main__":

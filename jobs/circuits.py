@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(CircuitJobConfig, args, extra)
     torch.set_num_threads(config.threads)
 
-    items = read_items(config.data, config.split)
-    if config.examples:
-        items = items.head(config.examples)
+    items = config.sample(read_items(config.data, config.split))
     manifest = read_manifest(config.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(config.model, device=device)

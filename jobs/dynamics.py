@@ -5,10 +5,11 @@
 For each seed, the dynamics stage as the main job runs it (``jobs.finetune``, ``jobs.circuits --run``,
 ``jobs.analyze``), each cached: a finished run, its circuits and its analysis are reused. The seed of
 the preset itself runs in the preset's ``out`` (so the main job's run serves); the others in
-``<out>/seed-<s>``. Robustness circuits are of the base model, the same for every seed: only the
-first seed computes them. Outputs in ``out``: ``headline.json`` (``seeds``: each seed's headline;
-``summary``: mean and std; ``critical_layer_stability``), ``seeds.parquet``, ``layer_stability.parquet``
-and ``similarity_bands.png``.
+``<out>/seed-<s>``, their circuits on a circuit-split sample of their own (``sample_seed`` = the seed;
+the first seed keeps the first examples, so the main job's circuits serve). Robustness circuits are of
+the base model: only the first seed computes them. Outputs in ``out``: ``headline.json`` (``seeds``:
+each seed's headline; ``summary``: mean and std; ``critical_layer_stability``), ``seeds.parquet``,
+``layer_stability.parquet`` and ``similarity_bands.png``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from ftcircuits.config.discovery import AnalysisConfig
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.study import MultiSeedConfig
 from ftcircuits.config.training import FinetuneConfig
-from ftcircuits.paths import atomic_file
-from ftcircuits.report.circuit_figures import similarity_bands_figure
 from ftcircuits.run_layout import ANALYSIS_DIR
 from ftcircuits.study.dynamics import HEADLINE_FILE
 from ftcircuits.study.over_run import circuits_dir, run_inputs
-from ftcircuits.study.seeds import layer_stability, seed_summary, seed_table, similarity_bands
+from ftcircuits.study.seeds import write_across
 from jobs import analyze, circuits, finetune
 from jobs.cli import config_parser, parse_config
 
@@ -53,11 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     for index, seed in enumerate(config.seeds):
         run, train = seed_run(config, preset, seed)
         robust = config.robustness and index == 0
-        overrides = [*config.circuit_overrides, f"robustness={str(robust).lower()}"]
+        sample = [f"sample_seed={seed}"] if config.vary_samples and index > 0 else []
+        overrides = [*config.circuit_overrides, *sample, f"robustness={str(robust).lower()}"]
         flags = [arg for value in overrides for arg in ("--set", value)]
         print(f"\n== seed {seed} ({index + 1}/{len(config.seeds)}): fine-tuning into {run}")
         finetune.main(["--config", str(config.finetune_config), *[a for v in train for a in ("--set", v)]])
-        print(f"\n== seed {seed}: circuits of every checkpoint")
+        print(f"\n== seed {seed}: circuits of every checkpoint ({' '.join(sample) or 'the first examples'})")
         circuits.main(["--run", str(run), *flags])
         print(f"\n== seed {seed}: analysis")
         analyze.main(["--run", str(run), *flags])
@@ -65,22 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         headlines[seed] = json.loads((analysis / HEADLINE_FILE).read_text())
         similarities[seed] = pl.read_parquet(analysis / "similarity.parquet")
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table, stability = seed_table(headlines), layer_stability(headlines)
-    bands = similarity_bands(similarities)
-    summary = {"seeds": {str(s): h for s, h in headlines.items()}, "summary": seed_summary(table),
-               "critical_layer_stability": stability.to_dicts()}  # fmt: skip
-    for name, frame in (("seeds", table), ("layer_stability", stability), ("similarity_bands", bands)):
-        with atomic_file(out / f"{name}.parquet") as tmp:
-            frame.write_parquet(tmp)
-    with atomic_file(out / HEADLINE_FILE) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
-    figure = similarity_bands_figure(bands, out / "similarity_bands.png")
+    summary = write_across(headlines, similarities, config.out)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
         print(pl.DataFrame([{"number": k, **v} for k, v in summary["summary"].items()]))
-        print(stability)
-    print(f"headline: {out / HEADLINE_FILE}; figure: {figure}")
+        print(pl.DataFrame(summary["critical_layer_stability"]))
+    print(
+        f"headline: {Path(config.out) / HEADLINE_FILE}; figure: {Path(config.out) / 'similarity_bands.png'}"
+    )
 
 
 if __name__ == "__main__":

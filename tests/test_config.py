@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from ftcircuits.config.data import DataConfig
+from ftcircuits.config.discovery import AnalysisConfig, DiscoverySettings
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.study import StudyConfig
 
@@ -72,3 +74,23 @@ def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
     )  # the rest: defaults
     with pytest.raises(ConfigError, match="needs scaling.use_gpu=true"):
         load_config(FinetuneConfig, None, ["deepspeed.precision=bf16"])
+
+
+def test_a_sample_seed_draws_the_same_seeded_rows_in_split_order_and_keys_circuits_apart():
+    items = pl.DataFrame({"id": list(range(20)), "prompt": [f"p{i}" for i in range(20)]})
+    first = DiscoverySettings(examples=5)
+    assert first.sample(items)["id"].to_list() == [0, 1, 2, 3, 4]
+    drawn = DiscoverySettings(examples=5, sample_seed=3).sample(items)["id"].to_list()
+    assert drawn == sorted(drawn) and len(set(drawn)) == 5 and drawn != [0, 1, 2, 3, 4]
+    assert DiscoverySettings(examples=5, sample_seed=3).sample(items)["id"].to_list() == drawn
+    assert DiscoverySettings(examples=5, sample_seed=4).sample(items)["id"].to_list() != drawn
+    assert DiscoverySettings(examples=50, sample_seed=3).sample(items).height == 20
+    assert "sample_seed" not in first.discovery_key()  # keys of circuits found before sampling existed hold
+    assert DiscoverySettings(examples=5, sample_seed=3).discovery_key()["sample_seed"] == 3
+
+
+def test_critical_k_is_a_share_of_the_layers_unless_given(tiny_run):
+    assert AnalysisConfig(run=tiny_run).critical_count(6) == 1  # round(0.2 * 6)
+    assert AnalysisConfig(run=tiny_run).critical_count(24) == 5  # the authors' k = 5 of 24
+    assert AnalysisConfig(run=tiny_run, critical_k=3).critical_count(6) == 3
+    assert AnalysisConfig(run=tiny_run, critical_k=9).critical_count(6) == 6

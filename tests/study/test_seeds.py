@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import polars as pl
 import pytest
 
-from ftcircuits.study.seeds import layer_stability, seed_summary, seed_table, similarity_bands
+from ftcircuits.study.seeds import layer_stability, seed_summary, seed_table, similarity_bands, write_across
 
 HEADLINES = {
     42: {"final_step": 1000, "edge_jaccard_final_vs_base": 0.5, "degenerate_baselines": [],
-         "critical_layers_topk": {"source": [0, 3], "destination": [5, 0]}, "flag": True},
+         "critical_layers_topk": {"source": [0, 3], "destination": [5, 0]}, "flag": True,
+         "critical_layers_mean_std": {"source": [0], "destination": [5]},
+         "robustness_mean_edge_jaccard_base": 0.9},
     0: {"final_step": 1000, "edge_jaccard_final_vs_base": 0.7, "degenerate_baselines": ["random-init"],
-        "critical_layers_topk": {"source": [0, 2], "destination": [5, 4]}, "flag": False},
+        "critical_layers_topk": {"source": [0, 2], "destination": [5, 4]}, "flag": False,
+        "critical_layers_mean_std": {"source": [0], "destination": []}},
     1: {"final_step": 1000, "edge_jaccard_final_vs_base": 0.6, "degenerate_baselines": [],
-        "critical_layers_topk": {"source": [0, 3], "destination": [5, 0]}, "flag": True},
+        "critical_layers_topk": {"source": [0, 3], "destination": [5, 0]}, "flag": True,
+        "critical_layers_mean_std": {"source": [0], "destination": [5]}},
 }  # fmt: skip
 
 
 def test_seed_table_and_summary_are_mean_and_sample_std():
     table = seed_table(HEADLINES)
-    assert table.columns == ["seed", "final_step", "edge_jaccard_final_vs_base"]  # no lists, no flags
+    # no lists, no flags, and no number only one seed has (robustness)
+    assert table.columns == ["seed", "final_step", "edge_jaccard_final_vs_base"]
     summary = seed_summary(table)
     assert summary["edge_jaccard_final_vs_base"]["mean"] == pytest.approx(0.6)
     assert summary["edge_jaccard_final_vs_base"]["std"] == pytest.approx(math.sqrt((0.01 + 0.01 + 0) / 2))
@@ -31,9 +37,25 @@ def test_seed_table_and_summary_are_mean_and_sample_std():
 def test_layer_stability_counts_the_seeds_choosing_each_layer():
     table = layer_stability(HEADLINES)
     assert table.rows() == [
-        ("destination", 0, 2, 3), ("destination", 4, 1, 3), ("destination", 5, 3, 3),
-        ("source", 0, 3, 3), ("source", 2, 1, 3), ("source", 3, 2, 3),
+        ("mean_std", "destination", 5, 2, 3), ("mean_std", "source", 0, 3, 3),
+        ("topk", "destination", 0, 2, 3), ("topk", "destination", 4, 1, 3), ("topk", "destination", 5, 3, 3),
+        ("topk", "source", 0, 3, 3), ("topk", "source", 2, 1, 3), ("topk", "source", 3, 2, 3),
     ]  # fmt: skip
+
+
+def test_write_across_writes_the_per_seed_values_and_the_summary(tmp_path):
+    similarity = pl.DataFrame(
+        {"step": [0, 100], "node_jaccard_base": [1.0, 0.8], "edge_jaccard_base": [1.0, 0.4]}
+    )
+    summary = write_across(HEADLINES, dict.fromkeys(HEADLINES, similarity), tmp_path / "across")
+    written = json.loads((tmp_path / "across" / "headline.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["seeds"]["0"]["edge_jaccard_final_vs_base"] == 0.7
+    assert written["summary"]["edge_jaccard_final_vs_base"]["mean"] == pytest.approx(0.6)
+    assert len(written["critical_layer_stability"]) == 8
+    assert sorted(p.name for p in (tmp_path / "across").iterdir()) == [
+        "headline.json", "layer_stability.parquet", "seeds.parquet", "similarity_bands.parquet",
+        "similarity_bands.png"]  # fmt: skip
 
 
 def test_similarity_bands_per_step():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.circuits.attribution import AttributionConfig
@@ -28,6 +29,9 @@ class DiscoverySettings(Strict):
 
     split: Split = "circuit"
     examples: int | None = Field(None, ge=1, description="first N items of the split (default: all)")
+    sample_seed: int | None = Field(
+        None, description="with examples: a random sample of N items drawn with this seed, not the first N"
+    )
     method: AttributionMethod = "eap-ig-inputs"
     steps: int = Field(5, ge=1)
     step_convention: StepConvention = "k=1..m"
@@ -48,7 +52,19 @@ class DiscoverySettings(Strict):
 
     def discovery_key(self) -> dict:
         """Return the settings that change a circuit (its part of the output key), not the plumbing."""
-        return self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
+        key = self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
+        if key["sample_seed"] is None:
+            del key["sample_seed"]  # the first N: keys (and cached circuits) from before sampling still hold
+        return key
+
+    def sample(self, items: pl.DataFrame) -> pl.DataFrame:
+        """Return the items circuits are discovered on: all, the first ``examples`` or a seeded sample."""
+        if not self.examples or self.examples >= items.height:
+            return items
+        if self.sample_seed is None:
+            return items.head(self.examples)
+        rows = items.with_row_index("_row").sample(self.examples, seed=self.sample_seed)
+        return rows.sort("_row").drop("_row")  # the same rows of every perturbed variant, in split order
 
 
 class CircuitJobConfig(DiscoverySettings):
@@ -114,7 +130,17 @@ class CircuitRunConfig(DiscoverySettings):
 class AnalysisConfig(CircuitRunConfig):
     """``jobs.analyze``: dynamics of the circuits ``jobs.circuits --run`` found with the same settings."""
 
-    critical_k: int = Field(5, ge=1, description="top-k critical layers (capped at the layer count)")
+    critical_k: int | None = Field(
+        None, ge=1, description="top-k critical layers (capped at the layer count)"
+    )
+    critical_k_share: float = Field(
+        0.2, gt=0, lt=1, description="without critical_k: k = max(1, round(share * layers)), as CircuitLoRA"
+    )
+
+    def critical_count(self, layers: int) -> int:
+        """Return k of the top-k critical layers for a model of ``layers`` layers."""
+        k = self.critical_k if self.critical_k is not None else max(1, round(self.critical_k_share * layers))
+        return min(k, layers)
 
 
 class CompositionalConfig(DiscoverySettings):

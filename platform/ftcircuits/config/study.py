@@ -42,7 +42,8 @@ class MultiSeedConfig(Strict):
     circuit_overrides: list[str] = Field(
         default_factory=list, description="--set overrides for jobs.circuits --run and jobs.analyze"
     )
-    robustness: bool = Field(True, description="robustness circuits (of the base: the same for every seed)")
+    vary_samples: bool = Field(True, description="each seed after the first: its own circuit-split sample")
+    robustness: bool = Field(True, description="robustness circuits (of the base: the first seed only)")
     out: Path = Path("runs/dynamics-tiny")
 
     @field_validator("seeds")

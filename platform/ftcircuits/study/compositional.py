@@ -35,7 +35,7 @@ PARTS = (*SUBTASKS, "full")  # the two subtasks, then the compositional task its
 def part_items(
     config: CompositionalConfig, loaded: LoadedModel, parts: Sequence[str] = PARTS
 ) -> dict[str, pl.DataFrame]:
-    """Return each part's items (the config's split, first ``examples``), building missing datasets."""
+    """Return each part's items (the config's split, ``examples`` of them), building missing datasets."""
     items = {}
     for part in parts:
         spec = TaskSpec(name="compositional", part=part)
@@ -43,7 +43,7 @@ def part_items(
         if not (directory / MANIFEST_FILE).is_file():
             make_task_dataset(spec, loaded.tokenizer, config.model, config.data)
         split = read_items(directory, config.split)
-        items[part] = split.head(config.examples) if config.examples else split
+        items[part] = config.sample(split)
     return items
 
 

@@ -159,7 +159,7 @@ class CircuitRunner:
 
     def items(self, ratio: float) -> pl.DataFrame:
         items = read_items(self.data, self.settings.split) if ratio == 0 else read_perturbed(self.data, ratio)
-        return items.head(self.settings.examples) if self.settings.examples else items
+        return self.settings.sample(items)
 
     def run(self, unit: CircuitUnit) -> dict:
         """Discover, evaluate and write the circuit of ``unit``; return its summary row."""

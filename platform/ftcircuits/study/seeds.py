@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import polars as pl
 
+from ftcircuits.paths import atomic_file
+from ftcircuits.report.circuit_figures import similarity_bands_figure
+from ftcircuits.study.dynamics import HEADLINE_FILE
 
-def seed_table(headlines: Mapping[int, dict]) -> pl.DataFrame:
-    """Return one row per seed with every scalar headline number (lists and tables are left out)."""
+
+def seed_table(headlines: Mapping[object, dict]) -> pl.DataFrame:
+    """Return one row per seed (or run) with every scalar headline number (lists and tables are left
+    out, and so are numbers only some headlines have, such as robustness computed for one seed)."""
     rows = []
     for seed, headline in headlines.items():
         scalars = {k: float(v) for k, v in headline.items() if type(v) in (int, float)}  # bools are flags
         rows.append({"seed": seed, **scalars})
-    return pl.DataFrame(rows)
+    shared = set.intersection(*(set(row) for row in rows))
+    return pl.DataFrame([{k: v for k, v in row.items() if k in shared} for row in rows])
 
 
 def seed_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
@@ -22,21 +30,26 @@ def seed_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
     return {c: {"mean": table[c].mean(), "std": table[c].std()} for c in columns}
 
 
-def layer_stability(headlines: Mapping[int, dict], key: str = "critical_layers_topk") -> pl.DataFrame:
-    """Return how often each layer is critical across seeds, per layer-score variant: (variant, layer,
-    seeds_chosen, seeds) for every layer chosen at least once."""
-    counts: dict[tuple[str, int], int] = {}
+CRITICAL_RULES = {"topk": "critical_layers_topk", "mean_std": "critical_layers_mean_std"}
+
+
+def layer_stability(headlines: Mapping[object, dict]) -> pl.DataFrame:
+    """Return how often each layer is critical across seeds, per rule and layer-score variant: (rule,
+    variant, layer, seeds_chosen, seeds) for every layer chosen at least once."""
+    counts: dict[tuple[str, str, int], int] = {}
     for headline in headlines.values():
-        for variant, layers in headline[key].items():
-            for layer in layers:
-                counts[variant, layer] = counts.get((variant, layer), 0) + 1
-    rows = [{"variant": v, "layer": layer, "seeds_chosen": n, "seeds": len(headlines)}
-            for (v, layer), n in counts.items()]  # fmt: skip
-    schema = {"variant": pl.String, "layer": pl.Int64, "seeds_chosen": pl.Int64, "seeds": pl.Int64}
-    return pl.DataFrame(rows, schema=schema).sort("variant", "layer")
+        for rule, key in CRITICAL_RULES.items():
+            for variant, layers in headline[key].items():
+                for layer in layers:
+                    counts[rule, variant, layer] = counts.get((rule, variant, layer), 0) + 1
+    rows = [{"rule": r, "variant": v, "layer": layer, "seeds_chosen": n, "seeds": len(headlines)}
+            for (r, v, layer), n in counts.items()]  # fmt: skip
+    schema = {"rule": pl.String, "variant": pl.String, "layer": pl.Int64, "seeds_chosen": pl.Int64,
+              "seeds": pl.Int64}  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).sort("rule", "variant", "layer")
 
 
-def similarity_bands(similarities: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
+def similarity_bands(similarities: Mapping[object, pl.DataFrame]) -> pl.DataFrame:
     """Return per step the mean and std over seeds of node and edge Jaccard against the base."""
     stacked = pl.concat([table.with_columns(seed=pl.lit(seed)) for seed, table in similarities.items()])
     return (
@@ -48,3 +61,28 @@ def similarity_bands(similarities: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
         )
         .sort("step")
     )
+
+
+def write_across(
+    headlines: Mapping[object, dict], similarities: Mapping[object, pl.DataFrame], out: Path
+) -> dict:
+    """Write the headline over several seeds or runs to ``out``: ``headline.json`` (``seeds``: each one's
+    headline; ``summary``: mean and std; ``critical_layer_stability``), ``seeds.parquet``,
+    ``layer_stability.parquet``, ``similarity_bands.parquet`` and ``similarity_bands.png``; return the
+    json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table, stability, bands = (
+        seed_table(headlines),
+        layer_stability(headlines),
+        similarity_bands(similarities),
+    )
+    summary = {"seeds": {str(s): h for s, h in headlines.items()}, "summary": seed_summary(table),
+               "critical_layer_stability": stability.to_dicts()}  # fmt: skip
+    for name, frame in (("seeds", table), ("layer_stability", stability), ("similarity_bands", bands)):
+        with atomic_file(out / f"{name}.parquet") as tmp:
+            frame.write_parquet(tmp)
+    with atomic_file(out / HEADLINE_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    similarity_bands_figure(bands, out / "similarity_bands.png")
+    return summary
