@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.config.data import PERTURB_RATIOS
@@ -38,14 +39,33 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True, **(local if address == "local" else {}))
 
 
+def _quiet_train_reports() -> None:
+    """Keep Ray Train's per-report INFO lines (two per checkpoint, with every metric) off the console.
+
+    ``LoggingConfig(log_level="WARNING")`` filters the ``ray.train.*`` loggers, but the line "Reporting
+    training result" comes from a logger Ray names by its file path, which that filter does not match.
+    """
+    from ray.train.v2._internal.execution import context
+
+    context.logger.setLevel(logging.WARNING)
+
+
 def _train_loop(payload: dict) -> None:
     import torch
 
+    _quiet_train_reports()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.set_num_threads(max(1, int(payload["config"].scaling.cpus_per_worker)))
 
+    name = Path(payload["config"].out).name
+
     def report(metrics: dict, path: Path | None) -> None:
+        if rank == 0 and "step" in metrics:  # the run's progress, one line per checkpoint
+            shown = ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items() if k != "step" and isinstance(v, float)
+            )
+            print(f"{name}: step {metrics['step']}" + (f", {shown}" if shown else ""), flush=True)
         ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -80,6 +100,7 @@ def finetune_trainer(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from our own reports
         ),
     )
 

@@ -1,0 +1,111 @@
+"""jobs.pipeline end to end on a real local Ray with a small model: every stage's outputs, one MLflow store,
+a rerun that redoes nothing, and the report rendering in headless Chromium with every figure loaded."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ftcircuits.report.screenshot import INSTALL_HINT, dump_dom, find_chromium
+from ftcircuits.run_layout import index_path
+from jobs import pipeline
+
+TASK = {"name": "addsub", "range": 100, "size": 100}
+
+
+def write_yaml(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_run, ray_cluster, monkeypatch_module) -> tuple[Path, str, list[str]]:
+    """Run the pipeline once (LoRA and CircuitLoRA, 5 steps each); return (out, stdout, its argv)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    preset = write_yaml(root / "preset.yaml", {
+        "model": str(tiny_run / "base"), "task": TASK, "method": {"name": "lora", "r": 4},
+        "scaling": {"workers": 1, "cpus_per_worker": 1}, "deepspeed": {"zero_stage": 0},
+        "train": {"epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
+                  "checkpoint_every": 2, "lr": 0.01},
+        "eval_batch_size": 64, "out": str(root / "unused"),
+    })  # fmt: skip
+    comparison = write_yaml(root / "compare.yaml", {
+        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [TASK], "seeds": [0],
+        "arms": [{"name": "lora"},
+                 {"name": "circuitlora",
+                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
+        "out": str(root / "unused-cmp"),
+    })  # fmt: skip
+    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["--set", f"out={root / 'study'}", "--set", f"comparison={comparison}",
+            "--set", f"tasks=[{TASK}]", "--set", 'circuit_overrides=["examples=16", "batch_size=8", '
+            '"baselines=[permuted]"]']  # fmt: skip
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        pipeline.main(argv)
+    return root / "study", stdout.getvalue(), argv
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_pipeline_writes_every_stage_and_one_mlflow_store(study):
+    out, stdout, _ = study
+    run = out / "comparison" / "addsub-100" / "lora" / "seed-0"
+    assert pl.read_parquet(index_path(run))["step"].to_list() == [0, 2, 4, 5]  # 80 items / 16, one epoch
+    table = pl.read_parquet(out / "comparison" / "comparison.parquet")
+    assert table.select("method", "seed").sort("method").rows() == [("circuitlora", 0), ("lora", 0)]
+    report = out / "report.html"
+    html = report.read_text()
+    for title in ("Accuracy before and after fine-tuning", "Circuit similarity over fine-tuning steps",
+                  "Faithfulness against budget", "Robustness to perturbed inputs",
+                  "Where the edges change: critical layers", "CircuitLoRA against LoRA"):  # fmt: skip
+        assert f">{title}<" in html
+    assert html.count("data:image/png;base64,") == 8
+    assert "lora_r: 4" in html or "lora_r&quot;: 4" in html or "'lora_r': 4" in html  # the exact configs
+
+    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    assert f"MLflow: mlflow ui --backend-store-uri {uri}" in stdout
+    assert f"report: {report.resolve()}" in stdout
+    experiments = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {"finetune", "circuits", "analysis", "compare-methods"} <= experiments  # every stage, one store
+    assert not (run / "mlflow.db").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_rerun_redoes_nothing(study):
+    out, _, argv = study
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".parquet", ".safetensors")
+              and "analysis" not in p.parts and p.name != "comparison.parquet"}  # fmt: skip
+    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    (finetune,) = [e for e in client.search_experiments() if e.name == "finetune"]
+    runs = len(client.search_runs([finetune.experiment_id]))
+    pipeline.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(client.search_runs([finetune.experiment_id])) == runs
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_report_renders_in_headless_chromium_with_every_figure(study):
+    if find_chromium() is None:
+        pytest.skip(INSTALL_HINT)
+    dom = dump_dom(study[0] / "report.html", width=1200)
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-figures="8"' in body and 'data-images-loaded="8"' in body
+    widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dom)]
+    assert len(widths) == 8 and min(widths) > 0
