@@ -134,3 +134,12 @@ def test_units_of_the_briefly_trained_baseline_load_its_directory(tiny_run, tmp_
     trained = [u for u in units if u.model == "briefly-trained"]
     assert {u.weights for u in trained} == {str(tmp_path)} and trained[0].key == "briefly-trained-seed0-p0.00"
     assert len(trained) == len([u for u in units if u.model == "permuted"])
+
+
+def test_robustness_ratios_pick_among_the_datasets_variants(tiny_run):
+    inputs = run_inputs(tiny_run)  # its dataset has one perturbed variant, 0.5
+    units = circuit_units(inputs, True, baselines=("permuted",), ratios=(0.5,))
+    assert [(u.model, u.ratio) for u in units if u.model != "checkpoint"] == [
+        ("base", 0.0), ("base", 0.5), ("permuted", 0.0), ("permuted", 0.5)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"robustness ratios \[0.3\] are not among"):
+        circuit_units(inputs, True, ratios=(0.3,))

@@ -99,6 +99,9 @@ class CircuitRunConfig(DiscoverySettings):
         default_factory=lambda: ["random-init", "random-scaled", "permuted"],
         description="robustness: the base against these (briefly-trained costs a short pre-training)",
     )
+    robustness_ratios: list[float] | None = Field(
+        None, description="robustness: these perturbation ratios of the dataset's (default: all)"
+    )
     random_seed: int = 0
     brief_steps: int = Field(200, ge=1, description="briefly-trained: optimiser steps on the tiny corpus")
     actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")

@@ -95,20 +95,28 @@ def circuit_units(
     random_seed: int = 0,
     baselines: tuple[Baseline, ...] = ("random-init", "random-scaled", "permuted"),
     briefly_trained: Path | None = None,
+    ratios: tuple[float, ...] | None = None,
 ) -> list[CircuitUnit]:
     """Return a unit per checkpoint, and with ``robustness`` per (base | each baseline, ratio).
 
     The briefly-trained baseline's weights are the model directory ``briefly_trained``
-    (``study.baselines.briefly_trained_baseline``), required when it is among ``baselines``.
+    (``study.baselines.briefly_trained_baseline``), required when it is among ``baselines``. ``ratios``
+    picks perturbation ratios among the dataset's (default: all of them).
     """
     units = [
         CircuitUnit(checkpoint_name(step), str(path), "checkpoint", step)
         for step, path in inputs.checkpoints.select("step", "path").iter_rows()
     ]
     if robustness:
-        ratios = sorted(float(r) for r in read_manifest(inputs.data).get("perturbed", {}))
-        if not ratios:
+        available = sorted(float(r) for r in read_manifest(inputs.data).get("perturbed", {}))
+        if not available:
             raise ValueError(f"robustness needs perturbed variants of {inputs.data}; it has none")
+        missing = sorted(set(ratios or ()) - set(available))
+        if missing:
+            raise ValueError(
+                f"robustness ratios {missing} are not among {inputs.data}'s variants {available}"
+            )
+        ratios = sorted(ratios) if ratios else available
         if "briefly-trained" in baselines and briefly_trained is None:
             raise ValueError("the briefly-trained baseline needs its model directory (briefly_trained)")
         seed = random_seed
@@ -132,7 +140,10 @@ def run_units(
         root = Path(config.run) / CIRCUITS_DIR / "baselines"
         trained = briefly_trained_baseline(inputs.base_model, root, config.brief_steps, config.random_seed,
                                            on_step)  # fmt: skip
-    return circuit_units(inputs, config.robustness, config.random_seed, tuple(config.baselines), trained)
+    ratios = tuple(config.robustness_ratios) if config.robustness_ratios else None
+    return circuit_units(
+        inputs, config.robustness, config.random_seed, tuple(config.baselines), trained, ratios
+    )
 
 
 def finished_circuit(out: Path, unit: CircuitUnit) -> dict | None:
