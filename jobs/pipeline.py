@@ -89,17 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     stage(f"data and base accuracy: {len(config.tasks)} tasks")
     loaded = load_model(run_config.model)
     datasets = task_datasets(config.tasks, loaded.tokenizer, run_config.model, out / "data")
-    measure = lambda: circuit_split_accuracy(loaded.model, loaded.tokenizer, datasets, config.eval_batch_size)  # noqa: E731
-    base = cached_accuracy(out / "accuracy" / "base.json", loaded.source, measure)
+
+    def measure() -> dict[str, float]:
+        return circuit_split_accuracy(loaded.model, loaded.tokenizer, datasets, config.eval_batch_size,
+                                      config.accuracy_examples)  # fmt: skip
+
+    label = f"{loaded.source}, first {config.accuracy_examples} items"
+    base = cached_accuracy(out / "accuracy" / "base.json", label, measure)
 
     stage(f"fine-tuning {run_config.method.name} on {run_config.task.dataset_name()} into {run}")
     finetune(run_config)
     final = read_checkpoint_index(run).row(-1, named=True)
     weights = CheckpointWeights(loaded)
     weights.swap_to(final["path"])
-    tuned = cached_accuracy(out / "accuracy" / "finetuned.json", str(final["path"]), measure)
+    tuned = cached_accuracy(out / "accuracy" / "finetuned.json", f"{final['path']}, {label}", measure)
     accuracy = {"base": base, f"{run_config.method.name}, step {final['step']}": tuned}
-    accuracy_bars(accuracy, out / "accuracy" / "accuracy.png", f"{loaded.source}: accuracy before and after")
+    accuracy_bars(
+        accuracy, out / "accuracy" / "accuracy.png", f"{run_config.model}: accuracy before and after"
+    )
     print(f"\n{'task (circuit split)':24s} {'base':>7s} {'tuned':>7s}")
     for name in base:
         print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")

@@ -22,8 +22,11 @@ class PipelineConfig(Strict):
     )
     dynamics_arm: str = Field("lora", description="the comparison arm whose run's circuits are studied")
     circuit_overrides: list[str] = Field(
-        default_factory=lambda: ["baselines=[permuted]"],
+        default_factory=lambda: ["examples=128", "baselines=[permuted]", "robustness_ratios=[0.3, 0.6, 0.9]"],
         description="--set overrides of jobs.circuits --run and jobs.analyze (and the CircuitLoRA probe)",
+    )
+    accuracy_examples: int | None = Field(
+        500, ge=1, description="the accuracy table on each circuit split's first N items (default: all)"
     )
     eval_batch_size: int = Field(256, ge=1)
     threads: int = Field(2, ge=1)

@@ -27,13 +27,21 @@ def task_datasets(
 
 
 def circuit_split_accuracy(
-    model, tokenizer: PreTrainedTokenizerBase, datasets: Mapping[str, Path], batch_size: int = 256
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    datasets: Mapping[str, Path],
+    batch_size: int = 256,
+    examples: int | None = None,
 ) -> dict[str, float]:
-    """Return the model's accuracy on each dataset's circuit split (held out from fine-tuning)."""
-    return {
-        name: task_accuracy(model, tokenizer, read_items(path, "circuit"), batch_size)["all"]
-        for name, path in datasets.items()
-    }
+    """Return the model's accuracy on each dataset's circuit split (held out from fine-tuning), on its
+    first ``examples`` items (default: all)."""
+    accuracy = {}
+    for name, path in datasets.items():
+        items = read_items(path, "circuit")
+        accuracy[name] = task_accuracy(model, tokenizer, items.head(examples or items.height), batch_size)[
+            "all"
+        ]
+    return accuracy
 
 
 def accuracy_table(columns: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
