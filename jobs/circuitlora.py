@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from ftcircuits.cluster.circuit_pool import circuits_over_run
+from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.cluster.train import connect, finetune
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.discovery import CircuitRunConfig
@@ -32,7 +33,7 @@ from ftcircuits.study.circuitlora import (
 )
 from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 
 
 def checked_presets(config: CircuitLoraConfig) -> tuple[FinetuneConfig, FinetuneConfig | None]:
@@ -59,7 +60,8 @@ def probe_stage(
     circuit_config = load_config(CircuitRunConfig, None, [f"run={probe_run}", "robustness=false",
                                                           *circuit_overrides])  # fmt: skip
     print(f"== circuits of every checkpoint of {probe_run}")
-    connect()
+    with exit_on(ClusterError):
+        connect()
     circuits_dir, _, computed = circuits_over_run(circuit_config)
     print(f"{computed} circuits computed: {circuits_dir}")
     return probe_run, circuits_dir

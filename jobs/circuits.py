@@ -16,13 +16,14 @@ from tqdm import tqdm
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import edges_table, write_circuit
 from ftcircuits.cluster.circuit_pool import circuits_over_run
+from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.discovery import CircuitJobConfig, CircuitRunConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.study.over_run import METRICS, RunInputs, run_inputs, run_units
 from ftcircuits.tasks.io import read_items, read_manifest
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +71,8 @@ def circuits_of_run(config: CircuitRunConfig) -> None:
     training = config.robustness and "briefly-trained" in config.baselines
     with tqdm(total=config.brief_steps, desc="briefly-trained baseline", disable=not training) as brief:
         units = run_units(config, inputs, lambda step, loss: brief.update())  # trains that baseline if asked
-    connect()
+    with exit_on(ClusterError):
+        connect()
     logger = circuits_logger(config, inputs)
     bar = tqdm(total=len(units), desc="circuits", unit="circuit")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ftcircuits.config.loading import ConfigError, Schema, load_config
@@ -37,3 +38,13 @@ def parse_config(schema: type[Schema], args: argparse.Namespace, extra: list[str
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@contextmanager
+def exit_on(*errors: type[Exception]) -> Iterator[None]:
+    """Turn ``errors`` raised inside into exit status 1 with ``error: message`` on stderr, no traceback
+    (``with exit_on(ClusterError): connect()``)."""
+    try:
+        yield
+    except errors as error:
+        raise SystemExit(f"error: {error}") from None

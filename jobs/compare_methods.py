@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.data import TaskSpec
@@ -41,7 +42,7 @@ from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
 from jobs.circuitlora import probe_stage
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 from tuning.compare import ComparisonRuns, run_comparison
 
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             check_run_schedule(run.config, data_dirs[run.task])
     except ValueError as error:
         raise SystemExit(f"error: {run.key}: {error}") from None
-    connect()
+    with exit_on(ClusterError):
+        connect()
     runs = with_circuitlora_plans(config, runs)
     mlflow = ComparisonRuns(config.out, {run.key: run for run in runs}, list(data_dirs))
     results = run_comparison(runs, data_dirs, config.out, [mlflow])

@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny tokenizer, small random tiny models and their directories, hand-built
-circuits, and a private local Ray cluster (no network)."""
+circuits, a private local Ray cluster, and a local head to submit jobs to (no network)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import requests
 import torch
 
 from ftcircuits.circuits.graph import Graph
@@ -136,6 +138,65 @@ def ray_cluster() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
+STALE_PACKAGE_ERROR = "this node's own ftcircuits is stale"
+
+
+@dataclass(frozen=True)
+class SubmissionCluster:
+    """A Ray head as ``python -m jobs.local_cluster up`` starts it (token auth, MLflow server), whose
+    nodes have a stale ``ftcircuits`` first on their PYTHONPATH: only code shipped with a job runs."""
+
+    state: object  # jobs.local_cluster.LocalCluster
+    root: Path  # the repository: the working directory submissions ship
+
+    def client_env(self, **changes: str | None) -> dict[str, str]:
+        """The submitting shell's environment (``up``'s exports), with ``changes`` (None: unset)."""
+        env = {k: v for k, v in os.environ.items() if k not in RAY_ENVIRONMENT} | self.state.environment()
+        for name, value in changes.items():
+            env.pop(name, None) if value is None else env.__setitem__(name, value)
+        return env
+
+    def submit(
+        self, module: str, args: list[str], env_vars: dict[str, str], submission_id: str,
+        env: dict[str, str] | None = None, timeout: float = 900,
+    ) -> subprocess.CompletedProcess:  # fmt: skip
+        """Run ``ray job submit`` (``jobs.local_cluster.submit_command``) to the end; return its process."""
+        from jobs.local_cluster import submit_command
+
+        command = submit_command(module, args, env_vars, self.root, submission_id=submission_id)
+        return subprocess.run(command, env=env or self.client_env(), cwd=self.root, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+
+    def job(self, submission_id: str, what: str = "") -> dict:
+        """GET the job's record (``what="/logs"``: its logs) from the dashboard's REST API."""
+        headers = {"Authorization": f"Bearer {self.state.token_path.read_text().strip()}"}
+        reply = requests.get(f"{self.state.dashboard_url}/api/jobs/{submission_id}{what}", headers=headers,
+                             timeout=30)  # fmt: skip
+        reply.raise_for_status()
+        return reply.json()
+
+
+@pytest.fixture(scope="session")
+def submission_cluster() -> Iterator[SubmissionCluster]:
+    """A local head with an MLflow server for the session (``jobs.local_cluster.up``, 2 CPUs), stopped by
+    ``down`` (its own processes only). Its state, token and MLflow store sit in a temporary directory;
+    its jobs' default FTCIRCUITS_STORAGE is ``<that>/cluster-storage``."""
+    from jobs.local_cluster import down, up
+
+    root = Path(tempfile.mkdtemp(prefix="ftc-submit-"))
+    stale = root / "stale" / "ftcircuits"
+    stale.mkdir(parents=True)
+    (stale / "__init__.py").write_text(f"raise ImportError({STALE_PACKAGE_ERROR!r})\n")
+    pythonpath = os.pathsep.join([str(stale.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    try:
+        state, started = up(root / "state", root / "cluster-storage", cpus=2, env={"PYTHONPATH": pythonpath})
+        assert started
+        yield SubmissionCluster(state, Path(__file__).resolve().parents[1])
+    finally:
+        down(root / "state")
         shutil.rmtree(root, ignore_errors=True)
 
 

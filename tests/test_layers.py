@@ -1,6 +1,6 @@
 """The layers, read from every module's imports (module level and inside functions alike).
 
-Lowest first: the leaves (encoding, run_layout, options, paths; they import only options), tasks
+Lowest first: the leaves (encoding, run_layout, options, paths, storage; they import only options), tasks
 and models, then the engines circuits and finetune (never each other), then study, then cluster,
 jobs and tuning.
 """
@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = Path("platform/ftcircuits")
 LIB = "platform/ftcircuits"  # planted paths below
-LEAVES = {"encoding", "run_layout", "options", "paths"}
+LEAVES = {"encoding", "run_layout", "options", "paths", "storage"}
 ORCHESTRATION = "study"
 NEVER = {
     "tasks": {"circuits", "finetune", "cluster", ORCHESTRATION},

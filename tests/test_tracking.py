@@ -27,3 +27,12 @@ def test_a_run_with_regex_keyed_params_is_created_in_a_real_store(tmp_path):
     uri, run_id = create_run(tmp_path, "circuitlora", "t", {"method": {"rank_pattern": RANK_PATTERN}})
     logged = MlflowClient(uri).get_run(run_id).data.params
     assert json.loads(logged["method.rank_pattern"]) == RANK_PATTERN
+
+
+def test_a_tracking_server_keeps_artifacts_in_its_own_store_a_local_one_under_out(tmp_path):
+    from ftcircuits.tracking.mlflow_runs import artifact_location
+
+    assert artifact_location("http://127.0.0.1:5000", tmp_path / "run") is None
+    assert artifact_location(f"sqlite:///{tmp_path}/run/mlflow.db", tmp_path / "run") == (
+        f"file://{tmp_path}/run/mlartifacts"
+    )

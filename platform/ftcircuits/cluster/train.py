@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import ray
@@ -13,6 +12,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ftcircuits.cluster.connection import connect
 from ftcircuits.config.data import PERTURB_RATIOS
 from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
@@ -22,21 +22,6 @@ from ftcircuits.run_layout import DATA_DIR, RAY_DIR, read_run_record, run_config
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
-
-
-def connect(num_cpus: int | None = None) -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one of our own.
-
-    Without ``RAY_ADDRESS`` a plain ``ray.init()`` would join any cluster already running on the
-    machine (whose workers cannot import this package); ``address="local"`` never does. A local Ray
-    starts its dashboard: it serves the State API, through which Ray Train's placement-group cleaner
-    learns that a trainer's controller died (a Tune trial ASHA stopped) and frees its CPUs; without
-    it the cleaner only warns, forever, and later trials wait for resources that never come back.
-    """
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        local = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
-        ray.init(address=address, log_to_driver=True, **(local if address == "local" else {}))
 
 
 def _quiet_train_reports() -> None:

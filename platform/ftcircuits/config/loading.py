@@ -2,6 +2,9 @@
 
 Every error (unknown field, wrong type, unknown task, bad range, unreadable
 model path) is raised as one ConfigError naming the field, before any work.
+Run paths (``out`` and the runs a job reads) are resolved against the storage
+root here (``ftcircuits.storage``), so every job and every preset loaded by
+path stores its runs in the same place.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from ftcircuits.storage import StorageError, resolve_out, resolve_run_path
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the field."""
 
 
 Schema = TypeVar("Schema", bound=BaseModel)
+
+RUN_PATH_FIELDS = ("out", "run", "probe_run", "probe_runs", "data")
+"""Top-level fields that name a run's directory (written or read), stored under ``FTCIRCUITS_STORAGE``."""
 
 
 def schema_defaults(schema: type[BaseModel]) -> dict:
@@ -65,6 +73,31 @@ def describe_validation_error(error: ValidationError) -> str:
     return "invalid config: " + "; ".join(lines)
 
 
+def _stored(name: str, value):
+    if isinstance(value, dict):
+        return {key: _stored(name, item) for key, item in value.items()}
+    if not isinstance(value, str | Path):
+        return value  # not a path: validation names the field
+    return str(resolve_out(value, name) if name == "out" else resolve_run_path(value))
+
+
+def resolve_run_paths(schema: type[BaseModel], tree: dict, defaults: dict) -> dict:
+    """Return ``tree`` with the schema's run paths (given or default) resolved by ``ftcircuits.storage``;
+    raise ConfigError for a relative ``out`` that would be lost with a Ray job's working directory."""
+    resolved = dict(tree)
+    for name in RUN_PATH_FIELDS:
+        value = tree.get(name, defaults.get(name))
+        if name not in schema.model_fields or value is None:
+            continue
+        try:
+            stored = _stored(name, value)
+        except StorageError as error:
+            raise ConfigError(str(error)) from None
+        if stored != value:
+            resolved[name] = stored
+    return resolved
+
+
 def load_config(schema: type[Schema], path: Path | None = None, overrides: list[str] = ()) -> Schema:
     """Load ``schema`` from a YAML file (or defaults) with dotted overrides; raise ConfigError."""
     tree: dict = {}
@@ -81,6 +114,7 @@ def load_config(schema: type[Schema], path: Path | None = None, overrides: list[
     defaults = schema_defaults(schema)
     for assignment in overrides:
         tree = apply_override(tree, assignment, defaults)
+    tree = resolve_run_paths(schema, tree, defaults)
     try:
         return schema.model_validate(tree)
     except ValidationError as error:

@@ -20,6 +20,13 @@ def tracking_uri(out: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str, out: Path) -> str | None:
+    """Return where a new experiment keeps its artifacts: a tracking server's own store (None: the
+    server's ``--artifacts-destination``, shared by runs of every ``out``), else ``<out>/mlartifacts``
+    (MLflow's default, ``./mlruns``, would land in the current directory)."""
+    return None if uri.startswith(("http://", "https://")) else (Path(out).resolve() / "mlartifacts").as_uri()
+
+
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
     """Flatten nested config values into dotted MLflow params.
 
@@ -46,8 +53,7 @@ def create_run(out: Path, experiment: str, run_name: str, params: dict) -> tuple
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        artifacts = (Path(out).resolve() / "mlartifacts").as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location(uri, out))
     else:
         experiment_id = found.experiment_id
     run = client.create_run(experiment_id, run_name=run_name)
