@@ -8,7 +8,14 @@ import math
 import polars as pl
 import pytest
 
-from ftcircuits.study.seeds import layer_stability, seed_summary, seed_table, similarity_bands, write_across
+from ftcircuits.study.seeds import (
+    budget_bands,
+    layer_stability,
+    seed_summary,
+    seed_table,
+    similarity_bands,
+    write_across,
+)
 
 HEADLINES = {
     42: {"final_step": 1000, "edge_jaccard_final_vs_base": 0.5, "degenerate_baselines": [],
@@ -53,9 +60,10 @@ def test_write_across_writes_the_per_seed_values_and_the_summary(tmp_path):
     assert written["seeds"]["0"]["edge_jaccard_final_vs_base"] == 0.7
     assert written["summary"]["edge_jaccard_final_vs_base"]["mean"] == pytest.approx(0.6)
     assert len(written["critical_layer_stability"]) == 8
+    assert written["by_budget"] == []  # these headlines have no budget curve
     assert sorted(p.name for p in (tmp_path / "across").iterdir()) == [
-        "headline.json", "layer_stability.parquet", "seeds.parquet", "similarity_bands.parquet",
-        "similarity_bands.png"]  # fmt: skip
+        "budget_bands.parquet", "headline.json", "layer_stability.parquet", "seeds.parquet",
+        "similarity_bands.parquet", "similarity_bands.png"]  # fmt: skip
 
 
 def test_similarity_bands_per_step():
@@ -67,3 +75,16 @@ def test_similarity_bands_per_step():
     assert bands["step"].to_list() == [0, 100] and bands["seeds"].to_list() == [2, 2]
     assert bands["node_jaccard_base_mean"].to_list() == pytest.approx([1.0, 0.7])
     assert bands["edge_jaccard_base_std"].to_list() == pytest.approx([0.0, math.sqrt(0.02)])
+
+
+def test_budget_bands_are_mean_and_std_per_budget():
+    def headline(edge: float) -> dict:
+        return {"jaccard_final_vs_base_by_budget": [
+            {"budget": 0.01, "edges": 36, "node_jaccard": 0.4, "edge_jaccard": edge},
+            {"budget": 0.05, "edges": 179, "node_jaccard": 0.6, "edge_jaccard": 2 * edge}]}  # fmt: skip
+
+    bands = budget_bands({0: headline(0.1), 1: headline(0.2)})
+    assert bands["budget"].to_list() == [0.01, 0.05] and bands["seeds"].to_list() == [2, 2]
+    assert bands["edge_jaccard_mean"].to_list() == pytest.approx([0.15, 0.3])
+    assert bands["edge_jaccard_std"].to_list() == pytest.approx([math.sqrt(0.005), math.sqrt(0.02)])
+    assert bands["node_jaccard_std"].to_list() == [0.0, 0.0]

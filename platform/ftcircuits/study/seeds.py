@@ -63,23 +63,46 @@ def similarity_bands(similarities: Mapping[object, pl.DataFrame]) -> pl.DataFram
     )
 
 
+def budget_bands(headlines: Mapping[object, dict]) -> pl.DataFrame:
+    """Return per edge budget the mean and std over seeds of node and edge Jaccard, base vs final (from
+    each headline's ``jaccard_final_vs_base_by_budget``); empty when the headlines have none."""
+    rows = [row | {"seed": str(seed)} for seed, headline in headlines.items()
+            for row in headline.get("jaccard_final_vs_base_by_budget", [])]  # fmt: skip
+    if not rows:
+        return pl.DataFrame()
+    columns = ("node_jaccard", "edge_jaccard")
+    return (
+        pl.DataFrame(rows)
+        .group_by("budget")
+        .agg(
+            *(pl.col(c).mean().alias(f"{c}_mean") for c in columns),
+            *(pl.col(c).std().alias(f"{c}_std") for c in columns),
+            pl.len().alias("seeds"),
+        )
+        .sort("budget")
+    )
+
+
 def write_across(
     headlines: Mapping[object, dict], similarities: Mapping[object, pl.DataFrame], out: Path
 ) -> dict:
     """Write the headline over several seeds or runs to ``out``: ``headline.json`` (``seeds``: each one's
     headline; ``summary``: mean and std; ``critical_layer_stability``), ``seeds.parquet``,
-    ``layer_stability.parquet``, ``similarity_bands.parquet`` and ``similarity_bands.png``; return the
-    json."""
+    ``layer_stability.parquet``, ``similarity_bands.parquet``, ``budget_bands.parquet`` (Jaccard against
+    the budget) and ``similarity_bands.png``; return the json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table, stability, bands = (
-        seed_table(headlines),
-        layer_stability(headlines),
-        similarity_bands(similarities),
-    )
+    table, stability = seed_table(headlines), layer_stability(headlines)
+    bands, budgets = similarity_bands(similarities), budget_bands(headlines)
     summary = {"seeds": {str(s): h for s, h in headlines.items()}, "summary": seed_summary(table),
-               "critical_layer_stability": stability.to_dicts()}  # fmt: skip
-    for name, frame in (("seeds", table), ("layer_stability", stability), ("similarity_bands", bands)):
+               "critical_layer_stability": stability.to_dicts(), "by_budget": budgets.to_dicts()}  # fmt: skip
+    tables = {
+        "seeds": table,
+        "layer_stability": stability,
+        "similarity_bands": bands,
+        "budget_bands": budgets,
+    }
+    for name, frame in tables.items():
         with atomic_file(out / f"{name}.parquet") as tmp:
             frame.write_parquet(tmp)
     with atomic_file(out / HEADLINE_FILE) as tmp:
