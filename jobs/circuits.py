@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import edges_table, write_circuit
 from ftcircuits.cluster.circuit_pool import circuits_over_run
-from ftcircuits.cluster.connection import ClusterError
+from ftcircuits.cluster.connection import ClusterError, check_shared_outputs
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.discovery import CircuitJobConfig, CircuitRunConfig
 from ftcircuits.models.loader import load_model
@@ -73,6 +73,7 @@ def circuits_of_run(config: CircuitRunConfig) -> None:
         units = run_units(config, inputs, lambda step, loss: brief.update())  # trains that baseline if asked
     with exit_on(ClusterError):
         connect()
+        check_shared_outputs(config.run)
     logger = circuits_logger(config, inputs)
     bar = tqdm(total=len(units), desc="circuits", unit="circuit")
 

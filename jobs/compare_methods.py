@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ftcircuits.cluster.connection import ClusterError
+from ftcircuits.cluster.connection import ClusterError, check_shared_outputs
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.data import TaskSpec
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {run.key}: {error}") from None
     with exit_on(ClusterError):
         connect()
+        check_shared_outputs(config.out)
     runs = with_circuitlora_plans(config, runs)
     mlflow = ComparisonRuns(config.out, {run.key: run for run in runs}, list(data_dirs))
     results = run_comparison(runs, data_dirs, config.out, [mlflow])

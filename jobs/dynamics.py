@@ -5,11 +5,12 @@
 For each seed, the dynamics stage as the main job runs it (``jobs.finetune``, ``jobs.circuits --run``,
 ``jobs.analyze``), each cached: a finished run, its circuits and its analysis are reused. The seed of
 the preset itself runs in the preset's ``out`` (so the main job's run serves); the others in
-``<out>/seed-<s>``, their circuits on a circuit-split sample of their own (``sample_seed`` = the seed;
-the first seed keeps the first examples, so the main job's circuits serve). Robustness circuits are of
-the base model: only the first seed computes them. Outputs in ``out``: ``headline.json`` (``seeds``:
-each seed's headline; ``summary``: mean and std; ``critical_layer_stability``), ``seeds.parquet``,
-``layer_stability.parquet`` and ``similarity_bands.png``.
+``<out>/seed-<s>``, their circuits on a circuit-split sample of their own (``sample_seed`` = the
+seed's position; the first keeps the default sample, so the main job's circuits serve). Robustness
+circuits are of the base model: only the first seed computes them. Outputs in ``out``:
+``headline.json`` (``seeds``: each seed's headline; ``summary``: mean and std;
+``critical_layer_stability``; ``by_budget``), ``seeds.parquet``, ``layer_stability.parquet``,
+``budget_bands.parquet`` and ``similarity_bands.png``.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     for index, seed in enumerate(config.seeds):
         run, train = seed_run(config, preset, seed)
         robust = config.robustness and index == 0
-        sample = [f"sample_seed={seed}"] if config.vary_samples and index > 0 else []
+        sample = [f"sample_seed={index}"] if config.vary_samples and index > 0 else []
         overrides = [*config.circuit_overrides, *sample, f"robustness={str(robust).lower()}"]
         flags = [arg for value in overrides for arg in ("--set", value)]
         print(f"\n== seed {seed} ({index + 1}/{len(config.seeds)}): fine-tuning into {run}")
         finetune.main(["--config", str(config.finetune_config), *[a for v in train for a in ("--set", v)]])
-        print(f"\n== seed {seed}: circuits of every checkpoint ({' '.join(sample) or 'the first examples'})")
+        print(f"\n== seed {seed}: circuits of every checkpoint ({' '.join(sample) or 'the default sample'})")
         circuits.main(["--run", str(run), *flags])
         print(f"\n== seed {seed}: analysis")
         analyze.main(["--run", str(run), *flags])

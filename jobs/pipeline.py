@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
 from ftcircuits.cluster.train import finetune
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError, load_config
@@ -32,7 +33,7 @@ from ftcircuits.study.accuracy import circuit_split_accuracy, task_datasets
 from ftcircuits.study.comparison import arm_config
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs import analyze, circuits, compare_methods
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 from jobs.dynamics import analysis_dir
 
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     run = Path(run_config.out)
+    with exit_on(ClusterError):  # before any work: the cluster, its package and its storage
+        connect()
+        check_shared_outputs(out, run)
     overrides = [arg for value in config.circuit_overrides for arg in ("--set", value)]
     torch.set_num_threads(config.threads)
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         return circuit_split_accuracy(loaded.model, loaded.tokenizer, datasets, config.eval_batch_size,
                                       config.accuracy_examples)  # fmt: skip
 
-    label = f"{loaded.source}, first {config.accuracy_examples} items"
+    label = f"{loaded.source}, {config.accuracy_examples} items (seed 0)"
     base = cached_accuracy(out / "accuracy" / "base.json", label, measure)
 
     stage(f"fine-tuning {run_config.method.name} on {run_config.task.dataset_name()} into {run}")

@@ -78,14 +78,17 @@ def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
 
 def test_a_sample_seed_draws_the_same_seeded_rows_in_split_order_and_keys_circuits_apart():
     items = pl.DataFrame({"id": list(range(20)), "prompt": [f"p{i}" for i in range(20)]})
-    first = DiscoverySettings(examples=5)
+    first = DiscoverySettings(examples=5, sample_seed=None)
     assert first.sample(items)["id"].to_list() == [0, 1, 2, 3, 4]
+    assert DiscoverySettings(examples=5).sample(items)["id"].to_list() == (
+        DiscoverySettings(examples=5, sample_seed=0).sample(items)["id"].to_list()
+    )  # a sample by default
     drawn = DiscoverySettings(examples=5, sample_seed=3).sample(items)["id"].to_list()
     assert drawn == sorted(drawn) and len(set(drawn)) == 5 and drawn != [0, 1, 2, 3, 4]
     assert DiscoverySettings(examples=5, sample_seed=3).sample(items)["id"].to_list() == drawn
     assert DiscoverySettings(examples=5, sample_seed=4).sample(items)["id"].to_list() != drawn
     assert DiscoverySettings(examples=50, sample_seed=3).sample(items).height == 20
-    assert "sample_seed" not in first.discovery_key()  # keys of circuits found before sampling existed hold
+    assert first.discovery_key()["sample_seed"] is None
     assert DiscoverySettings(examples=5, sample_seed=3).discovery_key()["sample_seed"] == 3
 
 

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from ftcircuits.cluster.connection import check_shared_outputs
 from ftcircuits.cluster.train import finetune_trainer, record_run
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import read_checkpoint_index, run_finished
@@ -87,6 +88,7 @@ def run_comparison(
     runs: list[ComparedRun], data_dirs: dict[str, Path], out: Path, callbacks: list
 ) -> tune.ResultGrid:
     """Fit every run as a Tune trial, as many at a time as the cluster's CPUs hold; return Tune's results."""
+    check_shared_outputs(out, *(run.config.out for run in runs))
     by_key = {run.key: run for run in runs}
     per_run = max(run.config.scaling.workers * run.config.scaling.cpus_per_worker for run in runs)
     concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // per_run))

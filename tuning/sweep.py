@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig, SweepSpace
 from ftcircuits.config.training import FinetuneConfig
@@ -31,7 +32,7 @@ from ftcircuits.study.circuitlora import PLAN_FILE, check_plannable
 from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run, tracking_uri
 from jobs.circuitlora import probe_stage
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 from tuning.tracking import TrialRuns, stopped_early
 from tuning.trial import TRIALS_DIR, SweepInputs, circuitlora_config, run_trial
 
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ())
         raise SystemExit(f"error: {error}") from None
     out = Path(config.out).resolve()
     inputs = sweep_inputs(config, preset, probe_preset)
+    with exit_on(ClusterError):
+        connect()  # Tune would otherwise join any cluster on the machine
+        check_shared_outputs(out)
     uri, parent = parent_run(config, out)
     results = build_tuner(config, inputs, out, [TrialRuns(uri, parent, out), *callbacks]).fit()
     trials = trials_table(results, out)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ray
 
+from ftcircuits.cluster.connection import check_shared_outputs
 from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
 from ftcircuits.study.over_run import (
     CircuitRunner,
@@ -47,8 +48,12 @@ def start_actors(
     count: int, runner_args: tuple, cpus: float = 1, gpus: float = 0, retries: int = 2
 ) -> list[ray.actor.ActorHandle]:
     """Start ``count`` circuit actors (each loads the base model once)."""
-    remote = ray.remote(CircuitActor).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=retries
+    remote = ray.remote(CircuitActor).options(  # spread over the nodes: each holds a model
+        num_cpus=cpus,
+        num_gpus=gpus,
+        max_restarts=retries,
+        max_task_retries=retries,
+        scheduling_strategy="SPREAD",
     )
     return [remote.remote(*runner_args) for _ in range(count)]
 
@@ -101,6 +106,7 @@ def circuits_over_run(
         if row is not None and on_result is not None:
             on_result(row)
     if todo:
+        check_shared_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         actors = start_actors(
             min(config.actors, len(todo)), (inputs.base_model, inputs.data, config, out),

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import ray
 
+from ftcircuits.run_layout import RAY_DIR
+from ftcircuits.storage import STORAGE_ENV, storage_root
+
 SHIPPED_PACKAGES = ("ftcircuits", "jobs", "tuning")
 SHIPPING_EXCLUDES = (
     "__pycache__", "*.pyc", "/.git", "/.venv*", "/runs", "/data", "mlruns", "*.db",
@@ -134,3 +137,57 @@ def connect(num_cpus: int | None = None) -> None:
     driver = Path(sys.modules["ftcircuits"].__path__[0])
     print(f"Ray cluster {where}: the driver ({sys.executable}) imports ftcircuits from {driver}; "
           f"its workers ({workers['python']}) from {workers['path']}", flush=True)  # fmt: skip
+
+
+RAY_STORAGE_ENV = "FTCIRCUITS_RAY_STORAGE"  # Ray Train's own storage (a shared path or s3:// URI)
+
+
+def alive_nodes() -> int:
+    """Return how many nodes of the connected cluster are alive."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_shared_outputs(*outputs: Path) -> None:
+    """Refuse, on a cluster of more than one node, outputs that only one node's disk would hold, and an
+    MLflow store that is a file on the driver's disk; on one node, accept everything.
+
+    Run directories, checkpoints and circuits are written by Ray workers that may sit on any node, so
+    they must lie under ``FTCIRCUITS_STORAGE`` (a path every node mounts: NFS, EFS, a FUSE-mounted
+    bucket); rank 0 logs to MLflow from its own node, so the store must be a server
+    (``MLFLOW_TRACKING_URI=http://<head>:5000``).
+    """
+    nodes = alive_nodes()
+    if nodes <= 1:
+        return
+    root = storage_root()
+    for out in outputs:
+        path = Path(out).resolve()
+        if root is None or not path.is_relative_to(root.resolve()):
+            where = f"under {STORAGE_ENV}={root}" if root is not None else f"set {STORAGE_ENV}"
+            raise ClusterError(
+                f"{out} is on this node's disk and the cluster has {nodes} nodes, whose workers write "
+                f"checkpoints and circuits there: {where} (a path every node mounts) and keep outputs "
+                "under it, or give relative outputs"
+            )
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise ClusterError(
+            f"MLflow would be a SQLite file on the driver's disk ({uri or 'the default'}) and the cluster "
+            f"has {nodes} nodes, whose rank-0 workers log to it: set MLFLOW_TRACKING_URI to an MLflow server "
+            "every node reaches (python -m jobs.local_cluster up starts one; ray_cluster.yaml runs one on "
+            "the head)"
+        )
+
+
+def ray_storage_path(out: Path) -> str:
+    """Return Ray Train's ``storage_path`` for a run in ``out``: under ``FTCIRCUITS_RAY_STORAGE`` (a shared
+    path or an ``s3://`` URI, which Ray Train writes through pyarrow) when set, at ``out``'s path below
+    the storage root (its name elsewhere), else ``<out>/ray``."""
+    shared = os.environ.get(RAY_STORAGE_ENV)
+    if not shared:
+        return str(Path(out) / RAY_DIR)
+    root, path = storage_root(), Path(out).resolve()
+    below = (
+        path.relative_to(root.resolve()) if root is not None and path.is_relative_to(root.resolve()) else None
+    )
+    return f"{shared.rstrip('/')}/{(below or Path(path.name)).as_posix()}"

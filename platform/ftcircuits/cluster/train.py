@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 import ray
@@ -12,13 +13,13 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ftcircuits.cluster.connection import connect
+from ftcircuits.cluster.connection import check_shared_outputs, connect, ray_storage_path
 from ftcircuits.config.data import PERTURB_RATIOS
 from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import DATA_DIR, RAY_DIR, read_run_record, run_config_path, run_finished
+from ftcircuits.run_layout import DATA_DIR, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
@@ -50,7 +51,9 @@ def _train_loop(payload: dict) -> None:
             shown = ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items() if k != "step" and isinstance(v, float)
             )
-            print(f"{name}: step {metrics['step']}" + (f", {shown}" if shown else ""), flush=True)
+            # not print: Ray Train patches it to log too, which shows each line twice
+            sys.stdout.write(f"{name}: step {metrics['step']}" + (f", {shown}\n" if shown else "\n"))
+            sys.stdout.flush()
         ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -81,7 +84,7 @@ def finetune_trainer(
         ),
         run_config=RunConfig(
             name=Path(config.out).name,
-            storage_path=str(Path(config.out) / RAY_DIR),
+            storage_path=ray_storage_path(config.out),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # Ray's copy serves resumption only
             callbacks=list(callbacks),
@@ -135,6 +138,7 @@ def finetune(config) -> str | None:
         print(f"fine-tuning run {config.out} is finished: reused")
         return read_run_record(config.out).get("mlflow_run")
     connect()
+    check_shared_outputs(config.out)
     result, run_id = run_finetune(config, data_dir)
     if result.error is not None:
         raise RuntimeError(f"fine-tuning {config.out} failed: {result.error}")

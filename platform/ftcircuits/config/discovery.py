@@ -28,9 +28,11 @@ class DiscoverySettings(Strict):
     """How a circuit is discovered: EAP-IG attribution, metric and edge selection (shared by circuit jobs)."""
 
     split: Split = "circuit"
-    examples: int | None = Field(None, ge=1, description="first N items of the split (default: all)")
+    examples: int | None = Field(None, ge=1, description="N items of the split (default: all)")
     sample_seed: int | None = Field(
-        None, description="with examples: a random sample of N items drawn with this seed, not the first N"
+        0,
+        description="with examples: a random sample of N items drawn with this seed (None: the first N, "
+        "which in a dataset ordered by kind may all be of one kind)",
     )
     method: AttributionMethod = "eap-ig-inputs"
     steps: int = Field(5, ge=1)
@@ -52,10 +54,7 @@ class DiscoverySettings(Strict):
 
     def discovery_key(self) -> dict:
         """Return the settings that change a circuit (its part of the output key), not the plumbing."""
-        key = self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
-        if key["sample_seed"] is None:
-            del key["sample_seed"]  # the first N: keys (and cached circuits) from before sampling still hold
-        return key
+        return self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
 
     def sample(self, items: pl.DataFrame) -> pl.DataFrame:
         """Return the items circuits are discovered on: all, the first ``examples`` or a seeded sample."""

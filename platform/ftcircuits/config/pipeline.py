@@ -26,7 +26,9 @@ class PipelineConfig(Strict):
         description="--set overrides of jobs.circuits --run and jobs.analyze (and the CircuitLoRA probe)",
     )
     accuracy_examples: int | None = Field(
-        500, ge=1, description="the accuracy table on each circuit split's first N items (default: all)"
+        500,
+        ge=1,
+        description="the accuracy table on N items of each circuit split, drawn with seed 0 (default: all)",
     )
     eval_batch_size: int = Field(256, ge=1)
     threads: int = Field(2, ge=1)

@@ -33,14 +33,14 @@ def circuit_split_accuracy(
     batch_size: int = 256,
     examples: int | None = None,
 ) -> dict[str, float]:
-    """Return the model's accuracy on each dataset's circuit split (held out from fine-tuning), on its
-    first ``examples`` items (default: all)."""
+    """Return the model's accuracy on each dataset's circuit split (held out from fine-tuning), on a seeded
+    sample of ``examples`` items (default: all; datasets are ordered by kind, so never the first N)."""
     accuracy = {}
     for name, path in datasets.items():
         items = read_items(path, "circuit")
-        accuracy[name] = task_accuracy(model, tokenizer, items.head(examples or items.height), batch_size)[
-            "all"
-        ]
+        if examples and examples < items.height:
+            items = items.with_row_index("_row").sample(examples, seed=0).sort("_row").drop("_row")
+        accuracy[name] = task_accuracy(model, tokenizer, items, batch_size)["all"]
     return accuracy
 
 

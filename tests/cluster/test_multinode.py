@@ -1,0 +1,100 @@
+"""The whole pipeline on a two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): outputs on
+the shared storage root, MLflow on a server, circuit actors and training workers on both nodes; and the
+refusals of a node-local output and of a SQLite store when the cluster has more than one node."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from jobs.local_cluster import start_mlflow, stop_process_group
+
+JOB = Path(__file__).with_name("multinode_job.py")
+TASK = {"name": "addsub", "range": 100, "size": 100}
+
+
+def write_yaml(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def pipeline_args(root: Path, base_model: Path) -> list[str]:
+    """A small pipeline whose runs have two workers of 2 CPUs each: one per node."""
+    preset = write_yaml(root / "preset.yaml", {
+        "model": str(base_model), "task": TASK, "method": {"name": "lora", "r": 4},
+        "scaling": {"workers": 2, "cpus_per_worker": 2}, "deepspeed": {"zero_stage": 2},
+        "train": {"epochs": 1, "micro_batch_size": 8, "grad_accumulation": 1, "warmup_steps": 1,
+                  "checkpoint_every": 2, "lr": 0.01},
+        "eval_batch_size": 64, "out": "unused",
+    })  # fmt: skip
+    comparison = write_yaml(root / "compare.yaml", {
+        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [TASK], "seeds": [0],
+        "arms": [{"name": "lora"},
+                 {"name": "circuitlora",
+                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
+        "out": "unused-cmp",
+    })  # fmt: skip
+    circuits = '["examples=16", "batch_size=8", "baselines=[permuted]", "actors=2", "cpus_per_actor=1"]'
+    return ["--set", "out=study", "--set", f"comparison={comparison}", "--set", f"tasks=[{TASK}]",
+            "--set", f"circuit_overrides={circuits}"]  # fmt: skip
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_pipeline_runs_on_two_nodes_with_shared_storage_and_an_mlflow_server(tmp_path, tiny_run):
+    storage = tmp_path / "storage"
+    (tmp_path / "mlflow").mkdir()
+    storage.mkdir()
+    server, uri = start_mlflow(tmp_path / "mlflow")
+    temp = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))  # Ray's sockets need a short path
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"FTCIRCUITS_STORAGE": str(storage), "MLFLOW_TRACKING_URI": uri, "RAY_AUTH_TOKEN_PATH": str(token)}
+    result = tmp_path / "result.json"
+    try:
+        args = pipeline_args(tmp_path, tiny_run / "base")
+        job = subprocess.run([sys.executable, str(JOB), str(temp / "ray"), str(result), *args],
+                             env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    finally:
+        stop_process_group(server.pid, psutil.Process(server.pid).create_time())
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    seen = json.loads(result.read_text())
+
+    nodes = seen["nodes"]
+    assert len(nodes) == 2
+    messages = seen["messages"]
+    assert (
+        "the cluster has 2 nodes" in messages["no_storage"]
+        and "set FTCIRCUITS_STORAGE" in messages["no_storage"]
+    )
+    assert f"under FTCIRCUITS_STORAGE={storage}" in messages["outside_storage"]
+    assert messages["sqlite"].startswith("MLflow would be a SQLite file on the driver's disk")
+    assert messages["accepted"] == ""
+
+    assert seen["placed"]["CircuitActor"] == nodes  # spread: one actor per node
+    assert seen["placed"]["RayTrainWorker"] == nodes  # 2 workers x 2 CPUs: one per node
+
+    study = storage / "study"  # the relative out, under the storage root
+    assert (study / "report.html").is_file()
+    assert (
+        study / "comparison" / "addsub-100" / "lora" / "seed-0" / "checkpoints" / "index.parquet"
+    ).is_file()
+    assert not (study / "mlflow.db").exists()
+    client = MlflowClient(uri)
+    experiments = {e.name for e in client.search_experiments()}
+    assert {"finetune", "circuits", "analysis", "compare-methods"} <= experiments
+    (finetune,) = [e for e in client.search_experiments() if e.name == "finetune"]
+    assert {r.info.status for r in client.search_runs([finetune.experiment_id])} == {"FINISHED"}
+    leftover = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    assert leftover == []
