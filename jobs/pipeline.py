@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+import ray
 import torch
 
 from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         comparison=out / "comparison", accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",
     )  # fmt: skip
     report = render_study_report(outputs, out / "report.html")
+    ray.shutdown()  # its workers' last lines arrive before the summary, not after
     print(f"\nthe whole study took {(time.time() - started) / 60:.1f} min")
     print(f"report: {report}")
     print(f"MLflow: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
