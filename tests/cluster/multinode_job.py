@@ -45,7 +45,7 @@ def storage_refusals(storage: str, uri: str) -> dict[str, str]:
 
 
 def main(temp_dir: str, result: Path, args: list[str]) -> None:
-    head = {"num_cpus": 2, "temp_dir": temp_dir, "port": free_port(), "include_dashboard": True,
+    head = {"num_cpus": 2, "temp_dir": temp_dir, "gcs_server_port": free_port(), "include_dashboard": True,
             "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}  # fmt: skip
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
     try:

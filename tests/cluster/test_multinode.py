@@ -62,12 +62,19 @@ def test_the_pipeline_runs_on_two_nodes_with_shared_storage_and_an_mlflow_server
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"FTCIRCUITS_STORAGE": str(storage), "MLFLOW_TRACKING_URI": uri, "RAY_AUTH_TOKEN_PATH": str(token)}
     result = tmp_path / "result.json"
+    started = psutil.Process(server.pid).create_time()
     try:
         args = pipeline_args(tmp_path, tiny_run / "base")
         job = subprocess.run([sys.executable, str(JOB), str(temp / "ray"), str(result), *args],
                              env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+        check_outputs(job, result, storage, uri, temp)
     finally:
-        stop_process_group(server.pid, psutil.Process(server.pid).create_time())
+        stop_process_group(server.pid, started)
+
+
+def check_outputs(
+    job: subprocess.CompletedProcess, result: Path, storage: Path, uri: str, temp: Path
+) -> None:
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     seen = json.loads(result.read_text())
 
