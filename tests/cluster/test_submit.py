@@ -210,3 +210,42 @@ def test_up_twice_is_already_up_and_down_stops_exactly_its_processes(capsys, sub
     finally:
         down(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_submitted_pipeline_stores_its_study_and_report_where_the_config_said(
+    tmp_path, submission_cluster, tiny_run
+):
+    from mlflow.tracking import MlflowClient
+
+    cluster, state = submission_cluster, submission_cluster.state
+    storage = tmp_path / "storage"
+    task = {"name": "addsub", "range": 100, "size": 100}
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(yaml.safe_dump({
+        "model": str(tiny_run / "base"), "task": task, "method": {"name": "lora", "r": 4},
+        "scaling": {"workers": 1, "cpus_per_worker": 1}, "deepspeed": {"zero_stage": 0},
+        "train": {"epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
+                  "checkpoint_every": 2, "lr": 0.01},
+        "eval_batch_size": 64, "out": "unused",
+    }))  # fmt: skip
+    comparison = tmp_path / "compare.yaml"
+    comparison.write_text(yaml.safe_dump({
+        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [task], "seeds": [0],
+        "arms": [{"name": "lora"},
+                 {"name": "circuitlora", "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
+    }))  # fmt: skip
+    args = ["--set", "out=study", "--set", f"comparison={comparison}", "--set", f"tasks=[{task}]",
+            "--set", 'circuit_overrides=["examples=16", "batch_size=8", "robustness=false"]']  # fmt: skip
+    job_id = f"ftc-pipeline-{secrets.token_hex(4)}"
+    result = cluster.submit("jobs.pipeline", args, {"FTCIRCUITS_STORAGE": str(storage)}, job_id)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert cluster.job(job_id)["status"] == "SUCCEEDED"
+    study = storage / "study"
+    logs = cluster.job(job_id, "/logs")["logs"]
+    assert f"report: {study / 'report.html'}" in logs
+    assert f"MLflow: mlflow ui --backend-store-uri {state.mlflow_uri}" in logs  # the head's server
+    assert (study / "report.html").is_file() and not (study / "mlflow.db").exists()
+    experiments = {e.name for e in MlflowClient(state.mlflow_uri).search_experiments()}
+    assert {"finetune", "circuits", "analysis", "compare-methods"} <= experiments
+    run = study / "comparison" / "addsub-100" / "lora" / "seed-0"
+    assert read_checkpoint_index(run)["step"].to_list() == [0, 2, 4, 5]

@@ -86,7 +86,13 @@ def similarity_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
     )  # fmt: skip
 
 
+def not_computed(title: str, setting: str) -> ReportSection:
+    return ReportSection(title=title, text=f"Not computed in this study ({setting}).")
+
+
 def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
+    if not (outputs.analysis / "smallest_faithful_budget.parquet").is_file():
+        return not_computed("Faithfulness against budget", "curve=false")
     smallest = pl.read_parquet(outputs.analysis / "smallest_faithful_budget.parquet")
     budgets = smallest["smallest_faithful_budget"].drop_nulls()
     reach = (f"between {_pct(budgets.min())} and {_pct(budgets.max())} of the edges" if len(budgets)
@@ -105,6 +111,8 @@ def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
 
 
 def robustness_section(outputs: StudyOutputs) -> ReportSection:
+    if not (outputs.analysis / "robustness_baselines.parquet").is_file():
+        return not_computed("Robustness to perturbed inputs", "robustness=false")
     against = pl.read_parquet(outputs.analysis / "robustness_baselines.parquet")
     kept = against.filter("keeps_gap")["baseline"].to_list()
     verdict = (f"the pre-trained circuit is more robust than {', '.join(kept)} by at least {ROBUSTNESS_GAP}"
