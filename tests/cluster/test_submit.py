@@ -232,7 +232,8 @@ def test_a_submitted_pipeline_stores_its_study_and_report_where_the_config_said(
     comparison.write_text(yaml.safe_dump({
         "finetune_config": str(preset), "probe_config": str(preset), "tasks": [task], "seeds": [0],
         "arms": [{"name": "lora"},
-                 {"name": "circuitlora", "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
+                 {"name": "circuitlora",
+                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
     }))  # fmt: skip
     args = ["--set", "out=study", "--set", f"comparison={comparison}", "--set", f"tasks=[{task}]",
             "--set", 'circuit_overrides=["examples=16", "batch_size=8", "robustness=false"]']  # fmt: skip
