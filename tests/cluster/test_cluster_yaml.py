@@ -112,15 +112,21 @@ def test_mlflow_runs_on_the_head_and_every_node_knows_where(cluster):
     server = [command for command in head if "mlflow server" in command]
     assert len(server) == 1
     assert "--host 0.0.0.0 --port 5000" in server[0]
-    assert "--artifacts-destination $FTCIRCUITS_STORAGE/mlartifacts" in server[0]
+    assert "--artifacts-destination ${FTCIRCUITS_RAY_STORAGE%/ray}/mlartifacts" in server[0]  # on S3
     assert head.index(server[0]) < next(i for i, c in enumerate(head) if "ray start" in c)
     head_start = next(c for c in head if "ray start" in c)
     assert "export MLFLOW_TRACKING_URI=http://$(python -c" in head_start
     assert "export MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000;" in next(
         c for c in workers if "ray start" in c
     )
-    storage = [o for o in cluster["docker"]["run_options"] if "FTCIRCUITS_STORAGE=" in o]
-    assert storage == ["--env FTCIRCUITS_STORAGE=s3://YOUR-BUCKET/ftcircuits"]
+    storage = [o for o in cluster["docker"]["run_options"] if "STORAGE=" in o or "--volume" in o]
+    assert storage == [
+        "--env FTCIRCUITS_RAY_STORAGE=s3://YOUR-BUCKET/ftcircuits/ray",
+        "--env FTCIRCUITS_STORAGE=/mnt/efs/ftcircuits",
+        "--volume /mnt/efs:/mnt/efs",
+    ]
+    (mount,) = cluster["initialization_commands"]  # the shared path, on every node's host
+    assert "mount -t nfs4" in mount and "/mnt/efs" in mount
 
 
 def test_setup_installs_torch_then_the_copied_checkout(cluster):
