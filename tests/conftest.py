@@ -235,3 +235,33 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
     pl.DataFrame(rows).write_parquet(index_path(root))
     (root / RUN_CONFIG_FILE).write_text(json.dumps({"model": str(base), "data_dir": str(data)}))
     return root
+
+
+SMALL_TASK = {"name": "addsub", "range": 100, "size": 100}
+
+
+def small_pipeline_args(
+    root: Path, base_model: Path, out: str, circuits: list[str], workers: int = 1, cpus: int = 1
+) -> list[str]:
+    """Write a small pipeline's presets into ``root`` (LoRA r=4 and CircuitLoRA matched to it on
+    ``base_model``, one epoch of Add/Sub-100 with 100 items, ``workers`` x ``cpus`` per run) and return
+    ``jobs.pipeline``'s arguments (``out``; ``circuits``: its circuit overrides)."""
+    import yaml
+
+    preset, comparison = Path(root) / "preset.yaml", Path(root) / "compare.yaml"
+    preset.write_text(yaml.safe_dump({
+        "model": str(base_model), "task": SMALL_TASK, "method": {"name": "lora", "r": 4},
+        "scaling": {"workers": workers, "cpus_per_worker": cpus},
+        "deepspeed": {"zero_stage": 2 if workers > 1 else 0},
+        "train": {"epochs": 1, "micro_batch_size": 16 // workers, "grad_accumulation": 1, "warmup_steps": 1,
+                  "checkpoint_every": 2, "lr": 0.01},
+        "eval_batch_size": 64, "out": "unused",
+    }))  # fmt: skip
+    comparison.write_text(yaml.safe_dump({
+        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [SMALL_TASK], "seeds": [0],
+        "arms": [{"name": "lora"},
+                 {"name": "circuitlora",
+                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
+    }))  # fmt: skip
+    return ["--set", f"out={out}", "--set", f"comparison={comparison}", "--set", f"tasks=[{SMALL_TASK}]",
+            "--set", f"circuit_overrides={json.dumps(circuits)}"]  # fmt: skip

@@ -14,39 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from jobs.local_cluster import start_mlflow, stop_process_group
+from tests.conftest import small_pipeline_args
 
 JOB = Path(__file__).with_name("multinode_job.py")
-TASK = {"name": "addsub", "range": 100, "size": 100}
-
-
-def write_yaml(path: Path, tree: dict) -> Path:
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-def pipeline_args(root: Path, base_model: Path) -> list[str]:
-    """A small pipeline whose runs have two workers of 2 CPUs each: one per node."""
-    preset = write_yaml(root / "preset.yaml", {
-        "model": str(base_model), "task": TASK, "method": {"name": "lora", "r": 4},
-        "scaling": {"workers": 2, "cpus_per_worker": 2}, "deepspeed": {"zero_stage": 2},
-        "train": {"epochs": 1, "micro_batch_size": 8, "grad_accumulation": 1, "warmup_steps": 1,
-                  "checkpoint_every": 2, "lr": 0.01},
-        "eval_batch_size": 64, "out": "unused",
-    })  # fmt: skip
-    comparison = write_yaml(root / "compare.yaml", {
-        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [TASK], "seeds": [0],
-        "arms": [{"name": "lora"},
-                 {"name": "circuitlora",
-                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
-        "out": "unused-cmp",
-    })  # fmt: skip
-    circuits = '["examples=16", "batch_size=8", "baselines=[permuted]", "actors=2", "cpus_per_actor=1"]'
-    return ["--set", "out=study", "--set", f"comparison={comparison}", "--set", f"tasks=[{TASK}]",
-            "--set", f"circuit_overrides={circuits}"]  # fmt: skip
+CIRCUITS = ["examples=16", "batch_size=8", "baselines=[permuted]", "actors=2", "cpus_per_actor=1"]
 
 
 @pytest.mark.ray
@@ -64,7 +38,8 @@ def test_the_pipeline_runs_on_two_nodes_with_shared_storage_and_an_mlflow_server
     result = tmp_path / "result.json"
     started = psutil.Process(server.pid).create_time()
     try:
-        args = pipeline_args(tmp_path, tiny_run / "base")
+        # two workers of 2 CPUs per run: one on each node
+        args = small_pipeline_args(tmp_path, tiny_run / "base", "study", CIRCUITS, workers=2, cpus=2)
         job = subprocess.run([sys.executable, str(JOB), str(temp / "ray"), str(result), *args],
                              env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
         check_outputs(job, result, storage, uri, temp)

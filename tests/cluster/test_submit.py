@@ -25,7 +25,7 @@ import yaml
 import ftcircuits
 from ftcircuits.run_layout import read_checkpoint_index
 from jobs.local_cluster import STATE_FILE, down, main, read_state, up
-from tests.conftest import RAY_ENVIRONMENT, STALE_PACKAGE_ERROR
+from tests.conftest import RAY_ENVIRONMENT, STALE_PACKAGE_ERROR, small_pipeline_args
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -219,24 +219,8 @@ def test_a_submitted_pipeline_stores_its_study_and_report_where_the_config_said(
 
     cluster, state = submission_cluster, submission_cluster.state
     storage = tmp_path / "storage"
-    task = {"name": "addsub", "range": 100, "size": 100}
-    preset = tmp_path / "preset.yaml"
-    preset.write_text(yaml.safe_dump({
-        "model": str(tiny_run / "base"), "task": task, "method": {"name": "lora", "r": 4},
-        "scaling": {"workers": 1, "cpus_per_worker": 1}, "deepspeed": {"zero_stage": 0},
-        "train": {"epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
-                  "checkpoint_every": 2, "lr": 0.01},
-        "eval_batch_size": 64, "out": "unused",
-    }))  # fmt: skip
-    comparison = tmp_path / "compare.yaml"
-    comparison.write_text(yaml.safe_dump({
-        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [task], "seeds": [0],
-        "arms": [{"name": "lora"},
-                 {"name": "circuitlora",
-                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
-    }))  # fmt: skip
-    args = ["--set", "out=study", "--set", f"comparison={comparison}", "--set", f"tasks=[{task}]",
-            "--set", 'circuit_overrides=["examples=16", "batch_size=8", "robustness=false"]']  # fmt: skip
+    circuits = ["examples=16", "batch_size=8", "robustness=false"]
+    args = small_pipeline_args(tmp_path, tiny_run / "base", "study", circuits)
     job_id = f"ftc-pipeline-{secrets.token_hex(4)}"
     result = cluster.submit("jobs.pipeline", args, {"FTCIRCUITS_STORAGE": str(storage)}, job_id)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -10,43 +10,21 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from ftcircuits.report.screenshot import INSTALL_HINT, dump_dom, find_chromium
 from ftcircuits.run_layout import index_path
 from jobs import pipeline
-
-TASK = {"name": "addsub", "range": 100, "size": 100}
-
-
-def write_yaml(path: Path, tree: dict) -> Path:
-    path.write_text(yaml.safe_dump(tree))
-    return path
+from tests.conftest import small_pipeline_args
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_run, ray_cluster, monkeypatch_module) -> tuple[Path, str, list[str]]:
     """Run the pipeline once (LoRA and CircuitLoRA, 5 steps each); return (out, stdout, its argv)."""
     root = tmp_path_factory.mktemp("pipeline")
-    preset = write_yaml(root / "preset.yaml", {
-        "model": str(tiny_run / "base"), "task": TASK, "method": {"name": "lora", "r": 4},
-        "scaling": {"workers": 1, "cpus_per_worker": 1}, "deepspeed": {"zero_stage": 0},
-        "train": {"epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
-                  "checkpoint_every": 2, "lr": 0.01},
-        "eval_batch_size": 64, "out": str(root / "unused"),
-    })  # fmt: skip
-    comparison = write_yaml(root / "compare.yaml", {
-        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [TASK], "seeds": [0],
-        "arms": [{"name": "lora"},
-                 {"name": "circuitlora",
-                  "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
-        "out": str(root / "unused-cmp"),
-    })  # fmt: skip
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
-    argv = ["--set", f"out={root / 'study'}", "--set", f"comparison={comparison}",
-            "--set", f"tasks=[{TASK}]", "--set", 'circuit_overrides=["examples=16", "batch_size=8", '
-            '"baselines=[permuted]"]']  # fmt: skip
+    argv = small_pipeline_args(root, tiny_run / "base", str(root / "study"),
+                               ["examples=16", "batch_size=8", "baselines=[permuted]"])  # fmt: skip
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         pipeline.main(argv)
