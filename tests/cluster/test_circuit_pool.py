@@ -13,7 +13,7 @@ import ray
 
 from ftcircuits.circuits.io import read_circuit
 from ftcircuits.cluster import circuit_pool
-from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors
+from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors, started_actors
 from ftcircuits.config.discovery import CircuitRunConfig
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.run_layout import RUN_CONFIG_FILE, index_path
@@ -153,3 +153,24 @@ def test_robustness_on_the_fine_tune_split_is_refused_by_the_config(tiny_run):
     config = load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune", "robustness=false"])
     assert (config.run, config.split, config.robustness) == (tiny_run, "finetune", False)
     assert config.examples == 256 and config.actors == 2  # the rest: the run's defaults
+
+
+class Pinged:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@pytest.mark.ray
+def test_the_pool_goes_on_with_the_actors_the_cluster_can_place(ray_cluster):
+    import ray
+
+    remote = ray.remote(Pinged).options(num_cpus=1)
+    actors = [remote.remote() for _ in range(3)]  # the test cluster has 2 CPUs: one cannot start
+    started = started_actors(actors, timeout=120, grace=5)
+    assert len(started) == 2
+    assert len({ray.get(actor.pid.remote()) for actor in started}) == 2
+    for actor in started:
+        ray.kill(actor)
+    unplaceable = [ray.remote(Pinged).options(num_cpus=1, resources={"no-such-node": 1}).remote()]
+    with pytest.raises(RuntimeError, match=r"no circuit actor started within 2 s \(2.0 CPUs free"):
+        started_actors(unplaceable, timeout=2)

@@ -58,6 +58,38 @@ def start_actors(
     return [remote.remote(*runner_args) for _ in range(count)]
 
 
+ACTOR_START_TIMEOUT_S = 600.0  # the first actor: the model loads, and CPUs may be freed by ending runs
+MORE_ACTORS_GRACE_S = 30.0  # then the others, or the pool goes on without them
+
+
+def started_actors(
+    actors: Sequence[ray.actor.ActorHandle],
+    timeout: float = ACTOR_START_TIMEOUT_S,
+    grace: float = MORE_ACTORS_GRACE_S,
+) -> list[ray.actor.ActorHandle]:
+    """Return the actors that started (their model loaded), killing those the cluster could not place.
+
+    A unit queued on an actor that never gets its CPUs would wait forever, so the pool runs on the actors
+    that start: the first within ``timeout`` (else RuntimeError), the others within ``grace`` after it.
+    """
+    pings = {actor.pid.remote(): actor for actor in actors}
+    first, pending = ray.wait(list(pings), num_returns=1, timeout=timeout)
+    if not first:
+        for actor in actors:
+            ray.kill(actor)
+        free = ray.available_resources().get("CPU", 0)
+        raise RuntimeError(
+            f"no circuit actor started within {timeout:.0f} s ({free} CPUs free on the cluster)"
+        )
+    more, pending = ray.wait(pending, num_returns=len(pending), timeout=grace) if pending else ([], [])
+    for ref in pending:
+        ray.kill(pings[ref])
+    if pending:
+        print(f"{len(actors) - len(pending)} of {len(actors)} circuit actors started (the cluster had no "
+              "resources for the others); going on with them", flush=True)  # fmt: skip
+    return [pings[ref] for ref in (*first, *more)]
+
+
 def run_on_actors(
     actors: Sequence[ray.actor.ActorHandle],
     units: Sequence[CircuitUnit],
@@ -108,10 +140,10 @@ def circuits_over_run(
     if todo:
         check_shared_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
-        actors = start_actors(
+        actors = started_actors(start_actors(
             min(config.actors, len(todo)), (inputs.base_model, inputs.data, config, out),
             config.cpus_per_actor, config.gpus_per_actor, config.retries,
-        )  # fmt: skip
+        ))  # fmt: skip
         try:
             rows = run_on_actors(actors, todo, config.in_flight_per_actor, on_result)
             done |= {unit.key: row for unit, row in zip(todo, rows, strict=True)}
