@@ -93,11 +93,12 @@ def test_a_submitted_finetune_stores_its_run_and_mlflow_run_where_the_config_sai
         p.resolve()
         for p in state.ray_temp_dir.glob(f"session_*/runtime_resources/working_dir_files/{package}")
     }
-    assert sorted(p.name for p in copy.iterdir()) == sorted(
-        p.name for p in cluster.root.iterdir() if p.name not in (".git", "platform", "runs", ".pytest_cache",
-                                                                 ".ruff_cache", "__pycache__")
-        and not p.name.startswith(".venv")
-    )  # fmt: skip
+    names = [p.name for p in cluster.root.iterdir() if p.name not in (".git", "platform", "runs")]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *names], cwd=cluster.root, capture_output=True, text=True
+    )
+    # Ray leaves out what git ignores (the egg-info, caches, virtual environments) and our excludes
+    assert sorted(p.name for p in copy.iterdir()) == sorted(set(names) - set(ignored.stdout.split()))
     assert [p for p in copy.rglob("*") if p.name in ("finetune.json", "mlflow.db", "checkpoints")] == []
     assert not (state.root.parent / "cluster-storage").exists()
 
