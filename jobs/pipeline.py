@@ -11,9 +11,11 @@ are studied, and is CircuitLoRA's probe. Every stage is cached: a rerun skips wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -75,11 +77,29 @@ def stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
+@contextlib.contextmanager
+def one_mlflow_store(out: Path) -> Iterator[str]:
+    """Make every stage log to one store: ``MLFLOW_TRACKING_URI`` when set, else ``out``'s SQLite file
+    (set for the stages meanwhile, and unset again after); yield its URI."""
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = given or tracking_uri(out)
+    try:
+        yield os.environ["MLFLOW_TRACKING_URI"]
+    finally:
+        if given is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(PipelineConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
-    started = time.time()
     out = Path(config.out).resolve()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(out))  # one store for every stage
+    with one_mlflow_store(out) as uri:
+        run_study(config, out, uri)
+
+
+def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
+    """Run every stage of the study into ``out`` (each cached), then print where its report is."""
+    started = time.time()
     try:
         run_config = dynamics_run_config(config, out)
     except (ConfigError, ValueError) as error:
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     ray.shutdown()  # its workers' last lines arrive before the summary, not after
     print(f"\nthe whole study took {(time.time() - started) / 60:.1f} min")
     print(f"report: {report}")
-    print(f"MLflow: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+    print(f"MLflow: mlflow ui --backend-store-uri {mlflow_uri}")
 
 
 if __name__ == "__main__":

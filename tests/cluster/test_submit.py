@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -200,6 +201,11 @@ def test_up_twice_is_already_up_and_down_stops_exactly_its_processes(capsys, sub
             f"state in {root / STATE_FILE}"
         )
         head = psutil.Process(state.ray_pid)
+        deadline = time.monotonic() + 120  # the raylet may start a moment after ``up`` returns
+        while (
+            "raylet" not in {p.name() for p in head.children(recursive=True)} and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
         processes = [head, *head.children(recursive=True)]
         names = {p.name() for p in processes}
         assert {"gcs_server", "raylet"} <= names, names

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def monkeypatch_module():
 @pytest.mark.slow
 def test_the_pipeline_writes_every_stage_and_one_mlflow_store(study):
     out, stdout, _ = study
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # set for the stages only
     run = out / "comparison" / "addsub-100" / "lora" / "seed-0"
     assert pl.read_parquet(index_path(run))["step"].to_list() == [0, 2, 4, 5]  # 80 items / 16, one epoch
     table = pl.read_parquet(out / "comparison" / "comparison.parquet")

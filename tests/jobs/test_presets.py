@@ -20,6 +20,7 @@ SCHEMAS = {
     "circuitlora-tiny.yaml": CircuitLoraConfig,
     "compare-tiny.yaml": CompareConfig,
     "compare-tiny-tasks.yaml": CompareConfig,
+    "compare-pipeline.yaml": CompareConfig,
     "dynamics-tiny-3seeds.yaml": MultiSeedConfig,
 }
 
