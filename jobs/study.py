@@ -16,12 +16,11 @@ from tqdm import tqdm
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.study import DynamicsStage, StudyConfig
 from ftcircuits.config.training import FinetuneConfig
-from ftcircuits.encoding import task_accuracy
 from ftcircuits.finetune.plain import optimiser_steps, plain_finetune
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_directory, atomic_file
 from ftcircuits.report.figures import accuracy_bars
-from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.study.accuracy import circuit_split_accuracy, task_datasets
 from ftcircuits.tasks.io import read_items
 from jobs.cli import config_parser, parse_config
 
@@ -35,16 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     print(f"model {loaded.source}: {loaded.architecture.layers} layers, {loaded.architecture.heads} heads")
 
-    data_dir = config.out / "data"
-    directories = {}
-    for spec in tqdm([*config.tasks, config.finetune_task], desc="datasets", mininterval=1.0):
-        directories[spec.dataset_name()], _ = make_task_dataset(spec, tokenizer, config.model, data_dir)
+    directories = task_datasets([*config.tasks, config.finetune_task], tokenizer, config.model,
+                                config.out / "data")  # fmt: skip
 
     def accuracies() -> dict[str, float]:
-        return {
-            name: task_accuracy(model, tokenizer, read_items(path, "circuit"), config.eval_batch_size)["all"]
-            for name, path in directories.items()
-        }
+        return circuit_split_accuracy(model, tokenizer, directories, config.eval_batch_size)
 
     base = accuracies()
     target = config.finetune_task.dataset_name()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import polars as pl
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.encoding import task_accuracy
@@ -42,11 +41,3 @@ def circuit_split_accuracy(
             items = items.with_row_index("_row").sample(examples, seed=0).sort("_row").drop("_row")
         accuracy[name] = task_accuracy(model, tokenizer, items, batch_size)["all"]
     return accuracy
-
-
-def accuracy_table(columns: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
-    """Return one row per task with a column per model (e.g. base, fine-tuned), as percentages."""
-    tasks = list(next(iter(columns.values())))
-    return pl.DataFrame(
-        {"task": tasks} | {name: [100 * acc[t] for t in tasks] for name, acc in columns.items()}
-    )
