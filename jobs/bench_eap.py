@@ -5,8 +5,10 @@
 (a) ours: ``attribute_batch``; (b) the floor: 2 forwards + m forward+backward
 passes of the bare model (to the input embeddings, the m steps stacked as ours
 are); (c) the slow reference scorer, ``circuits/reference.py`` (a residual copy per destination).
-Prints the median seconds of --repeats interleaved runs, the largest peak resident memory above
-each run's start, and ratios.
+Prints the median seconds of --repeats interleaved runs, the largest peak memory above each run's
+start (resident memory on CPU, allocated memory on CUDA), and ratios. Memory is judged against the
+bound ``1.1 x (floor's peak + one [n_sources, B, T, d] difference buffer in the model's dtype)``:
+the one activation buffer EAP-IG must keep through the backward pass, beside the floor's own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
+from ftcircuits.circuits.memory import MEMORY_SLACK, difference_buffer_bytes
 from ftcircuits.circuits.metrics import metric_loss
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
@@ -152,12 +155,16 @@ def benchmark_shape(shape: str, args: BenchEapConfig, config: AttributionConfig)
         for name, way in ways.items():
             runs[name].append(measure(way))
     (ours_s, ours_m), (floor_s, floor_m) = summary(runs["ours"]), summary(runs["floor"])
+    buffer = difference_buffer_bytes(arch, args.batch, args.length, DTYPES[args.precision])
+    bound = MEMORY_SLACK * (floor_m + buffer)
     line = (
         f"{shape} ({arch.layers} layers, d={arch.d_model}, {probe.graph.n_edges} edges) {args.precision} on "
         f"{args.device}, batch {args.batch}x{args.length}, "
         f"median of {args.repeats}, "
         f"m={args.steps}: ours {ours_s:.2f}s / {ours_m / 2**20:.0f} MiB; "
-        f"floor {floor_s:.2f}s / {floor_m / 2**20:.0f} MiB; time ours/floor {ours_s / floor_s:.2f}"
+        f"floor {floor_s:.2f}s / {floor_m / 2**20:.0f} MiB; difference buffer {buffer / 2**20:.0f} MiB; "
+        f"time ours/floor {ours_s / floor_s:.2f}; peak ours/bound {ours_m / bound:.2f} "
+        f"(bound {MEMORY_SLACK} x (floor + buffer) = {bound / 2**20:.0f} MiB)"
     )
     if "ours-fp32-activations" in runs:
         wide_s, wide_m = summary(runs["ours-fp32-activations"])

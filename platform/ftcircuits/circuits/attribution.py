@@ -1,28 +1,42 @@
-"""EAP and EAP-IG edge scores directly on Hugging Face models.
+"""EAP and EAP-IG edge scores directly on Hugging Face models, at the floor's memory plus one buffer.
 
-Per batch: a clean and a corrupted forward without gradients record every
-source's output; then the m interpolation steps run stacked along the batch
-in one forward and backward. Destination gradients come from the gradients of
-the q/k/v projection outputs (per head, through the attention norm's
-vector-Jacobian product) and of the MLP and final norm inputs, so no
-per-head copy of the residual stream is ever made. Gradients are averaged
-over the steps and each layer's scores are one einsum. Source outputs, their
-differences and the stored gradients stay in the model's dtype (bf16 or fp16
-halve the memory of the largest tensors); each einsum's result and the scores
-are accumulated in float32 (or the model's dtype if wider).
+Per batch: a corrupted and a clean forward without gradients write every source's output into one
+source-major buffer ``[n_sources, B, T, d]`` in the model's dtype, which ends up holding
+``z(corrupted) - z(clean)``: the one tensor that must live through the backward pass. Then the m
+interpolation steps run stacked along the batch in one forward and backward, and every destination's
+scores are accumulated *inside* the backward pass, from gradient hooks, as soon as its gradient
+exists; nothing is kept per layer.
+
+A destination's residual gradient, averaged over the steps, is ``G_v [B*T*d]``; its scores are
+``buffer[:reads] @ G_v`` (the sources it reads are a prefix of the buffer). A layer's q/k/v
+destinations are scored together with the MLP of the layer below in one product (the MLP's
+gradient is the next to arrive), so the buffer's prefix is read once per layer; rows of sources a
+destination does not read land on non-edges and are zeroed by the edge mask at the end.
+
+Per-head q/k/v gradients come from the projection outputs' gradients through the attention norm's
+vector-Jacobian product, computed in head space, so no per-head copy of the residual stream is
+made. Head-space temporaries are computed in float32 (or the model's dtype if wider) a few heads
+at a time; products against the buffer run in the model's dtype and are summed into float32 scores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from ftcircuits.circuits.memory import floor_bytes
 from ftcircuits.circuits.metrics import metric_loss
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.models.heads import QKVProjection
 from ftcircuits.models.hooks import module_hooks
 from ftcircuits.options import AttributionMethod, Metric, StepConvention, check_choice
+
+# the gradients waiting for a product, and again one chunk of heads' temporaries, stay under this
+# share of (the floor's activations + the difference buffer): together well inside MEMORY_SLACK
+TEMPORARY_SHARE = 0.03
 
 
 @dataclass(frozen=True)
@@ -51,148 +65,229 @@ class AttributionConfig:
         return [(first + k) / self.steps for k in range(self.steps)]
 
 
+@dataclass
+class SourceDifference:
+    """``z(corrupted) - z(clean)`` of every source, source-major, zero at padding; what the steps need."""
+
+    delta: torch.Tensor  # [n_sources, B, T, d], the model's dtype
+    clean_embed: torch.Tensor  # [B, T, d], the score dtype
+    corrupted_embed: torch.Tensor
+    clean_logits: torch.Tensor  # [B, vocab]
+
+
+def source_difference(probe: ModelProbe, batch: PairBatch) -> SourceDifference:
+    """Return the sources' corrupted-minus-clean outputs, written into one buffer by two forwards."""
+    delta = probe.source_buffer(batch.clean, probe.activation_dtype)
+    embeds: dict[str, torch.Tensor] = {}
+
+    def written(name: str, combine):
+        def write(first: int, outputs: torch.Tensor) -> None:
+            if first == 0:
+                embeds[name] = outputs[0].clone()
+            combine(delta[first : first + len(outputs)], outputs)
+
+        return write
+
+    probe.write_sources(batch.clean, batch.corrupted_ids, written("corrupted", torch.Tensor.copy_))
+    clean_logits = probe.write_sources(
+        batch.clean, batch.clean.input_ids, written("clean", torch.Tensor.sub_)
+    )
+    mask = batch.clean.attention_mask[:, :, None]
+    delta.mul_(mask.to(delta.dtype))
+    wide = mask.to(probe.score_dtype)  # the interpolation runs in float32 (or wider)
+    return SourceDifference(delta, embeds["clean"] * wide, embeds["corrupted"] * wide, clean_logits)
+
+
 def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConfig) -> torch.Tensor:
     """Return the edge scores ``[n_sources, n_destinations]`` summed over the batch's examples."""
-    graph, arch = probe.graph, probe.arch
-    dtype, act = probe.score_dtype, probe.activation_dtype
-    clean_z, clean_logits = probe.source_outputs(batch.clean, batch.clean.input_ids, act)
-    corrupted_z, _ = probe.source_outputs(batch.clean, batch.corrupted_ids, act)
-    delta = corrupted_z - clean_z
-    embeds = clean_z[:, :, 0].to(dtype), corrupted_z[:, :, 0].to(dtype)  # copies: the full outputs go
-    del clean_z, corrupted_z
+    difference = source_difference(probe, batch)
+    graph = probe.graph
+    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype,
+                         device=difference.delta.device)  # fmt: skip
+    _score_in_backward(probe, batch, difference, config, scores)
+    return scores.mul_(graph.edge_mask.to(scores.device))
+
+
+def _score_in_backward(
+    probe: ModelProbe, batch: PairBatch, difference: SourceDifference, config: AttributionConfig,
+    scores: torch.Tensor,
+) -> None:  # fmt: skip
+    """Run the interpolation steps stacked along the batch; score every destination in the backward."""
     alphas = config.alphas()
-    grads = _stacked_gradients(probe, batch, *embeds, clean_logits, alphas, config)
-
-    def summed(spec: str, sources: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        return torch.einsum(spec, sources, grad.to(act)).to(dtype)  # in the model's dtype, summed wider
-
-    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=dtype, device=delta.device)
     steps = len(alphas)
-    for layer in range(arch.layers):
-        before = graph.sources_before(layer)
-        scores[:before, graph.attention_destinations(layer)] += _attention_layer_scores(
-            probe, layer, grads, delta[:, :, :before], steps
-        )
-        reads = before if arch.parallel_blocks else before + arch.heads
-        mlp = _mean_over_steps(grads["mlp"][layer].to(dtype), steps)
-        scores[:reads, graph.mlp_destination(layer)] += summed("btsd,btd->s", delta[:, :, :reads], mlp)
-    final = _mean_over_steps(grads["logits"].to(dtype), steps)
-    scores[:, graph.logits_destination] += summed("btsd,btd->s", delta, final)
-    return (scores * graph.edge_mask.to(scores.device)).detach()
-
-
-def _mean_over_steps(grad: torch.Tensor, steps: int) -> torch.Tensor:
-    return grad.view(steps, -1, *grad.shape[1:]).mean(dim=0)
-
-
-def _stacked_gradients(
-    probe: ModelProbe,
-    batch: PairBatch,
-    clean_embed: torch.Tensor,
-    corrupted_embed: torch.Tensor,
-    clean_logits: torch.Tensor,
-    alphas: list[float],
-    config: AttributionConfig,
-) -> dict:
-    """Run the interpolation steps stacked along the batch; return the gradients the scores need.
-
-    Returns ``qkv[layer][projection]``: gradients of the projection outputs;
-    ``x[layer]``: the attention norm's input; ``mlp[layer]`` and ``logits``:
-    gradients of the MLP norm's and final norm's inputs (all ``[steps*B, ...]``).
-    """
-    steps = len(alphas)
-    weights = torch.tensor(alphas, dtype=clean_embed.dtype, device=clean_embed.device)
-    dtype = next(probe.model.parameters()).dtype
-    interpolated = corrupted_embed + weights.view(-1, 1, 1, 1) * (clean_embed - corrupted_embed)
-    interpolated = interpolated.flatten(0, 1).to(dtype).requires_grad_(True)
+    clean, corrupted = difference.clean_embed, difference.corrupted_embed
+    weights = torch.tensor(alphas, dtype=probe.score_dtype, device=clean.device).view(-1, 1, 1, 1)
+    interpolated = corrupted + weights * (clean - corrupted)
+    model_dtype = next(probe.model.parameters()).dtype
+    interpolated = interpolated.flatten(0, 1).to(model_dtype).requires_grad_(True)
     stacked = batch.clean.repeat(steps)
+    scorer = _BackwardScorer(probe, difference.delta, scores, steps)
 
-    found: dict = {"qkv": [[None] * len(p) for p in probe.projections], "x": [None] * probe.arch.layers,
-                   "mlp": [None] * probe.arch.layers, "logits": None}  # fmt: skip
-
-    shape = stacked.input_ids.shape
-
-    def keep_grad(tensor: torch.Tensor, store: list | dict, key) -> None:
-        act = probe.activation_dtype
-        tensor.register_hook(lambda g: store.__setitem__(key, g.to(act).reshape(*shape, -1)))
-
-    def cloned_input(store, key):
+    def cloned_input(on_grad):
         def hook(module, args):
             copy = args[0].clone()
-            keep_grad(copy, store, key)
+            copy.register_hook(on_grad)
             return (copy, *args[1:])
+
+        return hook
+
+    def keep_input(layer: int):
+        return lambda m, args: scorer.norm_inputs.__setitem__(layer, args[0].detach())
+
+    def on_projection(layer: int, index: int):
+        def hook(module, inputs, output) -> None:  # returns nothing: the output is not replaced
+            output.register_hook(lambda g: scorer.projection_gradient(layer, index, g))
 
         return hook
 
     forward = [(probe.embed, lambda m, i, o: interpolated)]
     pre = []
     for layer in range(probe.arch.layers):
-        pre.append((probe.attention_norms[layer], lambda m, args, layer=layer: found["x"].__setitem__(
-            layer, args[0].detach().reshape(*shape, -1))))  # fmt: skip
+        pre.append((probe.attention_norms[layer], keep_input(layer)))
         for index, projection in enumerate(probe.projections[layer]):
-            forward.append((projection.module, lambda m, i, o, layer=layer, index=index: keep_grad(
-                o, found["qkv"][layer], index)))  # fmt: skip
-        pre.append((probe.mlp_norms[layer], cloned_input(found["mlp"], layer)))
-    pre.append((probe.final_norm, cloned_input(found, "logits")))
+            forward.append((projection.module, on_projection(layer, index)))
+        pre.append(
+            (probe.mlp_norms[layer], cloned_input(lambda g, layer=layer: scorer.mlp_gradient(layer, g)))
+        )
+    pre.append((probe.final_norm, cloned_input(scorer.logits_gradient)))
     with module_hooks(forward, pre), torch.enable_grad():
         logits = probe.run(stacked)
         loss = metric_loss(
             config.metric,
             logits,
-            clean_logits.repeat(steps, 1),
+            difference.clean_logits.repeat(steps, 1),
             batch.answers.repeat(steps),
             None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(steps),
         ).sum()
         torch.autograd.grad(loss, interpolated)
-    return found
+    scorer.check_done()
 
 
-def _attention_layer_scores(
-    probe: ModelProbe, layer: int, grads: dict, delta: torch.Tensor, steps: int
-) -> torch.Tensor:
-    """Return the scores ``[sources before layer, q/k/v destinations]`` of one layer's heads.
+@dataclass
+class _Group:
+    """Destination gradients waiting for one product with the buffer's first ``rows`` sources."""
 
-    A head's residual gradient is the norm's vector-Jacobian product of
-    ``g = W_head^T dq`` (dq: the projection output's gradient). For a
-    LayerNorm with gain w, inverse std r and unit input u,
-    ``dx = r (w*g - mean(w*g) - u mean(w*g*u))`` (RMSNorm: no centring term),
-    so ``delta . dx`` splits into three sums that never materialise a
-    per-step ``[n, d]`` gradient per position: the steps are averaged in head
-    space first and projected once.
+    rows: int
+    columns: list[int]  # destination index of each filled gradient row
+    gradients: torch.Tensor  # [capacity, B*T*d] in the model's dtype
+
+
+class _BackwardScorer:
+    """Turns the gradients the backward pass produces into scores, a group of destinations at a time.
+
+    Destinations reading the same prefix of the buffer share one product: a layer's q/k/v and the
+    MLP of the layer below (``logits`` and the last MLP), which the backward pass produces one after
+    the other. A group is flushed when a destination with another prefix arrives, at the end, or
+    when it holds as many gradients as its memory share allows; scores never depend on the grouping.
     """
-    norm = probe.attention_norms[layer]
-    dtype, act = probe.score_dtype, probe.activation_dtype
-    head_grads, weights = [], []
-    for projection, grad in zip(probe.projections[layer], grads["qkv"][layer], strict=True):
-        head_grads.append(projection.split_output(grad.to(dtype)).flatten(2, 3))  # [mB, T, n_p, dh]
-        weights.append(projection.weight().to(dtype).flatten(0, 1))  # [n_p, dh, d]
-    dq, weight = torch.cat(head_grads, dim=2), torch.cat(weights, dim=0)
-    x = grads["x"][layer].to(dtype)
-    d_model = x.shape[-1]
-    gain = norm.weight.to(dtype)
-    layernorm = probe.arch.names.norm == "layernorm"
-    if layernorm:
-        x = x - x.mean(dim=-1, keepdim=True)
-        inverse = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + norm.eps)
-    else:
-        eps = getattr(norm, "variance_epsilon", None) or norm.eps
-        inverse = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
-    unit = x * inverse  # [mB, T, d]
-    scale = inverse.squeeze(-1)  # [mB, T]
 
-    # term 1: sum_bt (delta * w) . mean_k r_k g_k, with mean_k r_k g_k = (mean_k r_k dq_k) @ W
-    averaged = _mean_over_steps(dq * scale[..., None, None], steps)
-    projected = torch.einsum("btnh,nhd->btnd", averaged, weight)
-    scores = torch.einsum("btsd,btnd->sn", delta * gain.to(act), projected.to(act)).to(dtype)
-    # term 3: r_k * mean(w * g_k * u_k) = r_k * (dq_k . W (w * u_k)) / d, times delta . u_k
-    unit_heads = torch.einsum("nhd,btd->btnh", weight, unit * gain)
-    coefficient = (dq * unit_heads).sum(-1) * scale[..., None] / d_model  # [mB, T, n]
-    batch, length = delta.shape[:2]
-    delta_unit = torch.einsum("btsd,kbtd->kbts", delta, unit.view(steps, batch, length, d_model).to(act))
-    delta_unit = delta_unit.to(dtype)
-    scores -= torch.einsum("kbtn,kbts->sn", coefficient.view(steps, batch, length, -1), delta_unit) / steps
-    if layernorm:  # term 2: r_k * mean(w * g_k) = r_k * (dq_k . W w) / d, times sum_d delta
-        gain_heads = torch.einsum("nhd,d->nh", weight, gain) / d_model
-        centring = _mean_over_steps(torch.einsum("btnh,nh->btn", dq, gain_heads) * scale[..., None], steps)
-        scores -= torch.einsum("bts,btn->sn", delta.sum(-1, dtype=dtype), centring)
-    return scores
+    def __init__(self, probe: ModelProbe, delta: torch.Tensor, scores: torch.Tensor, steps: int) -> None:
+        self.probe, self.delta, self.scores, self.steps = probe, delta, scores, steps
+        self.graph = probe.graph
+        self.batch, self.length, self.width = delta.shape[1], delta.shape[2], delta.shape[3]
+        self.norm_inputs: dict[int, torch.Tensor] = {}
+        self.arrived = [0] * probe.arch.layers
+        self.group: _Group | None = None
+        self.waiting: torch.Tensor | None = None
+        floor = floor_bytes(probe.arch, steps * self.batch, self.length, delta.dtype)
+        budget = TEMPORARY_SHARE * (floor + delta.nbytes)  # for the group, and again for head chunks
+        self.capacity = max(1, int(budget // (self.batch * self.length * self.width * delta.itemsize)))
+        self.chunk_bytes = budget
+
+    # --- gradient hooks ------------------------------------------------------------------
+    def logits_gradient(self, grad: torch.Tensor) -> None:
+        self._add(self.graph.n_sources, self.graph.logits_destination, self._mean_over_steps(grad))
+
+    def mlp_gradient(self, layer: int, grad: torch.Tensor) -> None:
+        rows = self.graph.sources_before(layer + 1)  # what the layer above reads; rows past the MLP's
+        self._add(rows, self.graph.mlp_destination(layer), self._mean_over_steps(grad))  # are non-edges
+
+    def projection_gradient(self, layer: int, index: int, grad: torch.Tensor) -> None:
+        projections = self.probe.projections[layer]
+        first = self.graph.attention_destinations(layer).start
+        first += sum(len(p.parts) * p.heads[0] for p in projections[:index])
+        rows = self.graph.sources_before(layer)
+        for offset, gradient in self._head_gradients(layer, projections[index], grad):
+            self._add(rows, first + offset, gradient)
+        self.arrived[layer] += 1
+        if self.arrived[layer] == len(projections):
+            del self.norm_inputs[layer]
+
+    def check_done(self) -> None:
+        """Score what is still waiting (the first layer's q/k/v) and free the waiting rows."""
+        self._flush()
+        self.waiting = None
+
+    # --- products with the buffer -----------------------------------------------------------
+    def _add(self, rows: int, destination: int, gradient: torch.Tensor) -> None:
+        """Queue the gradient rows ``[k, B*T*d]`` of destinations ``destination .. + k`` for a product
+        with the buffer's first ``rows`` sources."""
+        gradient = gradient.reshape(-1, self.delta[0].numel())
+        for start in range(len(gradient)):
+            group = self.group
+            if group is None or group.rows != rows or len(group.columns) == self.capacity:
+                self._flush()
+                if self.waiting is None:  # allocated once, reused by every group
+                    self.waiting = self.delta.new_empty(self.capacity, self.delta[0].numel())
+                group = self.group = _Group(rows, [], self.waiting)
+            group.gradients[len(group.columns)] = gradient[start]
+            group.columns.append(destination + start)
+
+    def _flush(self) -> None:
+        group, self.group = self.group, None
+        if group is None or not group.columns:
+            return
+        rows = self.delta[: group.rows].view(group.rows, -1)
+        product = rows @ group.gradients[: len(group.columns)].T  # [rows, filled], the model's dtype
+        columns = torch.tensor(group.columns, device=self.scores.device)
+        self.scores[: group.rows].index_add_(1, columns, product.to(self.scores.dtype))
+
+    def _mean_over_steps(self, grad: torch.Tensor) -> torch.Tensor:
+        """Return a destination's gradient averaged over the steps, flat ``[B*T*d]``, in the model's dtype."""
+        return grad.reshape(self.steps, -1).to(self.scores.dtype).mean(dim=0).to(self.delta.dtype)
+
+    def _head_gradients(
+        self, layer: int, projection: QKVProjection, grad: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(first head, residual gradients [heads, B*T*d])`` of a projection's heads, a chunk of
+        heads at a time: each head's gradient through the attention norm, averaged over the steps.
+
+        For a LayerNorm with gain w, inverse std r and unit input u, the residual gradient of a
+        head's output gradient ``g = W_head^T dq`` is ``r (w*g - mean(w*g) - u mean(w*g*u))``
+        (RMSNorm: no centring term). Averaged over the steps it is
+        ``w * (mean_k r_k dq_k) W  -  mean_k c_k u_k  -  mean_k r_k (dq_k . W w) / d`` with
+        ``c_k = r_k (dq_k . W (w*u_k)) / d``: all computed in head space, never per step in full width.
+        """
+        dtype, steps, width = self.scores.dtype, self.steps, self.width
+        positions = self.batch * self.length
+        norm = self.probe.attention_norms[layer]
+        x = self.norm_inputs[layer].reshape(steps, positions, width).to(dtype)
+        layernorm = self.probe.arch.names.norm == "layernorm"
+        if layernorm:
+            x = x - x.mean(dim=-1, keepdim=True)
+        eps = norm.eps if layernorm else (getattr(norm, "variance_epsilon", None) or norm.eps)
+        inverse = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)  # [m, P, 1]
+        unit = x * inverse  # [m, P, d]
+        del x
+        gain = norm.weight.to(dtype)
+        heads = projection.split_output(grad.reshape(steps, positions, -1)).flatten(2, 3)  # [m, P, n, dh]
+        weight = projection.weight().flatten(0, 1)  # [n, dh, d]
+        count = weight.shape[0]
+        per_head = 3 * positions * width * torch.finfo(dtype).bits // 8  # result, spread, the cast
+        chunk = max(1, min(count, int(self.chunk_bytes // per_head)))
+        for start in range(0, count, chunk):
+            rows = slice(start, min(start + chunk, count))
+            w = weight[rows].to(dtype)  # [c, dh, d]
+            dq = heads[:, :, rows].to(dtype) * inverse[..., None]  # r_k dq_k: [m, P, c, dh]
+            averaged = dq.mean(dim=0).transpose(0, 1)  # [c, P, dh]
+            result = torch.bmm(averaged, w).mul_(gain)  # w * (mean_k r_k dq_k) W: [c, P, d]
+            unit_heads = torch.einsum("kpd,chd->kpch", unit * gain, w)  # W (w*u_k)
+            coefficient = (dq * unit_heads).sum(-1) / width  # c_k: [m, P, c]
+            del unit_heads
+            spread = torch.bmm(coefficient.permute(1, 2, 0), unit.transpose(0, 1))  # [P, c, d]
+            result.sub_(spread.transpose(0, 1), alpha=1 / steps)
+            del spread
+            if layernorm:
+                centring = torch.einsum("kpch,ch->pc", dq, w @ gain) / (steps * width)  # [P, c]
+                result.sub_(centring.T[..., None])
+            yield rows.start, result.to(self.delta.dtype)

@@ -22,44 +22,47 @@ from ftcircuits.options import Metric, SelectionMethod
 
 @torch.no_grad()
 def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -> torch.Tensor:
-    """Return last-position logits of the clean input with every non-circuit edge patched."""
+    """Return last-position logits of the clean input with every non-circuit edge patched.
+
+    One source-major buffer holds the corrupted outputs; as the patched pass produces each source's
+    output, it is subtracted in place, so when a destination reads, the buffer's prefix holds
+    ``z(corrupted) - z(current)`` of every source before it. The buffer is in the score dtype.
+    """
     graph, arch = probe.graph, probe.arch
-    corrupted, _ = probe.source_outputs(batch.clean, batch.corrupted_ids)
-    removed = (graph.edge_mask & ~circuit.to(graph.edge_mask.device)).to(corrupted)
+    buffer = probe.source_buffer(batch.clean, probe.score_dtype)
+    probe.write_sources(batch.clean, batch.corrupted_ids, lambda s, out: _write(buffer, s, out, "copy"))
+    removed = (graph.edge_mask.to(circuit.device) & ~circuit).to(buffer)
     if not removed.any():
         return probe.run(batch.clean)
-    current: list[torch.Tensor] = []
     shape = batch.clean.input_ids.shape
     stash: dict = {}
 
-    def difference(count: int) -> torch.Tensor:
-        return corrupted[:, :, :count] - torch.cat(current, dim=2)[:, :, :count]
-
-    def record(tensor: torch.Tensor) -> None:
-        current.append(tensor.to(corrupted.dtype).reshape(*shape, -1, tensor.shape[-1]))
+    def shift(weights: torch.Tensor) -> torch.Tensor:
+        """Return sum over sources of weight * (corrupted - current): ``[columns, B, T, d]``."""
+        rows = weights.shape[0]
+        return (weights.T @ buffer[:rows].view(rows, -1)).view(weights.shape[1], *shape, -1)
 
     def shifted_input(destination: int, reads: int):
         def hook(module, args):
-            weights = removed[:reads, destination]
+            weights = removed[:reads, destination, None]
             if not weights.any():
                 return None
-            delta = torch.einsum("btsd,s->btd", difference(reads), weights)
-            return (args[0] + delta.reshape(args[0].shape).to(args[0].dtype), *args[1:])
+            return (args[0] + shift(weights)[0].reshape(args[0].shape).to(args[0].dtype), *args[1:])
 
         return hook
 
     def per_head_projection(layer: int, index: int, start: int):
         projection = probe.projections[layer][index]
         count = len(projection.parts) * projection.heads[0]
-        columns = slice(start, start + count)
+        columns = graph.attention_destinations(layer).start + start
         before = graph.sources_before(layer)
 
         def hook(module, inputs, output):
-            weights = removed[:before, graph.attention_destinations(layer)][:, columns]
+            weights = removed[:before, columns : columns + count]
             if not weights.any():
                 return None
-            delta = torch.einsum("btsd,sn->btnd", difference(before), weights)
             x = stash["x"].reshape(*shape, -1)
+            delta = shift(weights).permute(1, 2, 0, 3)  # [B, T, heads, d]
             normed = probe.attention_norms[layer].forward(x[:, :, None] + delta.to(x.dtype))
             normed = normed.unflatten(2, (len(projection.parts), projection.heads[0]))
             heads = torch.einsum("btphd,phkd->btphk", normed, projection.weight())
@@ -69,22 +72,27 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
 
         return hook
 
-    forward = [(probe.embed, lambda m, i, o: record(o))]
-    pre = []
+    forward, pre = probe.source_hooks(shape, lambda s, out: _write(buffer, s, out, "subtract"))
     for layer in range(arch.layers):
         pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
         start = 0
         for index, projection in enumerate(probe.projections[layer]):
             forward.append((projection.module, per_head_projection(layer, index, start)))
             start += len(projection.parts) * projection.heads[0]
-        pre.append((probe.attention_outs[layer],
-                    lambda m, args, layer=layer: record(probe.head_outputs(layer, args[0]))))  # fmt: skip
         reads = graph.sources_before(layer) + (0 if arch.parallel_blocks else arch.heads)
         pre.append((probe.mlp_norms[layer], shifted_input(graph.mlp_destination(layer), reads)))
-        forward.append((probe.mlp_outs[layer], lambda m, i, o: record(o)))
     pre.append((probe.final_norm, shifted_input(graph.logits_destination, graph.n_sources)))
     with module_hooks(forward, pre):
         return probe.run(batch.clean)
+
+
+def _write(buffer: torch.Tensor, first: int, outputs: torch.Tensor, how: str) -> None:
+    """Copy ``outputs`` into the buffer's sources from ``first`` on, or subtract them there."""
+    rows = buffer[first : first + len(outputs)]
+    if how == "copy":
+        rows.copy_(outputs)
+    else:
+        rows.sub_(outputs.to(buffer.dtype))
 
 
 @torch.no_grad()
