@@ -11,7 +11,8 @@ import torch
 from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
 from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS, circuit_evaluation, faithfulness_curve
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.circuits.pairs import pair_batches
+from ftcircuits.circuits.memory import BatchChoice, circuit_batch
+from ftcircuits.circuits.pairs import PairBatch, longest_prompt, pair_batches
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import Selection, nodes_in_circuit, select_circuit
 from ftcircuits.models.loader import LoadedModel
@@ -27,6 +28,22 @@ class DiscoveredCircuit:
     metrics: dict
     nodes: list[str]
     curve: dict | None = None
+    batch: BatchChoice | None = None  # the batch it ran at, and the memory arithmetic behind it
+
+
+def discovery_batches(
+    loaded: LoadedModel, items: pl.DataFrame, attribution: AttributionConfig, batch_size: int | str
+) -> tuple[list[PairBatch], BatchChoice]:
+    """Return ``items`` as pair batches on the model's device, at ``batch_size`` or, for ``"auto"``, the
+    largest batch the device's free memory holds; raise BatchSizeError before any model work when an
+    explicit batch cannot fit."""
+    device = next(loaded.model.parameters()).device
+    dtype = next(loaded.model.parameters()).dtype
+    length = longest_prompt(loaded.tokenizer, items)
+    steps = len(attribution.alphas())
+    choice = circuit_batch(loaded.architecture, batch_size, length, steps, dtype, device, items.height)
+    need_corrupted = attribution.metric == "logit_diff"
+    return pair_batches(loaded.tokenizer, items, choice.batch, device, need_corrupted), choice
 
 
 def discover_circuit(
@@ -34,18 +51,17 @@ def discover_circuit(
     items: pl.DataFrame,
     attribution: AttributionConfig,
     selection: Selection,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     on_batch: Callable[[int, int], None] | None = None,
     curve: bool = False,
 ) -> DiscoveredCircuit:
     """Score every edge on ``items`` (mean over examples), select a circuit, evaluate it.
 
-    With ``curve``, also the faithfulness curve over edge budgets 0.1%..100%.
+    With ``curve``, also the faithfulness curve over edge budgets 0.1%..100%. ``batch_size`` is a
+    number of pairs or ``"auto"`` (see ``discovery_batches``).
     """
     device = next(loaded.model.parameters()).device
-    batches = pair_batches(
-        loaded.tokenizer, items, batch_size, device, need_corrupted_answers=attribution.metric == "logit_diff"
-    )
+    batches, choice = discovery_batches(loaded, items, attribution, batch_size)
     probe = ModelProbe(loaded.model, loaded.architecture)
     scores = torch.zeros(probe.graph.n_sources, probe.graph.n_destinations, dtype=probe.score_dtype)
     for index, batch in enumerate(batches):
@@ -68,7 +84,7 @@ def discover_circuit(
         budget_curve = faithfulness_curve(
             probe, batches, scores.to(device), attribution.metric, DEFAULT_BUDGETS, selection.method
         )
-    return DiscoveredCircuit(graph, scores, circuit, metrics, nodes, budget_curve)
+    return DiscoveredCircuit(graph, scores, circuit, metrics, nodes, budget_curve, choice)
 
 
 def circuit_metadata(

@@ -67,3 +67,8 @@ def pair_batches(
             ).to(device)
         )
     return batches
+
+
+def longest_prompt(tokenizer: PreTrainedTokenizerBase, items: pl.DataFrame) -> int:
+    """Return the token length of the longest clean prompt of ``items`` (what a batch pads to at most)."""
+    return max(len(ids) for ids in prompt_ids(tokenizer, items["prompt"].to_list()))

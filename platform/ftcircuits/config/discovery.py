@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
@@ -38,7 +39,11 @@ class DiscoverySettings(Strict):
     steps: int = Field(5, ge=1)
     step_convention: StepConvention = "k=1..m"
     metric: Metric = "kl"
-    batch_size: int = Field(32, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        32,
+        description="pairs per EAP-IG batch, or auto: the largest batch the device's free memory holds "
+        "(circuits/memory.py); an explicit batch that cannot fit is refused before any work",
+    )
     selection: SelectionMethod = "top"
     budget: float = Field(0.05, gt=0, le=1, description="the circuit's share of the graph's edges")
     curve: bool = False
