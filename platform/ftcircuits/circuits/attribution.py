@@ -78,7 +78,7 @@ def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConf
         scores[:reads, graph.mlp_destination(layer)] += summed("btsd,btd->s", delta[:, :, :reads], mlp)
     final = _mean_over_steps(grads["logits"].to(dtype), steps)
     scores[:, graph.logits_destination] += summed("btsd,btd->s", delta, final)
-    return (scores * graph.edge_mask.to(scores.device)).detach()
+    return (scores * graph.edge_mask_on(scores.device)).detach()
 
 
 def _mean_over_steps(grad: torch.Tensor, steps: int) -> torch.Tensor:

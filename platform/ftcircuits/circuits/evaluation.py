@@ -25,7 +25,7 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
     """Return last-position logits of the clean input with every non-circuit edge patched."""
     graph, arch = probe.graph, probe.arch
     corrupted, _ = probe.source_outputs(batch.clean, batch.corrupted_ids)
-    removed = (graph.edge_mask & ~circuit.to(graph.edge_mask.device)).to(corrupted)
+    removed = (graph.edge_mask_on(corrupted.device) & ~circuit.to(corrupted.device)).to(corrupted)
     if not removed.any():
         return probe.run(batch.clean)
     current: list[torch.Tensor] = []
@@ -139,13 +139,16 @@ def faithfulness_curve(
     method: SelectionMethod = "top",
 ) -> dict:
     """Return normalized faithfulness per edge budget and the curve's areas (trapezoid over budgets):
-    ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|)."""
+    ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|), all Python floats.
+
+    The scores may be on any device; each budget's circuit is selected there and evaluated on the model's.
+    """
     points = []
     for budget in budgets:
         circuit = select_circuit(scores, probe.graph, method, budget=budget)
         points.append(circuit_evaluation(probe, batches, circuit, metric)["faithfulness"])
-    xs = torch.tensor(list(budgets), dtype=torch.float64)
-    ys = torch.tensor(points, dtype=torch.float64)
+    xs = torch.tensor(list(budgets), dtype=torch.float64, device="cpu")  # Python numbers: host arithmetic
+    ys = torch.tensor(points, dtype=torch.float64, device="cpu")
     return {
         "budgets": list(budgets),
         "faithfulness": points,
