@@ -97,7 +97,7 @@ def circuit_evaluation(
 
     normalized: (L(C) - L(empty)) / (L(full) - L(empty)) with L the metric's
     loss, summed over examples. paper: 100 * (1 - |KL(full||corrupt) -
-    KL(circuit||corrupt)| / KL(full||corrupt)), the authors' form.
+    KL(circuit||corrupt)| / KL(full||corrupt)), the authors' form. The circuit may be on any device.
     """
     totals = dict.fromkeys(
         ("full", "empty", "circuit", "kl_full", "kl_circuit", "hits", "model_hits", "n"), 0.0
