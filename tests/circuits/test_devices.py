@@ -200,17 +200,19 @@ def shipped_run(tmp_path_factory: pytest.TempPathFactory) -> ShippedRun:
 
 # --- the tests -----------------------------------------------------------------------------------
 def test_edge_mask_on_builds_the_mask_on_the_device_asked_for(monkeypatch):
-    graph = Graph(layers=3, heads=2, kv_heads=1, parallel_blocks=True)
-    home = graph.edge_mask
-    assert home.device.type == "cpu" and int(home.sum()) == graph.n_edges
-    assert graph.edge_mask_on("cpu") is graph.edge_mask_on(torch.device("cpu"))  # built once per device
+    graph = Graph(layers=3, heads=3, kv_heads=1, parallel_blocks=True)  # no other test builds its mask
     put_home_mask_on_meta(monkeypatch)
     assert graph.edge_mask.device.type == "meta"
-    # the CPU mask is built on the CPU, not copied from the home mask (which holds no data now)
-    assert torch.equal(graph.edge_mask_on("cpu"), home)
+    # built on the CPU, not copied from the home mask (which holds no data now)
+    mask = graph.edge_mask_on("cpu")
+    assert mask.device.type == "cpu" and mask.dtype == torch.bool
+    # per layer, q/k/v (3 + 1 + 1) and the MLP read the 1, 5, 9 sources before it; the logits read all 13
+    assert int(mask.sum()) == graph.n_edges == (5 + 1) * (1 + 5 + 9) + 13
+    assert mask[0].all() and not mask[graph.head_source(0, 0), graph.mlp_destination(0)]  # parallel
+    assert mask is graph.edge_mask_on(torch.device("cpu"))  # built once per device
+    assert len(graph.edge_names()) == graph.n_edges
     on_meta = graph.edge_mask_on("meta")
-    assert on_meta.device.type == "meta" and on_meta.shape == home.shape
-    assert graph.n_edges == int(home.sum()) and len(graph.edge_names()) == graph.n_edges
+    assert on_meta.device.type == "meta" and on_meta.shape == mask.shape
 
 
 def test_entry_points_use_no_mask_from_another_device_and_no_default_device(
