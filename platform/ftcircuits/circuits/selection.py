@@ -132,8 +132,9 @@ def prune_dead_nodes(circuit: torch.Tensor, graph: Graph) -> torch.Tensor:
     owner = NodeIndex(graph).owner_sources(circuit.device)  # per destination; -1: logits
     owned = owner >= 0
     node_inputs = owned.nonzero().flatten()  # the destinations that belong to a source's node
+    their_sources = owner[node_inputs]
     while True:
-        source_alive = _sources_with_input(circuit, node_inputs, owner[node_inputs])
+        source_alive = _sources_with_input(circuit, node_inputs, their_sources)
         source_alive[0] = True  # input
         destination_alive = ~owned | circuit.any(dim=1)[owner.clamp(min=0)]
         pruned = circuit & source_alive[:, None] & destination_alive[None, :]
