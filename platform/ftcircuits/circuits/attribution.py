@@ -105,7 +105,7 @@ def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConf
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype,
                          device=difference.delta.device)  # fmt: skip
     _score_in_backward(probe, batch, difference, config, scores)
-    return scores.mul_(graph.edge_mask.to(scores.device))
+    return scores.mul_(graph.edge_mask_on(scores.device))
 
 
 def _score_in_backward(

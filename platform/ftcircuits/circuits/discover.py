@@ -20,7 +20,10 @@ from ftcircuits.models.loader import LoadedModel
 
 @dataclass
 class DiscoveredCircuit:
-    """Edge scores (mean over examples), the selected circuit, its metrics and nodes."""
+    """Edge scores (mean over examples), the selected circuit, its metrics and nodes.
+
+    ``scores`` and ``circuit`` are on the model's device (``edges_table`` writes them from any device).
+    """
 
     graph: Graph
     scores: torch.Tensor
@@ -63,18 +66,18 @@ def discover_circuit(
     device = next(loaded.model.parameters()).device
     batches, choice = discovery_batches(loaded, items, attribution, batch_size)
     probe = ModelProbe(loaded.model, loaded.architecture)
-    scores = torch.zeros(probe.graph.n_sources, probe.graph.n_destinations, dtype=probe.score_dtype)
+    graph = probe.graph
+    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=device)
     for index, batch in enumerate(batches):
-        scores += attribute_batch(probe, batch, attribution).cpu()
+        scores += attribute_batch(probe, batch, attribution).to(device)
         if on_batch is not None:
             on_batch(index + 1, len(batches))
     scores /= items.height
-    graph = probe.graph
     circuit = select_circuit(scores, graph, selection.method, budget=selection.budget, prune=selection.prune)
-    metrics = circuit_evaluation(probe, batches, circuit.to(device), attribution.metric)
+    metrics = circuit_evaluation(probe, batches, circuit, attribution.metric)
     nodes = sorted(nodes_in_circuit(circuit, graph))
     metrics |= {
-        "score_std": float(scores[graph.edge_mask].std()),  # the edge scores' spread (0: input-blind)
+        "score_std": float(scores[graph.edge_mask_on(device)].std()),  # the spread (0: input-blind)
         "edges_in_circuit": int(circuit.sum()),
         "edges_total": graph.n_edges,
         "nodes_in_circuit": len(nodes),
@@ -82,7 +85,7 @@ def discover_circuit(
     budget_curve = None
     if curve:
         budget_curve = faithfulness_curve(
-            probe, batches, scores.to(device), attribution.metric, DEFAULT_BUDGETS, selection.method
+            probe, batches, scores, attribution.metric, DEFAULT_BUDGETS, selection.method
         )
     return DiscoveredCircuit(graph, scores, circuit, metrics, nodes, budget_curve, choice)
 

@@ -31,7 +31,7 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
     graph, arch = probe.graph, probe.arch
     buffer = probe.source_buffer(batch.clean, probe.score_dtype)
     probe.write_sources(batch.clean, batch.corrupted_ids, lambda s, out: _write(buffer, s, out, "copy"))
-    removed = (graph.edge_mask.to(circuit.device) & ~circuit).to(buffer)
+    removed = (graph.edge_mask_on(buffer.device) & ~circuit.to(buffer.device)).to(buffer)
     if not removed.any():
         return probe.run(batch.clean)
     shape = batch.clean.input_ids.shape
@@ -105,7 +105,7 @@ def circuit_evaluation(
 
     normalized: (L(C) - L(empty)) / (L(full) - L(empty)) with L the metric's
     loss, summed over examples. paper: 100 * (1 - |KL(full||corrupt) -
-    KL(circuit||corrupt)| / KL(full||corrupt)), the authors' form.
+    KL(circuit||corrupt)| / KL(full||corrupt)), the authors' form. The circuit may be on any device.
     """
     totals = dict.fromkeys(
         ("full", "empty", "circuit", "kl_full", "kl_circuit", "hits", "model_hits", "n"), 0.0
@@ -147,13 +147,16 @@ def faithfulness_curve(
     method: SelectionMethod = "top",
 ) -> dict:
     """Return normalized faithfulness per edge budget and the curve's areas (trapezoid over budgets):
-    ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|)."""
+    ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|), all Python floats.
+
+    The scores may be on any device; each budget's circuit is selected there and evaluated on the model's.
+    """
     points = []
     for budget in budgets:
         circuit = select_circuit(scores, probe.graph, method, budget=budget)
         points.append(circuit_evaluation(probe, batches, circuit, metric)["faithfulness"])
-    xs = torch.tensor(list(budgets), dtype=torch.float64)
-    ys = torch.tensor(points, dtype=torch.float64)
+    xs = torch.tensor(list(budgets), dtype=torch.float64, device="cpu")  # Python numbers: host arithmetic
+    ys = torch.tensor(points, dtype=torch.float64, device="cpu")
     return {
         "budgets": list(budgets),
         "faithfulness": points,

@@ -15,7 +15,7 @@ score matrix of the same shape is a score per edge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -96,24 +96,44 @@ class Graph:
         return self.destination_names[destination].split("<")[0]
 
     # --- edges ---------------------------------------------------------------------------
-    @cached_property
+    def edge_mask_on(self, device: torch.device | str) -> torch.Tensor:
+        """Return the boolean ``[n_sources, n_destinations]`` mask of real edges, built on ``device``.
+
+        Combine it with scores, circuits or activations as ``graph.edge_mask_on(x.device)``. The mask
+        is built there, never copied from another device, and cached per device: do not modify it.
+        """
+        return _edge_mask(self, str(torch.device(device)))
+
+    @property
     def edge_mask(self) -> torch.Tensor:
-        """Return the boolean ``[n_sources, n_destinations]`` mask of real edges."""
-        mask = torch.zeros(self.n_sources, self.n_destinations, dtype=torch.bool)
-        for layer in range(self.layers):
-            before = self.sources_before(layer)
-            mask[:before, self.attention_destinations(layer)] = True
-            mlp_reads = before if self.parallel_blocks else before + self.heads
-            mask[:mlp_reads, self.mlp_destination(layer)] = True
-        mask[:, self.logits_destination] = True
-        return mask
+        """Return the edge mask on the CPU, for code that wants host data (names, files)."""
+        return self.edge_mask_on("cpu")
 
     @property
     def n_edges(self) -> int:
-        return int(self.edge_mask.sum())
+        """Return the number of edges (arithmetic: no mask is built)."""
+        edges = self.n_sources  # every source reaches the logits
+        for layer in range(self.layers):
+            before = self.sources_before(layer)
+            edges += before * (self.heads + 2 * self.kv_heads)  # the q, k and v inputs
+            edges += before if self.parallel_blocks else before + self.heads  # the MLP
+        return edges
 
     def edge_names(self) -> list[tuple[str, str]]:
         """Return (source, destination) names of every edge, in mask order (row-major)."""
-        src, dst = self.edge_mask.nonzero(as_tuple=True)
+        src, dst = self.edge_mask_on("cpu").nonzero(as_tuple=True)
         pairs = zip(src.tolist(), dst.tolist(), strict=True)
         return [(self.source_names[s], self.destination_names[d]) for s, d in pairs]
+
+
+@lru_cache(maxsize=64)
+def _edge_mask(graph: Graph, device: str) -> torch.Tensor:
+    """Build ``graph``'s edge mask on ``device`` (cached by graph and device name)."""
+    mask = torch.zeros(graph.n_sources, graph.n_destinations, dtype=torch.bool, device=device)
+    for layer in range(graph.layers):
+        before = graph.sources_before(layer)
+        mask[:before, graph.attention_destinations(layer)] = True
+        mlp_reads = before if graph.parallel_blocks else before + graph.heads
+        mask[:mlp_reads, graph.mlp_destination(layer)] = True
+    mask[:, graph.logits_destination] = True
+    return mask

@@ -25,16 +25,15 @@ EDGES_SUFFIX = ".edges.parquet"
 META_SUFFIX = ".json"
 
 
-def edges_table(scores, circuit, graph) -> pl.DataFrame:
-    """Return the edges table of a score matrix and circuit mask over ``graph``."""
-    mask = graph.edge_mask
+def edges_table(scores: torch.Tensor, circuit: torch.Tensor, graph: Graph) -> pl.DataFrame:
+    """Return the edges table of a score matrix and circuit mask over ``graph`` (on any device)."""
     names = graph.edge_names()
     return pl.DataFrame(
         {
             "source": [s for s, _ in names],
             "destination": [d for _, d in names],
-            "score": scores[mask].float().cpu().numpy(),
-            "in_circuit": circuit[mask].cpu().numpy(),
+            "score": scores[graph.edge_mask_on(scores.device)].float().cpu().numpy(),
+            "in_circuit": circuit[graph.edge_mask_on(circuit.device)].cpu().numpy(),
         },
         schema={"source": pl.String, "destination": pl.String, "score": pl.Float32, "in_circuit": pl.Boolean},
     )
@@ -43,8 +42,9 @@ def edges_table(scores, circuit, graph) -> pl.DataFrame:
 def circuit_mask(edges: pl.DataFrame, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (scores float32, circuit bool) ``[n_sources, n_destinations]`` of an edges table over ``graph``.
 
-    Rows are matched to the graph's edges by name, so their order does not matter; ValueError if the
-    table does not hold exactly the graph's edges. Inverse of :func:`edges_table`.
+    Both are on the CPU, where the table's data is: move them with ``.to(device)``. Rows are matched
+    to the graph's edges by name, so their order does not matter; ValueError if the table does not
+    hold exactly the graph's edges. Inverse of :func:`edges_table`.
     """
     import torch  # here, not at the top: this module reads circuits without torch
 
@@ -59,9 +59,9 @@ def circuit_mask(edges: pl.DataFrame, graph: Graph) -> tuple[torch.Tensor, torch
     joined = expected.join(edges, on=["source", "destination"], how="left").sort("position")
     if joined["in_circuit"].null_count():
         raise ValueError("edges table does not belong to the graph: some graph edges are missing from it")
-    mask = graph.edge_mask
-    scores = torch.zeros(mask.shape, dtype=torch.float32)
-    circuit = torch.zeros(mask.shape, dtype=torch.bool)
+    mask = graph.edge_mask_on("cpu")
+    scores = torch.zeros(mask.shape, dtype=torch.float32, device="cpu")
+    circuit = torch.zeros(mask.shape, dtype=torch.bool, device="cpu")
     scores[mask] = torch.from_numpy(joined["score"].cast(pl.Float32).to_numpy().copy())
     circuit[mask] = torch.from_numpy(joined["in_circuit"].to_numpy().copy())
     return scores, circuit

@@ -72,4 +72,4 @@ def reference_scores(model: torch.nn.Module, batch: PairBatch, config: Attributi
     interpolated = [corrupted_embed + alpha * (clean_embed - corrupted_embed) for alpha in config.alphas()]
     grads = [reference_gradients(probe, batch, x, clean_logits, config.metric) for x in interpolated]
     mean = torch.stack(grads).mean(dim=0)
-    return torch.einsum("btsd,btnd->sn", corrupted_z - clean_z, mean) * probe.graph.edge_mask
+    return torch.einsum("btsd,btnd->sn", corrupted_z - clean_z, mean) * probe.graph.edge_mask_on(mean.device)

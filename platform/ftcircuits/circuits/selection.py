@@ -1,8 +1,10 @@
 """Choosing a circuit from edge scores: the top edges, greedy growth, dead-node pruning, the node view.
 
 A circuit is a boolean ``[n_sources, n_destinations]`` mask over the graph's
-edges (a subset of ``graph.edge_mask``). Its size is given as a ``budget`` (a
-share of the graph's edges) or as ``edges`` (a count).
+edges (a subset of ``graph.edge_mask_on(device)``). Its size is given as a
+``budget`` (a share of the graph's edges) or as ``edges`` (a count). Every
+function here works on the device of the scores or circuit it is given and
+returns its masks there.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ def edge_count(graph: Graph, budget: float | None = None, edges: int | None = No
 
 
 def top_edges(scores: torch.Tensor, graph: Graph, edges: int) -> torch.Tensor:
-    """Return the mask of the ``edges`` edges with the largest |score|."""
-    magnitude = torch.where(graph.edge_mask, scores.abs().float(), torch.tensor(-1.0))
-    chosen = torch.zeros(graph.edge_mask.numel(), dtype=torch.bool)
+    """Return the mask of the ``edges`` edges with the largest |score|, on the scores' device."""
+    mask = graph.edge_mask_on(scores.device)
+    magnitude = scores.abs().float().masked_fill(~mask, -1.0)
+    chosen = torch.zeros(mask.numel(), dtype=torch.bool, device=scores.device)
     chosen[magnitude.flatten().topk(edges).indices] = True
-    return chosen.view_as(graph.edge_mask)
+    return chosen.view_as(mask)
 
 
 class NodeIndex:
@@ -72,58 +75,82 @@ class NodeIndex:
         position = {name: i for i, name in enumerate(self.graph.source_names)}
         return [position.get(self.graph.destination_node(d)) for d in range(self.graph.n_destinations)]
 
+    def owner_sources(self, device: torch.device | str) -> torch.Tensor:
+        """Return ``source_of_destination`` as an index tensor ``[n_destinations]`` on ``device``
+        (-1 for ``logits``)."""
+        owners = [-1 if s is None else s for s in self.source_of_destination]
+        return torch.tensor(owners, dtype=torch.long, device=device)
+
 
 def greedy_edges(scores: torch.Tensor, graph: Graph, edges: int) -> torch.Tensor:
     """Grow a circuit from ``logits`` backwards: repeatedly add the highest-|score| edge whose
-    destination's node is already in the circuit, until ``edges`` edges."""
+    destination's node is already in the circuit, until ``edges`` edges.
+
+    The growth is a walk over a Python heap, so it reads the magnitudes into host memory once;
+    the mask it returns is on the scores' device.
+    """
     nodes = NodeIndex(graph)
-    magnitude = scores.abs().float()
-    chosen = torch.zeros_like(graph.edge_mask)
+    magnitude = scores.abs().float().cpu()
+    mask = graph.edge_mask_on(magnitude.device)
+    chosen: set[tuple[int, int]] = set()
     frontier: list[tuple[float, int, int]] = []
     reached_sources: set[int] = set()
 
     def open_destination(d: int) -> None:
-        for s in graph.edge_mask[:, d].nonzero().flatten().tolist():
-            heapq.heappush(frontier, (-magnitude[s, d].item(), s, d))
+        sources = mask[:, d].nonzero().flatten()
+        for s, value in zip(sources.tolist(), magnitude[sources, d].tolist(), strict=True):
+            heapq.heappush(frontier, (-value, s, d))
 
     open_destination(graph.logits_destination)
-    added = 0
-    while frontier and added < edges:
+    while frontier and len(chosen) < edges:
         _, s, d = heapq.heappop(frontier)
-        if chosen[s, d]:
+        if (s, d) in chosen:
             continue
-        chosen[s, d] = True
-        added += 1
+        chosen.add((s, d))
         if s not in reached_sources:
             reached_sources.add(s)
             for d_in in nodes.destinations_of_source[s]:
                 open_destination(d_in)
-    return chosen
+    return _mask_of(chosen, graph, scores.device)
+
+
+def _mask_of(edges: set[tuple[int, int]], graph: Graph, device: torch.device) -> torch.Tensor:
+    """Return the ``[n_sources, n_destinations]`` mask of ``(source, destination)`` pairs on ``device``."""
+    circuit = torch.zeros(graph.n_sources, graph.n_destinations, dtype=torch.bool, device=device)
+    if edges:
+        sources, destinations = zip(*edges, strict=True)
+        circuit[torch.tensor(sources, device=device), torch.tensor(destinations, device=device)] = True
+    return circuit
 
 
 def prune_dead_nodes(circuit: torch.Tensor, graph: Graph) -> torch.Tensor:
-    """Drop edges of nodes that cannot matter, repeating until nothing changes.
+    """Drop edges of nodes that cannot matter, repeating until nothing changes; on the circuit's device.
 
     An edge is dead when its source node (other than ``input``) has no incoming
     edge, or its destination node (other than ``logits``) has no outgoing edge.
     """
-    nodes = NodeIndex(graph)
-    circuit = circuit.clone()
-    inputs_of = nodes.destinations_of_source
-    source_of = nodes.source_of_destination
+    owner = NodeIndex(graph).owner_sources(circuit.device)  # per destination; -1: logits
+    owned = owner >= 0
+    node_inputs = owned.nonzero().flatten()  # the destinations that belong to a source's node
+    their_sources = owner[node_inputs]
     while True:
-        incoming = circuit.any(dim=0)  # per destination
-        outgoing = circuit.any(dim=1)  # per source
-        source_alive = torch.tensor(
-            [s == 0 or bool(incoming[inputs_of[s]].any()) for s in range(graph.n_sources)]
-        )
-        destination_alive = torch.tensor(
-            [source_of[d] is None or bool(outgoing[source_of[d]]) for d in range(graph.n_destinations)]
-        )
+        source_alive = _sources_with_input(circuit, node_inputs, their_sources)
+        source_alive[0] = True  # input
+        destination_alive = ~owned | circuit.any(dim=1)[owner.clamp(min=0)]
         pruned = circuit & source_alive[:, None] & destination_alive[None, :]
         if torch.equal(pruned, circuit):
-            return circuit
+            return pruned
         circuit = pruned
+
+
+def _sources_with_input(
+    circuit: torch.Tensor, destinations: torch.Tensor, owners: torch.Tensor
+) -> torch.Tensor:
+    """Return per source whether one of its node's ``destinations`` (``owners``: their sources) has an
+    incoming circuit edge."""
+    incoming = circuit.any(dim=0)[destinations].long()
+    counts = torch.zeros(circuit.shape[0], dtype=torch.long, device=circuit.device)
+    return counts.index_add_(0, owners, incoming) > 0
 
 
 def nodes_in_circuit(circuit: torch.Tensor, graph: Graph) -> set[str]:
@@ -141,7 +168,8 @@ def select_circuit(
     edges: int | None = None,
     prune: bool = True,
 ) -> torch.Tensor:
-    """Return a circuit mask: the top or greedily grown edges at a budget or count, then dead-node pruning."""
+    """Return a circuit mask on the scores' device: the top or greedily grown edges at a budget or count,
+    then dead-node pruning."""
     check_choice(SelectionMethod, method, "selection method")
     count = edge_count(graph, budget, edges)
     circuit = top_edges(scores, graph, count) if method == "top" else greedy_edges(scores, graph, count)
