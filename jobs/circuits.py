@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> None:
 
     found = discover_circuit(loaded, items, attribution, selection, config.batch_size, progress, config.curve)
     bar.close()
+    print(found.batch.describe())
     meta = circuit_metadata(
         loaded, attribution, selection, task=manifest["task"], parameters=manifest["parameters"],
         split=config.split, examples=items.height, data=str(config.data), faithfulness=found.metrics,
-        curve=found.curve,
+        curve=found.curve, batch_size=found.batch.batch,
     )  # fmt: skip
     name = f"{config.data.name}-{config.split}-{config.method}-{config.metric}"
     path = write_circuit(config.out / name, edges_table(found.scores, found.circuit, found.graph), meta)

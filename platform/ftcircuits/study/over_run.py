@@ -185,6 +185,7 @@ class CircuitRunner:
         meta = circuit_metadata(
             loaded, self.attribution, self.selection, unit=asdict(unit), split=self.settings.split,
             examples=items.height, data=str(self.data), faithfulness=found.metrics, curve=found.curve,
+            batch_size=found.batch.batch,
         )  # fmt: skip
         write_circuit(self.out / unit.key, edges_table(found.scores, found.circuit, found.graph), meta)
         return summary_row(unit, meta)
