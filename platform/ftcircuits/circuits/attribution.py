@@ -221,17 +221,21 @@ class _BackwardScorer:
     # --- products with the buffer -----------------------------------------------------------
     def _add(self, rows: int, destination: int, gradient: torch.Tensor) -> None:
         """Queue the gradient rows ``[k, B*T*d]`` of destinations ``destination .. + k`` for a product
-        with the buffer's first ``rows`` sources."""
+        with the buffer's first ``rows`` sources (cast to the model's dtype on the way)."""
         gradient = gradient.reshape(-1, self.delta[0].numel())
-        for start in range(len(gradient)):
+        done = 0
+        while done < len(gradient):
             group = self.group
             if group is None or group.rows != rows or len(group.columns) == self.capacity:
                 self._flush()
                 if self.waiting is None:  # allocated once, reused by every group
                     self.waiting = self.delta.new_empty(self.capacity, self.delta[0].numel())
                 group = self.group = _Group(rows, [], self.waiting)
-            group.gradients[len(group.columns)] = gradient[start]
-            group.columns.append(destination + start)
+            filled = len(group.columns)
+            take = min(self.capacity - filled, len(gradient) - done)
+            group.gradients[filled : filled + take].copy_(gradient[done : done + take])
+            group.columns.extend(range(destination + done, destination + done + take))
+            done += take
 
     def _flush(self) -> None:
         group, self.group = self.group, None
@@ -243,8 +247,8 @@ class _BackwardScorer:
         self.scores[: group.rows].index_add_(1, columns, product.to(self.scores.dtype))
 
     def _mean_over_steps(self, grad: torch.Tensor) -> torch.Tensor:
-        """Return a destination's gradient averaged over the steps, flat ``[B*T*d]``, in the model's dtype."""
-        return grad.reshape(self.steps, -1).to(self.scores.dtype).mean(dim=0).to(self.delta.dtype)
+        """Return a destination's gradient averaged over the steps, flat ``[B*T*d]``, in the score dtype."""
+        return grad.reshape(self.steps, -1).to(self.scores.dtype).mean(dim=0)
 
     def _head_gradients(
         self, layer: int, projection: QKVProjection, grad: torch.Tensor
@@ -290,4 +294,4 @@ class _BackwardScorer:
             if layernorm:
                 centring = torch.einsum("kpch,ch->pc", dq, w @ gain) / (steps * width)  # [P, c]
                 result.sub_(centring.T[..., None])
-            yield rows.start, result.to(self.delta.dtype)
+            yield rows.start, result

@@ -14,11 +14,11 @@ from pathlib import Path
 import polars as pl
 
 from ftcircuits.circuits.compare import circuit_similarity
-from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
+from ftcircuits.circuits.discover import circuit_metadata, discover_circuit, discovery_batches
 from ftcircuits.circuits.evaluation import circuit_evaluation
 from ftcircuits.circuits.io import circuit_exists, circuit_mask, edges_table, read_circuit, write_circuit
 from ftcircuits.circuits.merge import merge_circuits
-from ftcircuits.circuits.pairs import PairBatch, pair_batches
+from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import edge_count, select_circuit, top_edges
 from ftcircuits.config.data import TaskSpec
@@ -72,8 +72,7 @@ def merged_vs_own(
     config: CompositionalConfig, loaded: LoadedModel, items: dict[str, pl.DataFrame], circuits: dict
 ) -> tuple[pl.DataFrame, dict]:
     """Return the merged-vs-own faithfulness curve over ``config.budgets`` and their similarity."""
-    device = next(loaded.model.parameters()).device
-    batches = pair_batches(loaded.tokenizer, items["full"], config.batch_size, device)
+    batches, _ = discovery_batches(loaded, items["full"], config.attribution_config(), config.batch_size)
     probe = ModelProbe(loaded.model, loaded.architecture)
     subtasks, own = [circuits["inner"], circuits["outer"]], circuits["full"]
     curve = merged_budget_curve(probe, batches, subtasks, own, config.budgets, config.nodes, config.score,
