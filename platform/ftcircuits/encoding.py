@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.options import PaddingSide, check_choice
+
+if TYPE_CHECKING:  # polars only where a frame is read: the bare-GPU benchmark imports this without it
+    import polars as pl
 
 
 class AnswerTokenError(ValueError):
@@ -197,6 +200,8 @@ def task_accuracy(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Return accuracy overall (key "all") and per kind on a dataset frame."""
+    import polars as pl
+
     hits = correct_answers(model, tokenizer, items["prompt"].to_list(), items["answer"].to_list(), batch_size)
     scored = items.select("kind").with_columns(pl.Series("hit", hits, dtype=pl.Float64))
     per_kind = scored.group_by("kind").agg(pl.col("hit").mean()).sort("kind")

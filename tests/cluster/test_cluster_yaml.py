@@ -36,7 +36,7 @@ def worker_types(config: dict) -> dict:
 def test_ray_validates_the_cluster_config(cluster):
     prepared = checked(cluster)
     assert prepared["head_node_type"] == HEAD
-    assert sorted(prepared["available_node_types"]) == ["gpu-4xa10g", "gpu-8xa100", HEAD]
+    assert sorted(prepared["available_node_types"]) == ["gpu-4xa10g", "gpu-4xl40s", "gpu-8xa100-80gb", HEAD]
 
 
 def _rename(section: Callable[[dict], dict], old: str, new: str) -> Callable[[dict], None]:
@@ -72,14 +72,19 @@ def test_every_gpu_type_scales_from_zero_with_explicit_resources(cluster):
     types = worker_types(cluster)
     assert {name: t["node_config"]["InstanceType"] for name, t in types.items()} == {
         "gpu-4xa10g": "g5.12xlarge",
-        "gpu-8xa100": "p4d.24xlarge",
+        "gpu-4xl40s": "g6e.12xlarge",
+        "gpu-8xa100-80gb": "p4de.24xlarge",
     }
     for name, node_type in types.items():
         assert node_type["min_workers"] == 0, name
         resources = node_type["resources"]
         assert set(resources) == {"CPU", "GPU", "memory", name}, name
         assert resources[name] == 1 and resources["CPU"] > 0 and resources["memory"] > 0
-    assert types["gpu-4xa10g"]["resources"]["GPU"] == 4 and types["gpu-8xa100"]["resources"]["GPU"] == 8
+    assert {name: t["resources"]["GPU"] for name, t in types.items()} == {
+        "gpu-4xa10g": 4,
+        "gpu-4xl40s": 4,
+        "gpu-8xa100-80gb": 8,
+    }
 
 
 def test_the_images_pin_the_installed_ray(cluster):

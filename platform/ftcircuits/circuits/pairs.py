@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.encoding import PromptBatch, pad_prompts, prompt_ids, require_answer_ids
+
+if TYPE_CHECKING:  # frames arrive from the caller: attribution (PairBatch) imports this without polars
+    import polars as pl
 
 
 class PairLengthError(ValueError):

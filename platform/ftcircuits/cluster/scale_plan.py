@@ -1,6 +1,7 @@
-"""How a fine-tuning preset sizes on GPUs, without a model download: per-GPU memory from DeepSpeed's own
-estimators, the node type of the cluster config it fits, and GPU-hours of its fine-tuning and of the
-circuits over its checkpoints (from the figures of ``plan_figures``, each with its source).
+"""How a fine-tuning preset sizes on GPUs, without a model download: per-GPU memory of its fine-tuning from
+DeepSpeed's own estimators and of its circuits from ``circuits/memory.py``, the node type of the cluster
+config that holds both, and GPU-hours of its fine-tuning and of the circuits over its checkpoints from
+measured throughput (``cluster/throughput.py``; the figures of ``plan_figures``, each with its source).
 
 Memory per GPU is model states + frozen weights + activations:
 - model states: DeepSpeed's ``estimate_zero{2,3}_model_states_mem_needs`` (what its ``*_all_cold``
@@ -11,6 +12,10 @@ Memory per GPU is model states + frozen weights + activations:
 - activations: ``layers * s * b * h * (34 + 5 a s / h)`` bytes in 16-bit (Korthikanti et al. 2022,
   "Reducing Activation Recomputation in Large Transformer Models", no recomputation), plus the
   logits ``s * b * vocab`` in 16-bit and in fp32 for the loss.
+
+Circuits (``jobs.circuits --run`` at ``CircuitRunConfig``'s defaults): one actor holds the whole model on
+one GPU, in the preset's precision, plus one circuit batch: ``circuit_memory(...).peak`` (attribution or
+evaluation, whichever is larger) at the default batch and the plan's sequence length.
 """
 
 from __future__ import annotations
@@ -26,11 +31,20 @@ from transformers import PreTrainedModel
 
 from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS
 from ftcircuits.circuits.graph import Graph
+from ftcircuits.circuits.memory import CircuitMemory, circuit_memory, largest_batch
 from ftcircuits.cluster.node_types import GpuNodeType, gpu_node_types
 from ftcircuits.cluster.plan_figures import figure
+from ftcircuits.cluster.throughput import (
+    Throughput,
+    attribution_flops_per_token,
+    circuit_throughput,
+    evaluation_flops_per_token,
+    finetune_flops_per_token,
+    finetune_kind,
+    finetune_throughput,
+)
 from ftcircuits.config.data import PERTURB_RATIOS
-from ftcircuits.config.discovery import CircuitRunConfig
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.config.training import FinetuneConfig, MethodConfig
 from ftcircuits.finetune.methods import apply_method, trainable_parameters
 from ftcircuits.finetune.schedule import optimizer_steps
 from ftcircuits.models.architecture import Architecture, describe_architecture
@@ -38,6 +52,7 @@ from ftcircuits.models.loader import SHAPE_PREFIX, TINY, model_skeleton
 from ftcircuits.models.shapes import build_same_shape, known_shapes, shape_for_hub_id
 
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class PlanError(ValueError):
@@ -55,6 +70,7 @@ class ModelCounts:
     largest_layer: int  # parameters of the largest module: ZeRO-3 gathers one module at a time
     arch: Architecture
     edges: int  # edges of the circuit graph
+    name: str | None = None  # the shipped shape's name, if the model has one
 
 
 @dataclass(frozen=True)
@@ -83,12 +99,47 @@ class GpuMemory:
 
 
 @dataclass(frozen=True)
+class CircuitSettings:
+    """What ``jobs.circuits --run`` runs at by default (``CircuitRunConfig``'s defaults)."""
+
+    batch_size: int | str  # pairs per batch, or "auto": the largest the GPU holds
+    examples: int
+    steps: int
+    baselines: int
+
+
+def circuit_settings() -> CircuitSettings:
+    """Return ``CircuitRunConfig``'s defaults."""
+    from ftcircuits.config.discovery import CircuitRunConfig  # polars: kept out of jobs.bench_gpu's imports
+
+    fields = CircuitRunConfig.model_fields
+    return CircuitSettings(
+        fields["batch_size"].default, fields["examples"].default, fields["steps"].default,
+        len(fields["baselines"].default_factory()),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CircuitSize:
+    """What one circuit actor needs on its GPU: the whole model's weights and one circuit batch."""
+
+    weights: int
+    memory: CircuitMemory  # at the batch the actor runs
+    requested: int | str  # CircuitRunConfig's batch_size
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.memory.peak
+
+
+@dataclass(frozen=True)
 class StageHours:
-    """GPU-hours of one stage and what they are made of."""
+    """GPU-hours of one stage, what they are made of, and the measured throughput behind them."""
 
     name: str
     gpu_hours: float
     detail: str
+    throughputs: tuple[Throughput, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,14 +157,17 @@ class ScalePlan:
     config: FinetuneConfig
     counts: ModelCounts
     size: RunSize
-    memory: GpuMemory
-    fits: list[Placement]  # best first (``placements``); empty when none fits
+    memory: GpuMemory  # fine-tuning, per GPU
+    circuits: CircuitSize  # one circuit actor, on the chosen node type's GPU (the largest GPU if none)
+    fits: list[Placement]  # node types holding both stages, best first; empty when none does
+    finetune_fits: list[Placement]  # node types holding the fine-tuning (``placements``)
+    circuit_fits: list[GpuNodeType]  # node types one of whose GPUs holds a circuit actor
     node_types: list[GpuNodeType]
     stages: list[StageHours]  # on the best placement's GPU; empty when nothing fits
 
     @property
     def node_type(self) -> GpuNodeType | None:
-        """The node type the run goes to (None when none fits)."""
+        """The node type the run goes to: it holds the fine-tuning and the circuits (None when none does)."""
         return self.fits[0].node_type if self.fits else None
 
     @property
@@ -122,16 +176,16 @@ class ScalePlan:
         return math.fsum(s.gpu_hours for s in self.stages)
 
 
-def plan_skeleton(source: str) -> tuple[PreTrainedModel, str]:
-    """Return ``source``'s model on the meta device and where its shape came from, reading no hub:
-    a shipped shape (``shape:NAME`` or its hub id) or a local model directory."""
+def plan_skeleton(source: str) -> tuple[PreTrainedModel, str, str | None]:
+    """Return ``source``'s model on the meta device, where its shape came from and the shipped shape's name,
+    reading no hub: a shipped shape (``shape:NAME`` or its hub id) or a local model directory."""
     name = source.removeprefix(SHAPE_PREFIX) if source.startswith(SHAPE_PREFIX) else shape_for_hub_id(source)
     if name is not None:
         if name not in known_shapes():
             raise PlanError(f"unknown model shape {name!r}; known: {', '.join(known_shapes())}")
-        return build_same_shape(name, device="meta"), f"shape {name}"
+        return build_same_shape(name, device="meta"), f"shape {name}", name
     if source == TINY or Path(source).expanduser().is_dir():
-        return model_skeleton(source)[0], f"config.json of {source}"
+        return model_skeleton(source)[0], f"config.json of {source}", None
     raise PlanError(
         f"model {source!r} has no known shape: the plan reads shapes offline, from a shipped shape "
         f"({', '.join(known_shapes())}, by hub id or as shape:NAME) or a local model directory"
@@ -139,18 +193,25 @@ def plan_skeleton(source: str) -> tuple[PreTrainedModel, str]:
 
 
 def model_counts(config: FinetuneConfig, steps: int) -> ModelCounts:
-    """Return the parameter counts of ``config``'s model under its method (PEFT applied on the meta
-    device; trainable tokens counted by placeholder ids, since only their number matters)."""
-    model, shape = plan_skeleton(config.model)
+    """Return the parameter counts of ``config``'s model under its method."""
+    model, shape, name = plan_skeleton(config.model)
+    return counts_under_method(model, config.method, steps, shape, name)
+
+
+def counts_under_method(
+    model: PreTrainedModel, method: MethodConfig, steps: int, shape: str, name: str | None = None
+) -> ModelCounts:
+    """Return the parameter counts of ``model`` (on the meta device) under ``method`` (PEFT applied on the
+    meta device; trainable tokens counted by placeholder ids, since only their number matters)."""
     arch = describe_architecture(model.config)
     total = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
-    token_ids = list(range(len(config.method.trainable_tokens)))
+    token_ids = list(range(len(method.trainable_tokens)))
     with torch.device("meta"):
-        wrapped = apply_method(model, arch, config.method, total_steps=steps, token_ids=token_ids)
+        wrapped = apply_method(model, arch, method, total_steps=steps, token_ids=token_ids)
     trainable = trainable_parameters(wrapped)
     frozen = sum(p.numel() for p in wrapped.parameters() if not p.requires_grad)
-    return ModelCounts(shape, total, trainable, frozen, largest, arch, Graph.of(arch).n_edges)
+    return ModelCounts(shape, total, trainable, frozen, largest, arch, Graph.of(arch).n_edges, name)
 
 
 def run_size(config: FinetuneConfig) -> RunSize:
@@ -207,15 +268,31 @@ def activation_bytes(arch: Architecture, micro_batch: int, sequence: int, precis
     return int(arch.layers * per_layer * width / 2 + logits)
 
 
-def gpu_memory(config: FinetuneConfig, counts: ModelCounts, size: RunSize) -> GpuMemory:
-    """Return the memory one GPU (one DeepSpeed rank) needs for ``config``."""
+def gpu_memory(config: FinetuneConfig, counts: ModelCounts, sequence_tokens: int) -> GpuMemory:
+    """Return the memory one GPU (one DeepSpeed rank) needs for ``config`` at ``sequence_tokens`` per item."""
     ranks, stage = config.scaling.workers, config.deepspeed.zero_stage
     states, call = model_states_bytes(counts.trainable, counts.largest_layer, stage, ranks)
     frozen = counts.frozen * WEIGHT_BYTES[config.deepspeed.precision] // (ranks if stage == 3 else 1)
     activations = activation_bytes(
-        counts.arch, config.train.micro_batch_size, size.sequence_tokens, config.deepspeed.precision
+        counts.arch, config.train.micro_batch_size, sequence_tokens, config.deepspeed.precision
     )
     return GpuMemory(states, frozen, activations, call)
+
+
+def circuit_size(
+    counts: ModelCounts, precision: str, length: int, settings: CircuitSettings, examples: int, usable: int
+) -> CircuitSize:
+    """Return what one circuit actor needs: the model's weights in ``precision`` and one batch at the default
+    batch size (at most ``examples``; for ``"auto"``, the largest batch ``usable`` bytes hold, at least 1)."""
+    weights = counts.total * WEIGHT_BYTES[precision]
+    dtype = DTYPES[precision]
+    requested = settings.batch_size
+    if requested == "auto":
+        fitting = largest_batch(counts.arch, length, settings.steps, dtype, usable - weights)
+        batch = max(1, min(examples, fitting))
+    else:
+        batch = min(int(requested), examples)
+    return CircuitSize(weights, circuit_memory(counts.arch, batch, length, settings.steps, dtype), requested)
 
 
 def placements(config: FinetuneConfig, need: int, node_types: list[GpuNodeType]) -> list[Placement]:
@@ -237,48 +314,64 @@ def placements(config: FinetuneConfig, need: int, node_types: list[GpuNodeType])
 def finetune_hours(
     config: FinetuneConfig, counts: ModelCounts, size: RunSize, node: GpuNodeType
 ) -> StageHours:
-    """Return the GPU-hours of training and of the held-out evaluation at every checkpoint."""
-    train = config.train
-    sequences = size.steps * train.micro_batch_size * train.grad_accumulation * config.scaling.workers
-    tokens = sequences * size.sequence_tokens
-    per_token = 6 if config.method.name == "fpft" else 4
+    """Return the GPU-hours of training and of the held-out evaluation at every checkpoint, at the measured
+    throughput (as MFU) of the closest measured setting, on ``node``'s GPU."""
+    train, method = config.train, config.method.name
+    throughput = finetune_throughput(method, config.deepspeed.zero_stage, counts.name)
+    micro_batches = size.steps * train.grad_accumulation * config.scaling.workers
+    per_token = finetune_flops_per_token(method, counts.total)
+    micro_tokens = train.micro_batch_size * size.sequence_tokens
+    micro_seconds = throughput.seconds(micro_tokens * per_token, node.gpu)
     eval_tokens = size.checkpoints * size.circuit_items * size.sequence_tokens
-    flops = tokens * per_token * counts.total + eval_tokens * 2 * counts.total
-    hours = flops / (node.bf16_flops * figure("mfu.finetune").value) / 3600
+    eval_seconds = throughput.seconds(eval_tokens * 2 * counts.total, node.gpu)
+    hours = (micro_batches * micro_seconds + eval_seconds) / 3600
+    multiple = per_token // counts.total
     kind = (
-        "forward + all gradients" if per_token == 6 else "forward + input gradients; frozen weights get none"
+        "forward + all gradients"
+        if finetune_kind(method) == "fpft"
+        else "forward + input gradients; frozen weights get none"
     )
     detail = (
-        f"{size.steps} steps x {sequences // size.steps} sequences x {size.sequence_tokens} tokens = "
-        f"{tokens:,} tokens at {per_token}N ({kind}) + {size.checkpoints} held-out evaluations x "
-        f"{size.circuit_items:,} items at 2N"
+        f"{micro_batches:,} micro-batches ({size.steps} steps x {micro_batches // size.steps}) of "
+        f"{train.micro_batch_size} x {size.sequence_tokens} tokens at {micro_seconds:.3f} s each "
+        f"({micro_tokens / micro_seconds:,.0f} tokens/s per GPU; {multiple}N per token: {kind}) + "
+        f"{size.checkpoints} held-out evaluations x {size.circuit_items:,} items at 2N per token "
+        f"({eval_seconds / 60:.1f} min, at fine-tuning's MFU: an assumption); MFU {throughput.mfu:.2%} of "
+        f"{throughput.measured} ({throughput.choice})"
     )
-    return StageHours("fine-tuning", hours, detail)
+    return StageHours("fine-tuning", hours, detail, (throughput,))
 
 
-def circuit_hours(counts: ModelCounts, size: RunSize, node: GpuNodeType) -> StageHours:
+def circuit_hours(
+    counts: ModelCounts, size: RunSize, node: GpuNodeType, circuits: CircuitSize, precision: str,
+    settings: CircuitSettings,
+) -> StageHours:  # fmt: skip
     """Return the GPU-hours of ``jobs.circuits --run`` at its defaults: every checkpoint's circuit with its
-    faithfulness curve, and the robustness circuits of the base and each baseline on every perturbed split."""
-    defaults = CircuitRunConfig.model_fields
-    examples = min(defaults["examples"].default, size.circuit_items)
-    m = defaults["steps"].default
-    baselines = len(defaults["baselines"].default_factory())
-    robustness_units = (1 + baselines) * (1 + len(PERTURB_RATIOS))
-    n, edge_products = counts.total, 2 * counts.edges * counts.arch.d_model
-    attribution = (2 + 2 * m) * 2 * n + m * edge_products
-    evaluation = 8 * n + edge_products  # full, empty, corrupted forwards; one patched forward
-    per_token = size.checkpoints * (attribution + (1 + len(DEFAULT_BUDGETS)) * evaluation)
-    per_token += robustness_units * (attribution + evaluation)
-    flops = per_token * examples * size.sequence_tokens
-    hours = flops / (node.bf16_flops * figure("mfu.circuits").value) / 3600
+    faithfulness curve, and the robustness circuits of the base and each baseline on every perturbed split,
+    at the measured throughput (as MFU) of the closest measured attribution and evaluation."""
+    examples = min(settings.examples, size.circuit_items)
+    m, batch, length = settings.steps, circuits.memory.batch, size.sequence_tokens
+    robustness_units = (1 + settings.baselines) * (1 + len(PERTURB_RATIOS))
+    n, edges, d = counts.total, counts.edges, counts.arch.d_model
+    attribution = circuit_throughput("attribution", counts.name, precision, batch)
+    evaluation = circuit_throughput("evaluation", counts.name, precision, batch)
+    tokens = batch * length
+    attribution_s = attribution.seconds(tokens * attribution_flops_per_token(n, edges, d, m), node.gpu)
+    evaluation_s = evaluation.seconds(tokens * evaluation_flops_per_token(n, edges, d), node.gpu)
+    evaluations = size.checkpoints * (1 + len(DEFAULT_BUDGETS)) + robustness_units
+    units = size.checkpoints + robustness_units
+    seconds = examples / batch * (units * attribution_s + evaluations * evaluation_s)
     detail = (
         f"{size.checkpoints} checkpoint circuits with faithfulness curves ({len(DEFAULT_BUDGETS)} budgets) + "
-        f"{robustness_units} robustness circuits ((base + {baselines} baselines) x {1 + len(PERTURB_RATIOS)} "
-        f"splits), {examples} examples x {size.sequence_tokens} tokens each; per token: attribution "
-        f"(2 + 2m) 2N + m 2Ed, evaluation 8N + 2Ed per budget (m = {m}, E = {counts.edges:,} edges, "
-        f"d = {counts.arch.d_model})"
+        f"{robustness_units} robustness circuits ((base + {settings.baselines} baselines) x "
+        f"{1 + len(PERTURB_RATIOS)} splits), {examples} examples each, in batches of {batch} x {length} "
+        "tokens: "
+        f"attribution {attribution_s:.3f} s per batch ((2 + 2m) 2N + m 2Ed per token, m = {m}, "
+        f"E = {edges:,} edges, d = {d}; MFU {attribution.mfu:.2%} of {attribution.measured}, "
+        f"{attribution.choice}), evaluation {evaluation_s:.3f} s per batch (8N + 2Ed per token; "
+        f"MFU {evaluation.mfu:.2%} of {evaluation.measured}, {evaluation.choice}), {evaluations} evaluations"
     )
-    return StageHours("circuits", hours, detail)
+    return StageHours("circuits", seconds / 3600, detail, (attribution, evaluation))
 
 
 def check_plannable(config: FinetuneConfig) -> None:
@@ -294,15 +387,36 @@ def check_plannable(config: FinetuneConfig) -> None:
 
 
 def plan_run(config: FinetuneConfig, cluster_yaml: Path) -> ScalePlan:
-    """Return the plan of the fine-tuning preset ``config`` on the cluster config ``cluster_yaml``."""
+    """Return the plan of the fine-tuning preset ``config`` on the cluster config ``cluster_yaml``: the node
+    type must hold both the fine-tuning (per GPU) and a circuit actor (on one of its GPUs)."""
     check_plannable(config)
     node_types = gpu_node_types(cluster_yaml)
     size = run_size(config)
     counts = model_counts(config, size.steps)
-    memory = gpu_memory(config, counts, size)
-    fits = placements(config, memory.total, node_types)
+    memory = gpu_memory(config, counts, size.sequence_tokens)
+    settings, precision = circuit_settings(), config.deepspeed.precision
+    examples = min(settings.examples, size.circuit_items)
+
+    def actor(node: GpuNodeType) -> CircuitSize:
+        usable = node.usable_gpu_memory
+        return circuit_size(counts, precision, size.sequence_tokens, settings, examples, usable)
+
+    finetune_fits = placements(config, memory.total, node_types)
+    circuit_fits = sorted(
+        (node for node in node_types if actor(node).total <= node.usable_gpu_memory),
+        key=lambda node: (node.gpu_memory, node.gpus),
+    )
+    fits = [p for p in finetune_fits if p.node_type in circuit_fits]
     stages = []
     if fits:
         node = fits[0].node_type
-        stages = [finetune_hours(config, counts, size, node), circuit_hours(counts, size, node)]
-    return ScalePlan(config, counts, size, memory, fits, node_types, stages)
+        circuits = actor(node)
+        stages = [
+            finetune_hours(config, counts, size, node),
+            circuit_hours(counts, size, node, circuits, precision, settings),
+        ]
+    else:
+        circuits = actor(max(node_types, key=lambda node: node.usable_gpu_memory))
+    return ScalePlan(
+        config, counts, size, memory, circuits, fits, finetune_fits, circuit_fits, node_types, stages
+    )

@@ -1,17 +1,28 @@
-"""Math tasks with clean/corrupted prompt pairs, a strict fine-tune/circuit split, parquet files."""
+"""Math tasks with clean/corrupted prompt pairs, a strict fine-tune/circuit split, parquet files.
 
-from ftcircuits.tasks.build import build_dataset, perturbed_circuit_splits
-from ftcircuits.tasks.io import read_items, read_manifest, read_perturbed, write_dataset
+The task families and their registry import no data-frame library; building and reading datasets
+(``build``, ``io``: polars) load on first use, so a config that names a task stays light.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
 from ftcircuits.tasks.registry import TASKS, TaskSpecError, task_family
 
-__all__ = [
-    "TASKS",
-    "TaskSpecError",
-    "build_dataset",
-    "perturbed_circuit_splits",
-    "read_items",
-    "read_manifest",
-    "read_perturbed",
-    "task_family",
-    "write_dataset",
-]
+_LAZY = {
+    "build_dataset": "build",
+    "perturbed_circuit_splits": "build",
+    "read_items": "io",
+    "read_manifest": "io",
+    "read_perturbed": "io",
+    "write_dataset": "io",
+}
+
+__all__ = ["TASKS", "TaskSpecError", "task_family", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"ftcircuits.tasks.{_LAZY[name]}"), name)
