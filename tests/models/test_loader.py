@@ -14,7 +14,7 @@ from ftcircuits.models import (
     load_model,
     resolve_model_source,
 )
-from ftcircuits.models.shapes import build_same_shape, known_shapes, shape_config
+from ftcircuits.models.shapes import build_same_shape, known_shapes, layer_overrides, shape_config
 from ftcircuits.paths import TINY_BASE_DIR
 
 
@@ -93,6 +93,15 @@ def test_same_shape_with_fewer_layers_runs_a_forward():
     )
     out = model(torch.tensor([[1, 2, 3]])).logits
     assert out.shape == (1, 3, 100)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_shape_cuts_to_its_first_layers(name, layers):
+    config = shape_config(name, **layer_overrides(name, layers))
+    assert describe_architecture(config).layers == layers
+    if config.model_type == "gpt_neo":  # the alternating global/local pattern, cut with the layers
+        assert config.attention_layers == ["global", "local", "global"][:layers]
 
 
 def test_bad_sources_are_named(tmp_path):

@@ -73,6 +73,16 @@ def floor_bytes(arch: Architecture, sequences: int, length: int, dtype: torch.dt
     return int(layers + logits)
 
 
+def measured_floor_figure(
+    arch: Architecture, sequences: int, length: int, dtype: torch.dtype, peak: int
+) -> float:
+    """Return the bytes per layer, token and width (at 2-byte activations) that a measured floor ``peak`` of
+    ``sequences`` x ``length`` tokens implies: the inverse of ``floor_bytes``, what ``FLOOR_BYTES`` holds."""
+    tokens, width = sequences * length, _itemsize(dtype)
+    logits = 2 * tokens * arch.vocab * width
+    return (peak - logits) / (arch.layers * tokens * arch.d_model) * 2 / width
+
+
 def difference_buffer_bytes(arch: Architecture, batch: int, length: int, dtype: torch.dtype) -> int:
     """Return the bytes of the ``[n_sources, B, T, d]`` buffer attribution keeps in the model's dtype."""
     return Graph.of(arch).n_sources * batch * length * arch.d_model * _itemsize(dtype)

@@ -51,6 +51,63 @@ class BenchEapConfig(Strict):
         return shapes
 
 
+PAPER_PRESETS = [Path(f"jobs/configs/finetune-{m}.yaml") for m in ("pythia-1.4b", "gpt-neo-2.7b", "opt-6.7b")]
+
+
+class BenchGpuConfig(Strict):
+    """``jobs.bench_gpu``: every plain-PyTorch core on the paper's shapes (random weights, no Ray), next to
+    the plan's estimates: EAP-IG against the floor, one evaluation and a faithfulness curve, and a
+    DeepSpeed step of each fine-tuning preset on one GPU."""
+
+    device: Device | None = Field(None, description="default: cuda when available, else cpu")
+    shapes: list[str] = Field(
+        default_factory=lambda: ["pythia-1.4b-deduped", "gpt-neo-2.7B", "opt-6.7b", "tinyllama-1.1b", "gpt2"]
+    )
+    batches: list[int] | None = Field(None, description="every shape's batches (default: per shape)")
+    length: int | None = Field(
+        None, ge=4, description="tokens per prompt (default: 24, gpt2 16; fine-tuning: the plan's figure)"
+    )
+    steps: int = Field(5, ge=1, description="EAP-IG interpolation steps m")
+    layers: int | None = Field(None, ge=1, description="cut every shape to its first N layers (a smoke run)")
+    repeats: int = Field(
+        3, ge=1, description="runs of each EAP-IG way (median time, max memory); timed optimiser steps"
+    )
+    budget: float = Field(0.05, gt=0, le=1, description="the evaluated circuit's share of edges")
+    curve_budgets: list[float] | None = Field(
+        None, description="the faithfulness curve's edge budgets (default: jobs.circuits' ten, 0.1%..100%)"
+    )
+    skip_finetune: bool = False
+    presets: list[Path] = Field(
+        default_factory=lambda: list(PAPER_PRESETS),
+        description="fine-tuning presets to step (those of the shapes run)",
+    )
+    threads: int | None = Field(None, ge=1, description="torch threads on CPU (default: torch's)")
+    out: Path | None = Field(None, description="a directory for bench_gpu.txt and bench_gpu.json")
+
+    @field_validator("shapes")
+    @classmethod
+    def _known_shapes(cls, shapes: list[str]) -> list[str]:
+        known = known_shapes()
+        unknown = [s for s in shapes if s not in known]
+        if unknown or not shapes:
+            raise ValueError(f"unknown shapes {unknown or 'none'}; allowed: {', '.join(known)}")
+        return shapes
+
+    @field_validator("curve_budgets")
+    @classmethod
+    def _budgets_are_shares(cls, budgets: list[float] | None) -> list[float] | None:
+        if budgets is not None and (not budgets or not all(0 < b <= 1 for b in budgets)):
+            raise ValueError(f"curve_budgets must be shares of edges in (0, 1], got {budgets}")
+        return budgets
+
+    @field_validator("batches")
+    @classmethod
+    def _positive_batches(cls, batches: list[int] | None) -> list[int] | None:
+        if batches is not None and (not batches or min(batches) < 1):
+            raise ValueError(f"batches must be positive, got {batches}")
+        return batches
+
+
 class BenchFinetuneConfig(Strict):
     """``jobs.bench_finetune``: the plain loop vs 1 and 2 Ray + DeepSpeed workers."""
 

@@ -53,3 +53,14 @@ def build_same_shape(
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
+
+
+def layer_overrides(name: str, layers: int) -> dict:
+    """Return the config overrides that cut shape ``name`` to its first ``layers`` layers (GPT-Neo's
+    alternating global/local attention pattern is cut with it)."""
+    overrides: dict = {"num_hidden_layers": layers}
+    if shape_config(name).model_type == "gpt_neo":
+        pairs, odd = divmod(layers, 2)
+        overrides["num_layers"] = layers
+        overrides["attention_types"] = [[["global", "local"], pairs]] * bool(pairs) + [[["global"], 1]] * odd
+    return overrides
