@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from ftcircuits.config.data import Strict
 from ftcircuits.models.shapes import known_shapes
 from ftcircuits.options import Device, Precision
 from ftcircuits.paths import TINY_BASE_DIR
+
+
+def _known(shapes: list[str]) -> list[str]:
+    known = known_shapes()
+    unknown = [s for s in shapes if s not in known]
+    if unknown or not shapes:
+        raise ValueError(f"unknown shapes {unknown or 'none'}; allowed: {', '.join(known)}")
+    return shapes
+
+
+Shapes = Annotated[list[str], AfterValidator(_known)]  # model shapes shipped with the project
 
 
 class PretrainConfig(Strict):
@@ -30,7 +42,7 @@ class PretrainConfig(Strict):
 class BenchEapConfig(Strict):
     """``jobs.bench_eap``: EAP-IG against the floor and the slow reference on random-weight shapes."""
 
-    shapes: list[str] = Field(default_factory=lambda: ["gpt2", "pythia-1.4b-deduped"])
+    shapes: Shapes = Field(default_factory=lambda: ["gpt2", "pythia-1.4b-deduped"])
     batch: int = Field(4, ge=1)
     length: int = Field(24, ge=4)
     steps: int = Field(5, ge=1)
@@ -40,15 +52,6 @@ class BenchEapConfig(Strict):
     precision: Precision = Field("fp32", description="model dtype; bf16 also runs fp32 activations")
     device: Device = "cpu"
     layers: int | None = Field(None, ge=1, description="the shapes' layer count (default: per shape)")
-
-    @field_validator("shapes")
-    @classmethod
-    def _known_shapes(cls, shapes: list[str]) -> list[str]:
-        known = known_shapes()
-        unknown = [s for s in shapes if s not in known]
-        if unknown or not shapes:
-            raise ValueError(f"unknown shapes {unknown or 'none'}; allowed: {', '.join(known)}")
-        return shapes
 
 
 PAPER_PRESETS = [Path(f"jobs/configs/finetune-{m}.yaml") for m in ("pythia-1.4b", "gpt-neo-2.7b", "opt-6.7b")]
@@ -60,7 +63,7 @@ class BenchGpuConfig(Strict):
     DeepSpeed step of each fine-tuning preset on one GPU."""
 
     device: Device | None = Field(None, description="default: cuda when available, else cpu")
-    shapes: list[str] = Field(
+    shapes: Shapes = Field(
         default_factory=lambda: ["pythia-1.4b-deduped", "gpt-neo-2.7B", "opt-6.7b", "tinyllama-1.1b", "gpt2"]
     )
     batches: list[int] | None = Field(None, description="every shape's batches (default: per shape)")
@@ -83,15 +86,6 @@ class BenchGpuConfig(Strict):
     )
     threads: int | None = Field(None, ge=1, description="torch threads on CPU (default: torch's)")
     out: Path | None = Field(None, description="a directory for bench_gpu.txt and bench_gpu.json")
-
-    @field_validator("shapes")
-    @classmethod
-    def _known_shapes(cls, shapes: list[str]) -> list[str]:
-        known = known_shapes()
-        unknown = [s for s in shapes if s not in known]
-        if unknown or not shapes:
-            raise ValueError(f"unknown shapes {unknown or 'none'}; allowed: {', '.join(known)}")
-        return shapes
 
     @field_validator("curve_budgets")
     @classmethod
