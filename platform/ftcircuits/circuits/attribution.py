@@ -10,8 +10,9 @@ exists; nothing is kept per layer.
 A destination's residual gradient, averaged over the steps, is ``G_v [B*T*d]``; its scores are
 ``buffer[:reads] @ G_v`` (the sources it reads are a prefix of the buffer). A layer's q/k/v
 destinations are scored together with the MLP of the layer below in one product (the MLP's
-gradient is the next to arrive), so the buffer's prefix is read once per layer; rows of sources a
-destination does not read land on non-edges and are zeroed by the edge mask at the end.
+gradient is the next to arrive), so the buffer's prefix is read once per layer (more often only when
+a layer's gradients outgrow their memory share: in a model of few layers, or gpt2); rows of sources
+a destination does not read land on non-edges and are zeroed by the edge mask at the end.
 
 Per-head q/k/v gradients come from the projection outputs' gradients through the attention norm's
 vector-Jacobian product, computed in head space, so no per-head copy of the residual stream is
