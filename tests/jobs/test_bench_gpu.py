@@ -4,6 +4,7 @@ lines it prints to paste into the plan's figures."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,17 @@ WITHOUT_RAY_OR_POLARS = (
 )
 
 
+# a shell's environment: not the rendezvous an earlier DeepSpeed test left in this process (its port is taken)
+FRESH_SHELL = {k: v for k, v in os.environ.items()
+               if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path_factory.mktemp("bench-gpu")
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_RAY_OR_POLARS, *SMOKE, "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=FRESH_SHELL,
     )  # fmt: skip
     figures = json.loads((out / "bench_gpu.json").read_text()) if result.returncode == 0 else {}
     return result, figures
