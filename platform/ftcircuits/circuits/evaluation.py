@@ -30,7 +30,7 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
     """
     graph, arch = probe.graph, probe.arch
     buffer = probe.source_buffer(batch.clean, probe.score_dtype)
-    probe.write_sources(batch.clean, batch.corrupted_ids, lambda s, out: _write(buffer, s, out, "copy"))
+    probe.write_sources(batch.clean, batch.corrupted_ids, lambda s, out: buffer[s : s + len(out)].copy_(out))
     removed = (graph.edge_mask_on(buffer.device) & ~circuit.to(buffer.device)).to(buffer)
     if not removed.any():
         return probe.run(batch.clean)
@@ -72,7 +72,7 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
 
         return hook
 
-    forward, pre = probe.source_hooks(shape, lambda s, out: _write(buffer, s, out, "subtract"))
+    forward, pre = probe.source_hooks(shape, lambda s, out: buffer[s : s + len(out)].sub_(out))
     for layer in range(arch.layers):
         pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
         start = 0
@@ -84,15 +84,6 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
     pre.append((probe.final_norm, shifted_input(graph.logits_destination, graph.n_sources)))
     with module_hooks(forward, pre):
         return probe.run(batch.clean)
-
-
-def _write(buffer: torch.Tensor, first: int, outputs: torch.Tensor, how: str) -> None:
-    """Copy ``outputs`` into the buffer's sources from ``first`` on, or subtract them there."""
-    rows = buffer[first : first + len(outputs)]
-    if how == "copy":
-        rows.copy_(outputs)
-    else:
-        rows.sub_(outputs.to(buffer.dtype))
 
 
 @torch.no_grad()
