@@ -22,8 +22,7 @@ import ray
 from ftcircuits.cluster.circuit_pool import run_on_actors, start_actors
 from ftcircuits.cluster.train import connect
 from ftcircuits.config.benchmarks import BenchCircuitsConfig
-from ftcircuits.config.discovery import CircuitRunConfig
-from ftcircuits.config.loading import load_config
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.study.over_run import CircuitRunner, CircuitUnit, circuit_units, run_inputs
 from jobs.cli import config_parser, flag_overrides, parse_config
 
@@ -49,7 +48,7 @@ def fresh_task(unit: CircuitUnit, args: tuple) -> tuple[float, float]:
     """Load the base model, discover one checkpoint's circuit; return (load seconds, peak MiB)."""
     import torch
 
-    torch.set_num_threads(args[2].threads)
+    torch.set_num_threads(1)
     began = time.perf_counter()
     runner = CircuitRunner(*args)
     loaded = time.perf_counter() - began
@@ -71,9 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, help="pairs per circuit (default 64)")
     args = parser.parse_args(argv)
     args = parse_config(BenchCircuitsConfig, args, flag_overrides(args, ("run", "examples")))
-    config = load_config(CircuitRunConfig, None, [f"run={args.run}", f"examples={args.examples}",
-                                                  "robustness=false", "threads=1"])  # fmt: skip
-    inputs = run_inputs(config.run)
+    discovery = CircuitRunSettings().discovery.model_copy(update={"examples": args.examples})
+    inputs = run_inputs(args.run)
     units = circuit_units(inputs, robustness=False)
     connect(num_cpus=2)
     rows = {}
@@ -81,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         for actors in (1, 2):
             out = Path(tmp) / f"actors-{actors}"
             rows[f"{actors} reused actor(s)"] = reused_actors(actors, units, (inputs.base_model, inputs.data,
-                                                                            config, out))  # fmt: skip
+                                                                            discovery, out))  # fmt: skip
         out = Path(tmp) / "fresh"
-        seconds, peak, load = fresh_tasks(units, (inputs.base_model, inputs.data, config, out))
+        seconds, peak, load = fresh_tasks(units, (inputs.base_model, inputs.data, discovery, out))
         rows["fresh Ray task per checkpoint (2 in parallel)"] = (seconds, peak)
     per_minute = {name: 60 * len(units) / seconds for name, (seconds, _) in rows.items()}
     print(f"{len(units)} checkpoints of {args.run}, {args.examples} pairs each, 2 CPUs, pid {os.getpid()}")

@@ -18,14 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from ftcircuits.cluster.train import connect, run_finetune
 from ftcircuits.config.benchmarks import BenchFinetuneConfig
-from ftcircuits.config.data import TaskSpec
-from ftcircuits.config.training import FinetuneConfig, MethodConfig
 from ftcircuits.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
 from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.settings import FinetuneConfig, MethodConfig
 from ftcircuits.models.loader import load_model, load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import read_items
+from ftcircuits.tasks.spec import TaskSpec
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs.cli import config_parser, flag_overrides, parse_config
 

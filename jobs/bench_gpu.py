@@ -52,11 +52,11 @@ from ftcircuits.cluster.throughput import (
 )
 from ftcircuits.config.benchmarks import BenchGpuConfig
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.encoding import answer_batch
 from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy, single_process_environment
 from ftcircuits.finetune.loop import decay_groups
 from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import SHAPE_PREFIX
 from ftcircuits.models.shapes import build_same_shape, layer_overrides, shape_for_hub_id

@@ -8,7 +8,7 @@ The same command runs under ``ray job submit --working-dir . -- python -m jobs.f
 from __future__ import annotations
 
 from ftcircuits.cluster.train import finetune
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import CHECKPOINTS_DIR, read_checkpoint_index
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs.cli import config_parser, parse_config

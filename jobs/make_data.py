@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 
-from ftcircuits.config.data import DataConfig, all_paper_tasks
+from ftcircuits.config.data import DataConfig
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
+from ftcircuits.tasks.spec import all_paper_tasks
 from jobs.cli import config_parser, parse_config
 
 

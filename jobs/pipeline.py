@@ -1,18 +1,17 @@
 """The whole study in one command: data, accuracy before and after, circuits over checkpoints and their
 dynamics, CircuitLoRA against LoRA, and an HTML report.
 
-    python -m jobs.pipeline [--config FILE] [--set out=runs/pipeline]
+    python -m jobs.pipeline [--config FILE] [--set out=runs/pipeline] [--set circuits.discovery.examples=64]
 
 With no arguments it runs the embedded default (the shipped tiny model, a local Ray of its own, SQLite
 MLflow in ``<out>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another store). One LoRA run (the
 comparison's ``dynamics_arm``) gives both the accuracy after fine-tuning and the checkpoints whose circuits
-are studied, and is CircuitLoRA's probe. Every stage is cached: a rerun skips what is done.
+are studied, and is CircuitLoRA's reference run. Every stage is cached: a rerun skips what is done.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -21,56 +20,42 @@ from pathlib import Path
 import ray
 import torch
 
+from ftcircuits.cluster.comparison import compare_methods
 from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
+from ftcircuits.cluster.run_circuits import run_circuits
 from ftcircuits.cluster.train import finetune
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.pipeline import PipelineConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import CheckpointWeights
-from ftcircuits.paths import atomic_file
 from ftcircuits.report.figures import accuracy_bars
-from ftcircuits.report.study_report import StudyOutputs, render_study_report
 from ftcircuits.run_layout import read_checkpoint_index
-from ftcircuits.study.accuracy import circuit_split_accuracy, task_datasets
+from ftcircuits.study.accuracy import accuracy_key, cached_accuracy, circuit_split_accuracy, task_datasets
+from ftcircuits.study.analysis import analyze_run
 from ftcircuits.study.comparison import arm_config
+from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
-from jobs import analyze, circuits, compare_methods
 from jobs.cli import config_parser, exit_on, parse_config
-from jobs.dynamics import analysis_dir
 
 
-def comparison_overrides(
-    config: PipelineConfig, out: Path, probe: tuple[str, Path] | None = None
-) -> list[str]:
-    """Return the ``--set`` values that put the comparison under ``out`` with the pipeline's circuit
-    settings (and ``probe``, (task, run): the LoRA run as that task's CircuitLoRA probe)."""
-    values = [f"out={out / 'comparison'}", f"circuit_overrides={json.dumps(config.circuit_overrides)}"]
-    return values if probe is None else [*values, f"probe_runs={json.dumps({probe[0]: str(probe[1])})}"]
+def comparison_config(config: PipelineConfig, out: Path) -> CompareConfig:
+    """Return the comparison the pipeline runs: its config file, under ``<out>/comparison``, with the
+    pipeline's circuit settings for its reference runs."""
+    compare = load_config(CompareConfig, config.comparison, [f"out={out / 'comparison'}"])
+    return compare.model_copy(update={"circuits": config.circuits})
 
 
-def dynamics_run_config(config: PipelineConfig, out: Path):
+def dynamics_run_config(config: PipelineConfig, compare: CompareConfig) -> FinetuneConfig:
     """Return the FinetuneConfig of the LoRA run the study is about: the comparison's ``dynamics_arm`` at its
     first task and seed; refuse a missing or CircuitLoRA arm (planned on this very run) before any work."""
-    compare = load_config(CompareConfig, config.comparison, comparison_overrides(config, out))
     arms = {arm.name: arm for arm in compare.arms}
     arm = arms.get(config.dynamics_arm)
     if arm is None or arm.circuitlora is not None:
         raise ConfigError(f"dynamics_arm {config.dynamics_arm!r} must name a comparison arm that is not "
                           f"CircuitLoRA; {config.comparison} has {sorted(arms)}")  # fmt: skip
     return arm_config(compare, arm, compare.tasks[0], compare.seeds[0])
-
-
-def cached_accuracy(path: Path, key: str, compute) -> dict[str, float]:
-    """Return the accuracy table cached in ``path`` under ``key`` (the model it is of), else compute it."""
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("model") == key:
-            return cached["accuracy"]
-    accuracy = compute()
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps({"model": key, "accuracy": accuracy}, indent=1))
-    return accuracy
 
 
 def stage(title: str) -> None:
@@ -93,22 +78,18 @@ def one_mlflow_store(out: Path) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(PipelineConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
     out = Path(config.out).resolve()
-    with one_mlflow_store(out) as uri:
+    with one_mlflow_store(out) as uri, exit_on(ConfigError, ClusterError, RuntimeError):
         run_study(config, out, uri)
 
 
 def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
     """Run every stage of the study into ``out`` (each cached), then print where its report is."""
     started = time.time()
-    try:
-        run_config = dynamics_run_config(config, out)
-    except (ConfigError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    compare = comparison_config(config, out)
+    run_config = dynamics_run_config(config, compare)
     run = Path(run_config.out)
-    with exit_on(ClusterError):  # before any work: the cluster, its package and its storage
-        connect()
-        check_shared_outputs(out, run)
-    overrides = [arg for value in config.circuit_overrides for arg in ("--set", value)]
+    connect()  # before any work: the cluster, its package and its storage
+    check_shared_outputs(out, run)
     torch.set_num_threads(config.threads)
 
     stage(f"data and base accuracy: {len(config.tasks)} tasks")
@@ -119,15 +100,16 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
         return circuit_split_accuracy(loaded.model, loaded.tokenizer, datasets, config.eval_batch_size,
                                       config.accuracy_examples)  # fmt: skip
 
-    label = f"{loaded.source}, {config.accuracy_examples} items (seed 0)"
-    base = cached_accuracy(out / "accuracy" / "base.json", label, measure)
+    def key(model: str | Path) -> dict:
+        return accuracy_key(model, datasets, config.eval_batch_size, config.accuracy_examples)
+
+    base = cached_accuracy(out / "accuracy" / "base.json", key(loaded.source), measure)
 
     stage(f"fine-tuning {run_config.method.name} on {run_config.task.dataset_name()} into {run}")
     finetune(run_config)
     final = read_checkpoint_index(run).row(-1, named=True)
-    weights = CheckpointWeights(loaded)
-    weights.swap_to(final["path"])
-    tuned = cached_accuracy(out / "accuracy" / "finetuned.json", f"{final['path']}, {label}", measure)
+    CheckpointWeights(loaded).swap_to(final["path"])
+    tuned = cached_accuracy(out / "accuracy" / "finetuned.json", key(final["path"]), measure)
     accuracy = {"base": base, f"{run_config.method.name}, step {final['step']}": tuned}
     accuracy_bars(
         accuracy, out / "accuracy" / "accuracy.png", f"{run_config.model}: accuracy before and after"
@@ -137,20 +119,19 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
         print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
 
     stage("circuits of every checkpoint (and robustness variants) on Ray actors")
-    circuits.main(["--run", str(run), *overrides])
+    print(run_circuits(run, config.circuits).describe())
     stage("circuit dynamics: similarity, faithfulness, robustness, critical layers")
-    analyze.main(["--run", str(run), *overrides])
+    analysis = analyze_run(run, config.circuits, config.analysis)
+    print(analysis.describe())
 
-    stage("CircuitLoRA against LoRA at a matched budget")
-    compare_args = comparison_overrides(config, out, (run_config.task.dataset_name(), run))
-    compare_methods.main(
-        ["--config", str(config.comparison), *[a for v in compare_args for a in ("--set", v)]]
-    )
+    stage("CircuitLoRA against LoRA at matched parameter counts")
+    reference = {run_config.task.dataset_name(): run}
+    print(compare_methods(compare.model_copy(update={"reference_runs": reference})).describe())
 
     stage("report")
     outputs = StudyOutputs(
-        pipeline=config, run=run, analysis=analysis_dir(run, config.circuit_overrides),
-        comparison=out / "comparison", accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",
+        pipeline=config, run=run, analysis=analysis.directory, comparison=Path(compare.out),
+        accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",
     )  # fmt: skip
     report = render_study_report(outputs, out / "report.html")
     ray.shutdown()  # its workers' last lines arrive before the summary, not after

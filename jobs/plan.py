@@ -15,7 +15,7 @@ from ftcircuits.cluster.node_types import ClusterConfigError
 from ftcircuits.cluster.plan_text import format_plan
 from ftcircuits.cluster.scale_plan import PlanError, plan_run
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from jobs.cli import config_parser
 
 

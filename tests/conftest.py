@@ -19,11 +19,11 @@ import requests
 import torch
 
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.config.training import MethodConfig
 from ftcircuits.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.loop import PlainStrategy, epoch_batches
 from ftcircuits.finetune.methods import apply_method
 from ftcircuits.finetune.schedule import TrainSettings
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.tiny import TinyShape, build_tiny_model
 from ftcircuits.models.tokenizer import build_tiny_tokenizer

@@ -5,52 +5,86 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.data import DataConfig
-from ftcircuits.config.discovery import AnalysisConfig, DiscoverySettings
+from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.config.study import StudyConfig
+from ftcircuits.config.pipeline import PIPELINE_CIRCUITS, PipelineConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 
 
 def test_defaults_file_and_overrides_compose(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("finetune:\n  lr: 0.002\n  epochs: 2\nfinetune_task: {name: addsub, range: 300}\n")
-    config = load_config(StudyConfig, path, ["finetune.epochs=5", "finetune_task.range=200"])
-    assert config.finetune.lr == 0.002 and config.finetune.epochs == 5
-    assert config.finetune_task.range == 200 and config.finetune_task.dataset_name() == "addsub-200"
-    assert len(config.tasks) == 12
+    path.write_text("train:\n  lr: 0.002\n  epochs: 2\ntask: {name: addsub, range: 300}\n")
+    config = load_config(FinetuneConfig, path, ["train.epochs=5", "task.range=200"])
+    assert config.train.lr == 0.002 and config.train.epochs == 5
+    assert config.task.range == 200 and config.task.dataset_name() == "addsub-200"
+    assert config.train.micro_batch_size == 8  # the section's other fields: defaults
 
 
 def test_override_into_a_default_section_keeps_its_other_fields():
-    config = load_config(StudyConfig, None, ["finetune_task.range=400"])
-    assert config.finetune_task.name == "addsub" and config.finetune_task.range == 400
+    config = load_config(FinetuneConfig, None, ["task.range=400"])
+    assert config.task.name == "addsub" and config.task.range == 400
+
+
+def test_a_section_given_in_part_keeps_the_fields_default_at_every_depth(tmp_path):
+    """The pipeline's circuits default differs from CircuitRunSettings' own: a partial section in a file or
+    an override completes from the field's default, not from the section class's defaults."""
+    path = tmp_path / "p.yaml"
+    path.write_text("circuits:\n  discovery: {batch_size: 8}\n  actors: {count: 1}\n")
+    config = load_config(PipelineConfig, path, ["circuits.robustness.enabled=false"])
+    circuits = config.circuits
+    discovery = circuits.discovery
+    assert (discovery.batch_size, discovery.examples, discovery.curve) == (8, 128, True)
+    assert (circuits.actors.count, circuits.actors.threads) == (1, 1)
+    assert circuits.robustness == PIPELINE_CIRCUITS.robustness.model_copy(update={"enabled": False})
+    assert load_config(PipelineConfig).circuits == PIPELINE_CIRCUITS
+    run = load_config(CircuitRunSettings, None, ["discovery.examples=64"]).discovery
+    assert (run.examples, run.curve) == (64, True)  # a run's default discovery: curves on
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["finetune.lr=fast"], "finetune.lr: Input should be a valid number"),
-        (["finetune.learning_rate=1"], "finetune.learning_rate: unknown field"),
-        (["finetune_task.name=calculus"], "unknown task 'calculus'; allowed: addsub"),
-        (["finetune_task.range=150"], "addsub range must be one of (100, 200, 300, 400, 500), got 150"),
-        (["finetune_task={name: lcm, range: 100}"], "task 'lcm' does not take parameters ['range']"),
+        (["train.lr=fast"], "train.lr: Input should be a valid number"),
+        (["train.learning_rate=1"], "train.learning_rate: unknown field"),
+        (["task.name=calculus"], "unknown task 'calculus'; allowed: addsub"),
+        (["task.range=150"], "addsub range must be one of (100, 200, 300, 400, 500), got 150"),
+        (["task={name: lcm, range: 100}"], "task 'lcm' does not take parameters ['range']"),
         (["model=./missing/model"], "model: model path './missing/model' is not a readable directory"),
-        (["finetune.epochs=0"], "finetune.epochs: Input should be greater than or equal to 1"),
-        (["finetune.lr"], "is not of the form key.path=value"),
+        (["train.epochs=0"], "train.epochs: Input should be greater than or equal to 1"),
+        (["train.lr"], "is not of the form key.path=value"),
     ],
 )
 def test_bad_input_names_the_field(overrides, message):
     with pytest.raises(ConfigError) as error:
-        load_config(StudyConfig, None, overrides)
+        load_config(FinetuneConfig, None, overrides)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["circuits.discovery.examples=0"], "circuits.discovery.examples: Input should be greater than"),
+        (["circuits.robustness.baselines=[noise]"], "circuits.robustness.baselines.0: Input should be"),
+        (["circuits.actors.count=0"], "circuits.actors.count: Input should be greater than or equal to 1"),
+        (["circuits.discovery.split=finetune"], "robustness compares perturbed circuit splits"),
+        (["circuit_overrides=[examples=128]"], "circuit_overrides: unknown field"),
+    ],
+)
+def test_bad_circuit_settings_name_the_nested_field(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(PipelineConfig, None, overrides)
     assert message in str(error.value)
 
 
 def test_bad_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(StudyConfig, tmp_path / "nope.yaml")
+        load_config(FinetuneConfig, tmp_path / "nope.yaml")
     broken = tmp_path / "broken.yaml"
-    broken.write_text("finetune: [unclosed\n")
+    broken.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(StudyConfig, broken)
+        load_config(FinetuneConfig, broken)
 
 
 def test_data_config_checks_perturbation_ratios():
@@ -59,7 +93,7 @@ def test_data_config_checks_perturbation_ratios():
 
 
 def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
-    from ftcircuits.config.training import FinetuneConfig, MethodConfig, TrainConfig
+    from ftcircuits.finetune.settings import MethodConfig, TrainConfig
 
     with pytest.raises(ConfigError, match="lr_groups pattern '\\(' is not a regular expression"):
         load_config(FinetuneConfig, None, ["train.lr_groups={'(': 0.1}"])
@@ -76,7 +110,7 @@ def test_finetune_config_rejects_what_deepspeed_cannot_run_before_ray_starts():
         load_config(FinetuneConfig, None, ["deepspeed.precision=bf16"])
 
 
-def test_a_sample_seed_draws_the_same_seeded_rows_in_split_order_and_keys_circuits_apart():
+def test_a_sample_seed_draws_the_same_seeded_rows_in_split_order():
     items = pl.DataFrame({"id": list(range(20)), "prompt": [f"p{i}" for i in range(20)]})
     first = DiscoverySettings(examples=5, sample_seed=None)
     assert first.sample(items)["id"].to_list() == [0, 1, 2, 3, 4]
@@ -88,12 +122,10 @@ def test_a_sample_seed_draws_the_same_seeded_rows_in_split_order_and_keys_circui
     assert DiscoverySettings(examples=5, sample_seed=3).sample(items)["id"].to_list() == drawn
     assert DiscoverySettings(examples=5, sample_seed=4).sample(items)["id"].to_list() != drawn
     assert DiscoverySettings(examples=50, sample_seed=3).sample(items).height == 20
-    assert first.discovery_key()["sample_seed"] is None
-    assert DiscoverySettings(examples=5, sample_seed=3).discovery_key()["sample_seed"] == 3
 
 
-def test_critical_k_is_a_share_of_the_layers_unless_given(tiny_run):
-    assert AnalysisConfig(run=tiny_run).critical_count(6) == 1  # round(0.2 * 6)
-    assert AnalysisConfig(run=tiny_run).critical_count(24) == 5  # the authors' k = 5 of 24
-    assert AnalysisConfig(run=tiny_run, critical_k=3).critical_count(6) == 3
-    assert AnalysisConfig(run=tiny_run, critical_k=9).critical_count(6) == 6
+def test_critical_k_is_a_share_of_the_layers_unless_given():
+    assert AnalysisSettings().critical_count(6) == 1  # round(0.2 * 6)
+    assert AnalysisSettings().critical_count(24) == 5  # the authors' k = 5 of 24
+    assert AnalysisSettings(critical_k=3).critical_count(6) == 3
+    assert AnalysisSettings(critical_k=9).critical_count(6) == 6

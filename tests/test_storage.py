@@ -9,7 +9,7 @@ import pytest
 
 from ftcircuits.config.benchmarks import BenchCircuitsConfig
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.storage import STORAGE_ENV, StorageError, ray_working_dir_copy, resolve_run_path
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs import finetune

@@ -100,9 +100,9 @@ def test_bf16_activations_cost_nothing_and_bf16_scores_rank_edges_as_float32_one
     from scipy.stats import spearmanr
 
     from ftcircuits.circuits.pairs import pair_batches
-    from ftcircuits.config.data import TaskSpec
     from ftcircuits.models.loader import load_model
     from ftcircuits.tasks.dataset import build_dataset
+    from ftcircuits.tasks.spec import TaskSpec
 
     loaded = load_model("tiny")
     items, _ = build_dataset(TaskSpec(name="addsub", range=100).family(), loaded.tokenizer, 256, seed=0)

@@ -49,10 +49,10 @@ from ftcircuits.circuits.selection import (
     select_circuit,
     top_edges,
 )
-from ftcircuits.config.data import TaskSpec
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import LoadedModel, load_model
 from ftcircuits.tasks.dataset import build_dataset
+from ftcircuits.tasks.spec import TaskSpec
 from tests.circuits.test_attribution import random_pairs
 from tests.circuits.tiny_models import TINY_OVERRIDES, tiny_random
 

@@ -11,7 +11,7 @@ from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.discover import discover_circuit
 from ftcircuits.circuits.memory import BatchSizeError, circuit_batch, circuit_memory, difference_buffer_bytes
 from ftcircuits.circuits.selection import Selection
-from ftcircuits.config.discovery import DiscoverySettings
+from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.shapes import build_same_shape

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from ftcircuits.cluster.train import run_finetune
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import RAY_DIR, read_checkpoint_index
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 from ftcircuits.tracking.mlflow_runs import tracking_uri

@@ -9,7 +9,7 @@ import torch
 
 from ftcircuits.cluster.train import run_finetune
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.tasks import build_dataset, task_family, write_dataset

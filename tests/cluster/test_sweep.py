@@ -13,13 +13,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from ftcircuits.cluster.sweep_tracking import stopped_early
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import index_path
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from tuning import sweep
-from tuning.tracking import stopped_early
 
 
 def write_yaml(path: Path, tree: dict) -> Path:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ftcircuits.config.training import MethodConfig
 from ftcircuits.finetune.circuitlora import (
     PAPER_PAIRS,
     RankPair,
@@ -21,6 +20,7 @@ from ftcircuits.finetune.circuitlora import (
     uniform_parameters,
 )
 from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.paths import TINY_BASE_DIR
 from tests.circuits.tiny_models import tiny_random

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.config.training import PlainFinetuneConfig
 from ftcircuits.encoding import IGNORE_INDEX, accuracy, answer_batch, pad_prompts, prompt_ids
 from ftcircuits.finetune.loop import answer_loss, decay_groups
 from ftcircuits.finetune.plain import plain_finetune
 from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
+from ftcircuits.finetune.settings import PlainFinetuneConfig
 
 
 def test_only_the_answer_position_is_labelled(tokenizer):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.config.training import MethodConfig
 from ftcircuits.finetune.methods import apply_method, trainable_parameters
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.architecture import describe_architecture
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
 from ftcircuits.finetune.run_identity import check_run_directory, run_record
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import RUN_CONFIG_FILE
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ftcircuits.config.training import MethodConfig
 from ftcircuits.finetune.methods import apply_method, trainable_parameters
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.run_layout import index_path
 from ftcircuits.study.circuitlora import PLAN_FILE

@@ -24,7 +24,7 @@ from ftcircuits.cluster.scale_plan import (
 )
 from ftcircuits.cluster.throughput import circuit_throughput, finetune_throughput, shape_counts
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from jobs.plan import main
 
 ROOT = Path(__file__).resolve().parents[2]

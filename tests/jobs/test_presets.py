@@ -8,15 +8,14 @@ import pytest
 
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.comparison import CompareConfig
+from ftcircuits.config.dynamics import MultiSeedConfig
 from ftcircuits.config.loading import load_config
-from ftcircuits.config.study import MultiSeedConfig, StudyConfig
 from ftcircuits.config.sweep import SweepConfig
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "jobs" / "configs"
 SCHEMAS = {
-    "tiny.yaml": StudyConfig,
     "circuitlora-tiny.yaml": CircuitLoraConfig,
     "compare-tiny.yaml": CompareConfig,
     "compare-tiny-tasks.yaml": CompareConfig,
@@ -42,7 +41,7 @@ def test_sweep_preset_validates(path, monkeypatch):
     assert config.trials == 6 and config.space.ranks == "matched" and config.finetune_config.is_file()
 
 
-def test_comparison_preset_compares_every_method_at_matched_budgets(monkeypatch):
+def test_comparison_preset_compares_every_method_at_matched_parameter_counts(monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config(CompareConfig, CONFIGS / "compare-tiny.yaml")
     names = ["lora", "circuitlora-matched", "circuitlora-swept", "adalora", "ia3", "fpft"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcircuits.config.training import MethodConfig
 from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.loader import ModelSourceError, load_model
 from ftcircuits.models.swap import CheckpointWeights

@@ -10,13 +10,13 @@ from transformers import AutoModelForCausalLM
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.discover import discover_circuit
 from ftcircuits.circuits.selection import Selection
-from ftcircuits.config.data import TaskSpec
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.study.baselines import briefly_trained_baseline, briefly_trained_dir
 from ftcircuits.study.dynamics import DEGENERATE_KL, input_dependence, robustness_against_baselines
 from ftcircuits.study.over_run import BASELINE_WEIGHTS, circuit_units, run_inputs
 from ftcircuits.tasks.dataset import build_dataset
+from ftcircuits.tasks.spec import TaskSpec
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from ftcircuits.config.comparison import CompareConfig
-from ftcircuits.config.data import TaskSpec
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.finetune.methods import check_schedule
 from ftcircuits.finetune.schedule import optimizer_steps
@@ -24,22 +23,24 @@ from ftcircuits.study.comparison import (
     comparison_summary,
     comparison_table,
     learned_tasks,
-    probe_config,
+    reference_config,
     summary_markdown,
 )
+from ftcircuits.tasks.spec import TaskSpec
 
 PRESET = Path("jobs/configs/finetune-tiny-short.yaml")
 
 
 def compare_config(tmp_path: Path, **fields) -> CompareConfig:
-    tree = {"finetune_config": str(PRESET), "probe_config": "jobs/configs/finetune-tiny.yaml",
-            "arms": [{"name": "lora"}, {"name": "ia3", "set": ["method.name=ia3", "train.lr=0.01"]}],
+    tree = {"finetune_config": str(PRESET), "reference_config": "jobs/configs/finetune-tiny.yaml",
+            "arms": [{"name": "lora"},
+                     {"name": "ia3", "finetune": {"method": {"name": "ia3"}, "train": {"lr": 0.01}}}],
             "out": str(tmp_path / "cmp")} | fields  # fmt: skip
     return CompareConfig.model_validate(tree)
 
 
 def test_arm_config_applies_recipe_arm_task_and_seed(tmp_path):
-    config = compare_config(tmp_path, recipe=["train.epochs=2"])
+    config = compare_config(tmp_path, recipe={"train": {"epochs": 2}})
     task = TaskSpec(name="muldiv")
     run = arm_config(config, config.arms[1], task, seed=7)
     assert run.method.name == "ia3" and run.train.lr == 0.01 and run.train.epochs == 2
@@ -49,17 +50,17 @@ def test_arm_config_applies_recipe_arm_task_and_seed(tmp_path):
 
 
 def test_a_bad_arm_override_names_the_field(tmp_path):
-    config = compare_config(tmp_path, arms=[{"name": "x", "set": ["method.name=qlora"]}])
-    with pytest.raises(ConfigError, match="method.name"):
+    config = compare_config(tmp_path, arms=[{"name": "x", "finetune": {"method": {"name": "qlora"}}}])
+    with pytest.raises(ConfigError, match="arm x: invalid config: method.name: Input should be 'fpft'"):
         arm_config(config, config.arms[0], TaskSpec(name="addsub", range=100), 0)
 
 
-def test_probe_is_the_presets_own_run_on_its_own_task_and_a_new_one_elsewhere(tmp_path):
+def test_the_reference_is_the_presets_own_run_on_its_own_task_and_a_new_one_elsewhere(tmp_path):
     config = compare_config(tmp_path)
-    own = probe_config(config, TaskSpec(name="addsub", range=100))
+    own = reference_config(config, TaskSpec(name="addsub", range=100))
     assert own.out == Path("runs/finetune-tiny")
-    other = probe_config(config, TaskSpec(name="addsub", range=200))
-    assert other.out == tmp_path / "cmp" / "addsub-200" / "probe" and other.task.range == 200
+    other = reference_config(config, TaskSpec(name="addsub", range=200))
+    assert other.out == tmp_path / "cmp" / "addsub-200" / "reference" and other.task.range == 200
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_probe_is_the_presets_own_run_on_its_own_task_and_a_new_one_elsewhere(tm
         ({"seeds": [1, 1]}, "seeds repeat"),
         ({"seeds": []}, "no seeds"),
         ({"arms": [{"name": "a b"}]}, "must be a file name"),
-        ({"probe_runs": {"addsub-200": "x"}}, "probe_runs name tasks not compared"),
+        ({"reference_runs": {"addsub-200": "x"}}, "reference_runs name tasks not compared"),
         ({"arms": [{"name": "c", "circuitlora": {"ranks": {"choice": "paper-4-8"}}}]}, "paper-8-32"),
     ],
 )
@@ -136,7 +137,7 @@ def test_optimizer_steps_and_the_adalora_schedule_check():
     # 240 examples / 32 = 8 micro-batches an epoch; 2 workers x accumulation 3 keep 6 of them: 1 step each
     assert optimizer_steps(240, epochs=4, micro_batch=32, workers=2, grad_accumulation=3) == 4
     assert optimizer_steps(3200, epochs=4, micro_batch=32, workers=1, grad_accumulation=1) == 400
-    from ftcircuits.config.training import MethodConfig
+    from ftcircuits.finetune.settings import MethodConfig
 
     adalora = MethodConfig(name="adalora", adalora_tinit=25, adalora_tfinal=50)
     check_schedule(adalora, 76)

@@ -1,6 +1,6 @@
 """Ray glue for circuits over a run: long-lived actors, each holding the base model once.
 
-Units go to the least-loaded actor with at most ``in_flight_per_actor`` queued
+Units go to the least-loaded actor with at most ``actors.in_flight`` queued
 on each, so memory stays bounded however many checkpoints a run has. A dead
 actor is restarted by Ray (``max_restarts``) and its queued units retried
 (``max_task_retries``); finished circuits are on disk, so nothing is redone.
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import ray
 
+from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.cluster.connection import check_shared_outputs
-from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.study.over_run import (
     CircuitRunner,
     CircuitUnit,
@@ -31,10 +32,12 @@ from ftcircuits.study.over_run import (
 class CircuitActor:
     """A ``CircuitRunner`` in a Ray actor: loads the base model in ``__init__``, then serves units."""
 
-    def __init__(self, base_model: str, data: Path, settings: DiscoverySettings, out: Path) -> None:
+    def __init__(
+        self, base_model: str, data: Path, settings: DiscoverySettings, out: Path, threads: int = 1
+    ) -> None:
         import torch
 
-        torch.set_num_threads(settings.threads)
+        torch.set_num_threads(threads)
         self.runner = CircuitRunner(base_model, data, settings, out)
 
     def run(self, unit: CircuitUnit) -> dict:
@@ -123,15 +126,19 @@ def run_on_actors(
 
 
 def circuits_over_run(
-    config: CircuitRunConfig, on_result: Callable[[dict], None] | None = None
+    run: Path,
+    settings: CircuitRunSettings,
+    on_result: Callable[[dict], None] | None = None,
+    units: Sequence[CircuitUnit] | None = None,
 ) -> tuple[Path, list[dict], int]:
     """Discover every circuit of a run that is not on disk yet; return (output dir, all rows, computed).
 
-    Validates the run, its dataset and the units before any actor starts.
+    Validates the run, its dataset and the units (``units``: already made by ``run_units``) before any
+    actor starts.
     """
-    inputs = run_inputs(config.run)
-    out = circuits_dir(config.run, config, inputs)
-    units = run_units(config, inputs)
+    inputs = run_inputs(run)
+    out = circuits_dir(run, settings, inputs)
+    units = run_units(run, settings, inputs) if units is None else units
     done = {unit.key: finished_circuit(out, unit) for unit in units}
     todo = [unit for unit in units if done[unit.key] is None]
     for row in done.values():
@@ -140,12 +147,13 @@ def circuits_over_run(
     if todo:
         check_shared_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
-        actors = started_actors(start_actors(
-            min(config.actors, len(todo)), (inputs.base_model, inputs.data, config, out),
-            config.cpus_per_actor, config.gpus_per_actor, config.retries,
-        ))  # fmt: skip
+        pool = settings.actors
+        runner = (inputs.base_model, inputs.data, settings.discovery, out, pool.threads)
+        actors = started_actors(
+            start_actors(min(pool.count, len(todo)), runner, pool.cpus, pool.gpus, pool.retries)
+        )
         try:
-            rows = run_on_actors(actors, todo, config.in_flight_per_actor, on_result)
+            rows = run_on_actors(actors, todo, pool.in_flight, on_result)
             done |= {unit.key: row for unit, row in zip(todo, rows, strict=True)}
         finally:
             for actor in actors:

@@ -44,9 +44,9 @@ from ftcircuits.cluster.throughput import (
     finetune_throughput,
 )
 from ftcircuits.config.data import PERTURB_RATIOS
-from ftcircuits.config.training import FinetuneConfig, MethodConfig
 from ftcircuits.finetune.methods import apply_method, trainable_parameters
 from ftcircuits.finetune.schedule import optimizer_steps
+from ftcircuits.finetune.settings import FinetuneConfig, MethodConfig
 from ftcircuits.models.architecture import Architecture, describe_architecture
 from ftcircuits.models.loader import SHAPE_PREFIX, TINY, model_skeleton
 from ftcircuits.models.shapes import build_same_shape, known_shapes, shape_for_hub_id

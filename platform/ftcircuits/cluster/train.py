@@ -14,14 +14,15 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.cluster.connection import check_shared_outputs, connect, ray_storage_path
-from ftcircuits.config.data import PERTURB_RATIOS
 from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import DATA_DIR, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE
+from ftcircuits.tasks.spec import PERTURB_RATIOS
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -65,9 +66,13 @@ def _train_loop(payload: dict) -> None:
 
 
 def finetune_trainer(
-    config, data_dir: Path, mlflow_run: tuple[str, str] | None, max_failures: int = 2, callbacks: list = ()
+    config: FinetuneConfig,
+    data_dir: Path,
+    mlflow_run: tuple[str, str] | None,
+    max_failures: int = 2,
+    callbacks: list = (),
 ) -> TorchTrainer:
-    """Return the TorchTrainer of one fine-tuning run (``config``: FinetuneConfig, ``out`` absolute).
+    """Return the TorchTrainer of one fine-tuning run (``out`` absolute).
 
     Rank 0 logs into ``mlflow_run`` ((tracking uri, run id)), or nowhere when None (as in a Tune
     trial, where only the Tune driver writes to MLflow); ``callbacks`` are Ray Train callbacks.
@@ -93,7 +98,7 @@ def finetune_trainer(
     )
 
 
-def record_run(config, data_dir: Path, mlflow_run_id: str | None) -> None:
+def record_run(config: FinetuneConfig, data_dir: Path, mlflow_run_id: str | None) -> None:
     """Write the run's record (``finetune.json``: config, dataset, MLflow run), which later stages read;
     refuse an ``out`` that holds a run with another config first."""
     record = run_record(config, data_dir)
@@ -102,8 +107,10 @@ def record_run(config, data_dir: Path, mlflow_run_id: str | None) -> None:
         tmp.write_text(json.dumps(record | {"mlflow_run": mlflow_run_id}, indent=1))
 
 
-def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.train.Result, str]:
-    """Run one fine-tuning run (``config``: FinetuneConfig) on Ray Train, tracked in MLflow.
+def run_finetune(
+    config: FinetuneConfig, data_dir: Path, max_failures: int = 2
+) -> tuple[ray.train.Result, str]:
+    """Run one fine-tuning run on Ray Train, tracked in MLflow.
 
     Returns Ray's result and the MLflow run id.
     """
@@ -117,7 +124,7 @@ def run_finetune(config, data_dir: Path, max_failures: int = 2) -> tuple[ray.tra
     return result, run_id
 
 
-def run_dataset(config) -> Path:
+def run_dataset(config: FinetuneConfig) -> Path:
     """Return the dataset directory of a fine-tuning run (``<out>/data/<dataset>``), building it (with its
     perturbed variants) when missing; refuse an ``out`` that holds a run with another config first."""
     data_dir = Path(config.out) / DATA_DIR / config.task.dataset_name()
@@ -128,8 +135,8 @@ def run_dataset(config) -> Path:
     return data_dir
 
 
-def finetune(config) -> str | None:
-    """Build the run's dataset if needed and run it on Ray (``config``: FinetuneConfig); return the MLflow
+def finetune(config: FinetuneConfig) -> str | None:
+    """Build the run's dataset if needed and run it on Ray; return the MLflow
     run id. A run already finished with this config is not rerun (its recorded run id is returned); a run
     that fails raises RuntimeError."""
     data_dir = run_dataset(config)

@@ -1,2 +1,3 @@
-"""Validated config schemas, one per job (``data``, ``training``, ``discovery``, ``study``,
-``benchmarks``), and the one YAML loader with dotted overrides (``loading``)."""
+"""The jobs' validated schemas (``data``, ``discovery``, ``circuitlora``, ``comparison``, ``sweep``,
+``dynamics``, ``pipeline``, ``benchmarks``), composed of the engines' own settings types, and the one YAML
+loader with dotted overrides (``loading``)."""

@@ -1,4 +1,5 @@
-"""CircuitLoRA's schema: the probe run, how critical layers are chosen, the ranks and learning rates."""
+"""CircuitLoRA's schema: the reference run whose circuits it reads, how critical layers are chosen, the
+ranks and learning rates."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from ftcircuits.config.data import PresetPath, Strict
+from ftcircuits.config.data import PresetPath
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.options import CriticalRule, CriticalSource, LayerVariant, RankChoice
+from ftcircuits.schema import Strict
 
 
 class CriticalLayerRule(Strict):
@@ -35,10 +38,11 @@ class CriticalLayerRule(Strict):
 
 
 class RankSettings(Strict):
-    """CircuitLoRA's (r_o, r_c): budget-matched to uniform LoRA rank ``lora_r``, a paper pair, or given."""
+    """CircuitLoRA's (r_o, r_c): matched to uniform LoRA rank ``lora_r``'s parameter count, a paper pair, or
+    given."""
 
     choice: RankChoice = "matched"
-    lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose budget 'matched' meets")
+    lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose parameter count 'matched' meets")
     ratio: float = Field(4.0, gt=1, description="'matched': the r_c / r_o aimed at (the paper's pairs: 4)")
     other: int | None = Field(None, ge=1, description="'explicit': r_o")
     critical: int | None = Field(None, ge=1, description="'explicit': r_c")
@@ -52,14 +56,19 @@ class RankSettings(Strict):
 
 
 class CircuitLoraConfig(Strict):
-    """``jobs.circuitlora``: Algorithm 1 end to end, from a probe run to the CircuitLoRA fine-tune."""
+    """``jobs.circuitlora``: Algorithm 1 end to end, from a reference run's circuits to the CircuitLoRA
+    fine-tune."""
 
-    probe_run: Path | None = Field(None, description="an existing fine-tuning run (else probe_config runs)")
-    probe_config: PresetPath = Field(
-        Path("jobs/configs/finetune-tiny.yaml"), description="the probe's preset"
+    reference_run: Path | None = Field(
+        None,
+        description="an existing fine-tuning run whose circuits give the critical layers "
+        "(else reference_config runs)",
     )
-    circuit_overrides: list[str] = Field(
-        default_factory=list, description="--set overrides for the probe's circuits (jobs.circuits --run)"
+    reference_config: PresetPath = Field(
+        Path("jobs/configs/finetune-tiny.yaml"), description="the reference run's preset"
+    )
+    circuits: CircuitRunSettings = Field(
+        CircuitRunSettings(), description="how the reference run's circuits are found (without robustness)"
     )
     critical: CriticalLayerRule = CriticalLayerRule()
     ranks: RankSettings = RankSettings()

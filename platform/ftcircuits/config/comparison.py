@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.config.circuitlora import CriticalLayerRule, RankSettings
-from ftcircuits.config.data import PresetPath, Strict, TaskSpec
+from ftcircuits.config.data import PresetPath
+from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.schema import Strict
+from ftcircuits.tasks.spec import TaskSpec
 
 
 class CircuitLoraArm(Strict):
-    """CircuitLoRA's choices, planned on each task's probe run (Algorithm 1 per task)."""
+    """CircuitLoRA's choices, planned on each task's reference run (Algorithm 1 per task)."""
 
     critical: CriticalLayerRule = CriticalLayerRule()
     ranks: RankSettings = RankSettings()
@@ -21,10 +25,14 @@ class CircuitLoraArm(Strict):
 
 
 class MethodArm(Strict):
-    """One compared method: the runs' preset with ``set`` overrides, and CircuitLoRA's plan when given."""
+    """One compared method: the runs' preset updated by ``finetune``, and CircuitLoRA's plan when given."""
 
     name: str = Field(description="the method's label in tables and run directories")
-    set: list[str] = Field(default_factory=list, description="dotted overrides of the runs' preset")
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a partial fine-tuning config over the preset, e.g. {method: {name: ia3}, "
+        "train: {lr: 0.01}}",
+    )
     circuitlora: CircuitLoraArm | None = None
 
     @field_validator("name")
@@ -41,17 +49,22 @@ class CompareConfig(Strict):
     finetune_config: PresetPath = Field(
         Path("jobs/configs/finetune-tiny.yaml"), description="the runs' preset (a LoRA method)"
     )
-    recipe: list[str] = Field(
-        default_factory=list, description="dotted overrides every run shares (schedule, workers, ...)"
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a partial fine-tuning config every run shares (schedule, workers, ...), e.g. "
+        "{train: {checkpoint_every: 100}}",
     )
-    probe_config: PresetPath = Field(
+    reference_config: PresetPath = Field(
         Path("jobs/configs/finetune-tiny.yaml"),
-        description="CircuitLoRA's probe on each task: this preset on the task (its own out for its task)",
+        description="CircuitLoRA's reference run on each task: this preset on the task (its own out for its "
+        "task)",
     )
-    probe_runs: dict[str, Path] = Field(
-        default_factory=dict, description="task (dataset name, e.g. addsub-100) -> an existing probe run"
+    reference_runs: dict[str, Path] = Field(
+        default_factory=dict, description="task (dataset name, e.g. addsub-100) -> an existing reference run"
     )
-    circuit_overrides: list[str] = Field(default_factory=list, description="the probes' circuit settings")
+    circuits: CircuitRunSettings = Field(
+        CircuitRunSettings(), description="how the reference runs' circuits are found"
+    )
     tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="addsub", range=100)])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arms: list[MethodArm]
@@ -70,7 +83,7 @@ class CompareConfig(Strict):
             repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
             if repeated:
                 raise ValueError(f"{what} repeat: {repeated}")
-        unknown = set(self.probe_runs) - {task.dataset_name() for task in self.tasks}
+        unknown = set(self.reference_runs) - {task.dataset_name() for task in self.tasks}
         if unknown:
-            raise ValueError(f"probe_runs name tasks not compared: {sorted(unknown)}")
+            raise ValueError(f"reference_runs name tasks not compared: {sorted(unknown)}")
         return self

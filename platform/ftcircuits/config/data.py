@@ -1,76 +1,15 @@
-"""Schemas shared by every job: a task, a model source; and ``jobs.make_data``'s config."""
+"""A preset path checked to exist, and ``jobs.make_data``'s config."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator
 
-from ftcircuits.models.loader import ModelSourceError, resolve_model_source
-from ftcircuits.options import CompositionalPart, choices
-from ftcircuits.tasks.registry import TASKS, TaskSpecError, task_family
-
-
-class Strict(BaseModel):
-    """A config section: unknown fields are errors, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TaskSpec(Strict):
-    """One task: its family name and parameters, size and seed."""
-
-    name: str
-    range: int | None = Field(None, description="addsub operand range R in {100..500}")
-    part: CompositionalPart | None = None
-    geometric_share: float | None = Field(None, ge=0, le=1)
-    size: int | None = Field(None, ge=10, description="items before the split; default: the paper's")
-    seed: int = 0
-    circuit_share: float = Field(0.2, gt=0, lt=1)
-
-    @field_validator("name")
-    @classmethod
-    def _known_task(cls, name: str) -> str:
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; allowed: {', '.join(sorted(TASKS))}")
-        return name
-
-    @model_validator(mode="after")
-    def _parameters_fit_task(self) -> TaskSpec:
-        try:
-            self.family()
-        except TaskSpecError as error:
-            raise ValueError(str(error)) from None
-        return self
-
-    def parameters(self) -> dict[str, Any]:
-        """Return the family parameters that are set."""
-        fields = {"range": self.range, "part": self.part, "geometric_share": self.geometric_share}
-        return {k: v for k, v in fields.items() if v is not None}
-
-    def family(self):
-        return task_family(self.name, **self.parameters())
-
-    def dataset_name(self) -> str:
-        """Return a file-system name such as ``addsub-100`` or ``compositional-inner``."""
-        values = [str(v) for k, v in sorted(self.parameters().items()) if k != "geometric_share"]
-        return "-".join([self.name, *values])
-
-    def items(self) -> int:
-        return self.size or self.family().default_size
-
-
-def _checked_model(source: str) -> str:
-    try:
-        resolve_model_source(source)
-    except ModelSourceError as error:
-        raise ValueError(str(error)) from None
-    return source
-
-
-ModelSource = Annotated[str, AfterValidator(_checked_model)]
-"""A model source ("tiny", a model directory, ``shape:NAME`` or a hub id), checked before any work."""
+from ftcircuits.models.source import ModelSource
+from ftcircuits.schema import Strict
+from ftcircuits.tasks.spec import PERTURB_RATIOS, TaskSpec
 
 
 def _existing_preset(path: Path) -> Path:
@@ -83,24 +22,13 @@ PresetPath = Annotated[Path, AfterValidator(_existing_preset)]
 """A fine-tuning preset file another job runs, checked to exist before any work."""
 
 
-PERTURB_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # robustness: shares of items replaced
-
-
-def all_paper_tasks() -> list[TaskSpec]:
-    """Return one spec per task of the paper (Add/Sub at every range, compositional and its parts)."""
-    specs = [TaskSpec(name="addsub", range=r) for r in (100, 200, 300, 400, 500)]
-    specs += [TaskSpec(name=n) for n in ("muldiv", "sequence", "lcm", "function")]
-    specs += [TaskSpec(name="compositional", part=p) for p in choices(CompositionalPart)]
-    return specs
-
-
 class DataConfig(Strict):
     """``jobs.make_data``: build task datasets under a model's tokenizer."""
 
     tasks: list[TaskSpec]
     model: ModelSource = "tiny"
     out: Path = Path("data")
-    perturb_ratios: list[float] = list(PERTURB_RATIOS)
+    perturb_ratios: list[float] = Field(default_factory=lambda: list(PERTURB_RATIOS))
 
     @field_validator("perturb_ratios")
     @classmethod

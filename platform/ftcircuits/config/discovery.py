@@ -1,125 +1,88 @@
-"""Circuit schemas: how a circuit is discovered, and the circuit jobs' configs."""
+"""The circuit jobs' schemas: one model's circuit, the circuits over a fine-tuning run (robustness,
+actors), their analysis, and the compositional merge. Each nests the engine's ``DiscoverySettings``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
 
-import polars as pl
 from pydantic import Field, field_validator, model_validator
 
-from ftcircuits.circuits.attribution import AttributionConfig
-from ftcircuits.circuits.selection import Selection
-from ftcircuits.config.data import ModelSource, Strict
-from ftcircuits.options import (
-    AttributionMethod,
-    Baseline,
-    Metric,
-    NodeRule,
-    ScoreRule,
-    SelectionMethod,
-    Split,
-    StepConvention,
-)
+from ftcircuits.circuits.settings import DiscoverySettings
+from ftcircuits.models.source import ModelSource
+from ftcircuits.options import Baseline, NodeRule, ScoreRule
 from ftcircuits.run_layout import check_run, index_path
+from ftcircuits.schema import Strict
 from ftcircuits.tasks.io import MANIFEST_FILE
 
 
-class DiscoverySettings(Strict):
-    """How a circuit is discovered: EAP-IG attribution, metric and edge selection (shared by circuit jobs)."""
-
-    split: Split = "circuit"
-    examples: int | None = Field(None, ge=1, description="N items of the split (default: all)")
-    sample_seed: int | None = Field(
-        0,
-        description="with examples: a random sample of N items drawn with this seed (None: the first N, "
-        "which in a dataset ordered by kind may all be of one kind)",
-    )
-    method: AttributionMethod = "eap-ig-inputs"
-    steps: int = Field(5, ge=1)
-    step_convention: StepConvention = "k=1..m"
-    metric: Metric = "kl"
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        32,
-        description="pairs per EAP-IG batch, or auto: the largest batch the device's free memory holds "
-        "(circuits/memory.py); an explicit batch that cannot fit is refused before any work",
-    )
-    selection: SelectionMethod = "top"
-    budget: float = Field(0.05, gt=0, le=1, description="the circuit's share of the graph's edges")
-    curve: bool = False
-    threads: int = Field(2, ge=1, description="torch threads per process (per actor in a run)")
-
-    def attribution_config(self) -> AttributionConfig:
-        """Return the attribution engine's config of these settings."""
-        return AttributionConfig(self.method, self.steps, self.step_convention, self.metric)
-
-    def selection_config(self) -> Selection:
-        """Return the circuit selection of these settings."""
-        return Selection(self.selection, self.budget)
-
-    def discovery_key(self) -> dict:
-        """Return the settings that change a circuit (its part of the output key), not the plumbing."""
-        return self.model_dump(mode="json", include=set(DiscoverySettings.model_fields) - {"threads"})
-
-    def sample(self, items: pl.DataFrame) -> pl.DataFrame:
-        """Return the items circuits are discovered on: all, the first ``examples`` or a seeded sample."""
-        if not self.examples or self.examples >= items.height:
-            return items
-        if self.sample_seed is None:
-            return items.head(self.examples)
-        rows = items.with_row_index("_row").sample(self.examples, seed=self.sample_seed)
-        return rows.sort("_row").drop("_row")  # the same rows of every perturbed variant, in split order
+def _dataset_exists(data: Path) -> Path:
+    if not (Path(data) / MANIFEST_FILE).is_file():
+        raise ValueError(f"no dataset at {str(data)!r} ({MANIFEST_FILE} missing; run jobs.make_data)")
+    return data
 
 
-class CircuitJobConfig(DiscoverySettings):
-    """``jobs.circuits``: discover a circuit of a model on a dataset split."""
+class CircuitJobConfig(Strict):
+    """``jobs.circuits --model --data``: discover a circuit of a model on a dataset split."""
 
     model: ModelSource = "tiny"
     data: Path
+    discovery: DiscoverySettings = DiscoverySettings()
+    threads: int = Field(2, ge=1, description="torch threads")
     out: Path = Path("runs/circuits")
 
-    @field_validator("data")
-    @classmethod
-    def _dataset_exists(cls, data: Path) -> Path:
-        if not (Path(data) / MANIFEST_FILE).is_file():
-            raise ValueError(f"no dataset at {str(data)!r} ({MANIFEST_FILE} missing; run jobs.make_data)")
-        return data
+    _data_exists = field_validator("data")(_dataset_exists)
 
 
-class CircuitRunConfig(DiscoverySettings):
-    """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray.
+class RobustnessSettings(Strict):
+    """The robustness circuits over a run: the base and each baseline of its shape (a random init, random
+    at the base's per-tensor scale, the base's weights permuted, or a random init briefly trained on the
+    tiny pre-training corpus) on every perturbed variant of the circuit split."""
 
-    With ``robustness``, also the circuits of the base and of each baseline of the same shape
-    (``baselines``: random init, random at the base's per-tensor scale, permuted base weights, or a
-    random init briefly trained on the tiny pre-training corpus) on every perturbed variant of the
-    circuit split.
-    """
-
-    run: Path
-    examples: int | None = Field(256, ge=1, description="first N items of the split (default: all)")
-    curve: bool = Field(True, description="each checkpoint circuit's faithfulness against budget")
-    robustness: bool = True
+    enabled: bool = True
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["random-init", "random-scaled", "permuted"],
-        description="robustness: the base against these (briefly-trained costs a short pre-training)",
+        description="the base against these (briefly-trained costs a short pre-training)",
     )
-    robustness_ratios: list[float] | None = Field(
-        None, description="robustness: these perturbation ratios of the dataset's (default: all)"
+    ratios: list[float] | None = Field(
+        None, description="these perturbation ratios of the dataset's (default: all of them)"
     )
-    random_seed: int = 0
+    random_seed: int = Field(0, description="the baselines' seed")
     brief_steps: int = Field(200, ge=1, description="briefly-trained: optimiser steps on the tiny corpus")
-    actors: int = Field(2, ge=1, description="long-lived actors, each holding the base model once")
-    cpus_per_actor: float = Field(1, gt=0)
-    gpus_per_actor: float = Field(0, ge=0, description="fractions share a GPU between actors")
-    in_flight_per_actor: int = Field(2, ge=1, description="units queued per actor (bounds memory)")
+
+
+class ActorSettings(Strict):
+    """How the circuits over a run are computed on Ray: long-lived actors, each holding the base once."""
+
+    count: int = Field(2, ge=1, description="actors")
+    cpus: float = Field(1, gt=0, description="CPUs per actor")
+    gpus: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU between actors)")
+    in_flight: int = Field(2, ge=1, description="units queued per actor (bounds memory)")
     retries: int = Field(2, ge=0, description="restarts of a dead actor and retries of its unit")
     threads: int = Field(1, ge=1, description="torch threads per actor")
 
+
+class CircuitRunSettings(Strict):
+    """How the circuits of a fine-tuning run are found: the base and every checkpoint (each with its
+    faithfulness against budget), and with robustness the base and its baselines on perturbed splits."""
+
+    discovery: DiscoverySettings = DiscoverySettings(examples=256, curve=True)
+    robustness: RobustnessSettings = RobustnessSettings()
+    actors: ActorSettings = ActorSettings()
+
     @model_validator(mode="after")
-    def _robustness_needs_the_circuit_split(self) -> CircuitRunConfig:
-        if self.robustness and self.split != "circuit":
-            raise ValueError("robustness compares perturbed circuit splits: it needs split='circuit'")
+    def _robustness_needs_the_circuit_split(self) -> CircuitRunSettings:
+        if self.robustness.enabled and self.discovery.split != "circuit":
+            raise ValueError(
+                "robustness compares perturbed circuit splits: it needs discovery.split='circuit' "
+                "(or robustness.enabled=false)"
+            )
         return self
+
+
+class CircuitRunConfig(CircuitRunSettings):
+    """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray."""
+
+    run: Path
 
     @field_validator("run")
     @classmethod
@@ -134,8 +97,8 @@ class CircuitRunConfig(DiscoverySettings):
         return run
 
 
-class AnalysisConfig(CircuitRunConfig):
-    """``jobs.analyze``: dynamics of the circuits ``jobs.circuits --run`` found with the same settings."""
+class AnalysisSettings(Strict):
+    """How a run's circuits are analysed: how many critical layers the top-k rule marks."""
 
     critical_k: int | None = Field(
         None, ge=1, description="top-k critical layers (capped at the layer count)"
@@ -150,15 +113,22 @@ class AnalysisConfig(CircuitRunConfig):
         return min(k, layers)
 
 
-class CompositionalConfig(DiscoverySettings):
+class AnalysisConfig(CircuitRunConfig):
+    """``jobs.analyze``: dynamics of the circuits ``jobs.circuits --run`` found with the same settings."""
+
+    analysis: AnalysisSettings = AnalysisSettings()
+
+
+class CompositionalConfig(Strict):
     """``jobs.compositional``: merge the subtasks' circuits and test them on the compositional task."""
 
     model: ModelSource = "tiny"
     data: Path = Field(Path("runs/compositional/data"), description="datasets built here when missing")
-    examples: int | None = Field(256, ge=1, description="first N items of each split (default: all)")
+    discovery: DiscoverySettings = DiscoverySettings(examples=256)
     budgets: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1])
     nodes: NodeRule = "union"
     score: ScoreRule = "mean"
+    threads: int = Field(2, ge=1, description="torch threads")
     out: Path = Path("runs/compositional")
 
     @field_validator("budgets")

@@ -10,7 +10,7 @@ path stores its runs in the same place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
-RUN_PATH_FIELDS = ("out", "run", "probe_run", "probe_runs", "data")
+RUN_PATH_FIELDS = ("out", "run", "reference_run", "reference_runs", "data")
 """Top-level fields that name a run's directory (written or read), stored under ``FTCIRCUITS_STORAGE``."""
 
 
@@ -59,6 +59,28 @@ def apply_override(tree: dict, assignment: str, defaults: dict | None = None) ->
         node = child
     node[keys[-1]] = yaml.safe_load(raw)
     return tree
+
+
+def _section_schema(annotation) -> type[BaseModel] | None:
+    """Return the schema of a field that is a section (a model, or a model or None), else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def with_section_defaults(schema: type[BaseModel], tree: dict, defaults: dict) -> dict:
+    """Return ``tree`` with every section it gives in part completed from that field's default, at every
+    depth: ``circuits: {discovery: {examples: 64}}`` keeps the default circuits' other fields, not the
+    section class's own defaults."""
+    out = dict(tree)
+    for name, value in tree.items():
+        field = schema.model_fields.get(name)
+        section = _section_schema(field.annotation) if field is not None else None
+        default = defaults.get(name)
+        if section is not None and isinstance(value, dict) and isinstance(default, dict):
+            out[name] = {**default, **with_section_defaults(section, value, default)}
+    return out
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -98,6 +120,27 @@ def resolve_run_paths(schema: type[BaseModel], tree: dict, defaults: dict) -> di
     return resolved
 
 
+def merged_tree(tree: dict, *updates: dict) -> dict:
+    """Return ``tree`` with each of ``updates`` (partial trees) merged in, deepest keys winning in turn."""
+    out = dict(tree)
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged_tree(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def updated_config(config: Schema, *updates: dict, what: str = "config") -> Schema:
+    """Return ``config`` with partial trees merged in (``{"train": {"lr": 0.01}}``), validated again; raise
+    ConfigError naming ``what`` and the bad field."""
+    try:
+        return type(config).model_validate(merged_tree(config.model_dump(mode="json"), *updates))
+    except ValidationError as error:
+        raise ConfigError(f"{what}: {describe_validation_error(error)}") from None
+
+
 def load_config(schema: type[Schema], path: Path | None = None, overrides: list[str] = ()) -> Schema:
     """Load ``schema`` from a YAML file (or defaults) with dotted overrides; raise ConfigError."""
     tree: dict = {}
@@ -114,6 +157,7 @@ def load_config(schema: type[Schema], path: Path | None = None, overrides: list[
     defaults = schema_defaults(schema)
     for assignment in overrides:
         tree = apply_override(tree, assignment, defaults)
+    tree = with_section_defaults(schema, tree, defaults)
     tree = resolve_run_paths(schema, tree, defaults)
     try:
         return schema.model_validate(tree)

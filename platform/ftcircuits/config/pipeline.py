@@ -1,5 +1,5 @@
 """The whole study's schema (``jobs.pipeline``): tasks, the method comparison whose LoRA run feeds the
-circuit dynamics, the circuit settings, and where everything goes."""
+circuit dynamics, the circuit and analysis settings, and where everything goes."""
 
 from __future__ import annotations
 
@@ -7,24 +7,34 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ftcircuits.config.data import PresetPath, Strict, TaskSpec, all_paper_tasks
+from ftcircuits.circuits.settings import DiscoverySettings
+from ftcircuits.config.data import PresetPath
+from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings, RobustnessSettings
+from ftcircuits.schema import Strict
+from ftcircuits.tasks.spec import TaskSpec, all_paper_tasks
+
+PIPELINE_CIRCUITS = CircuitRunSettings(
+    discovery=DiscoverySettings(examples=128, curve=True),
+    robustness=RobustnessSettings(baselines=["permuted"], ratios=[0.3, 0.6, 0.9]),
+)
 
 
 class PipelineConfig(Strict):
     """``jobs.pipeline``: data and base accuracy on every task; one LoRA run (the comparison's
     ``dynamics_arm`` at its first seed on its first task) gives the accuracy after fine-tuning and the
-    checkpoints whose circuits, dynamics and critical layers are studied; CircuitLoRA against it at a
-    matched budget; an HTML report."""
+    checkpoints whose circuits, dynamics and critical layers are studied; CircuitLoRA against it at
+    matched parameter counts; an HTML report."""
 
     tasks: list[TaskSpec] = Field(default_factory=all_paper_tasks, description="the accuracy table's tasks")
     comparison: PresetPath = Field(
         Path("jobs/configs/compare-pipeline.yaml"), description="a jobs.compare_methods config"
     )
     dynamics_arm: str = Field("lora", description="the comparison arm whose run's circuits are studied")
-    circuit_overrides: list[str] = Field(
-        default_factory=lambda: ["examples=128", "baselines=[permuted]", "robustness_ratios=[0.3, 0.6, 0.9]"],
-        description="--set overrides of jobs.circuits --run and jobs.analyze (and the CircuitLoRA probe)",
+    circuits: CircuitRunSettings = Field(
+        PIPELINE_CIRCUITS,
+        description="how the LoRA run's circuits are found (and the comparison's reference circuits)",
     )
+    analysis: AnalysisSettings = AnalysisSettings()
     accuracy_examples: int | None = Field(
         500,
         ge=1,

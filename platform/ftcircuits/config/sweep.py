@@ -1,4 +1,4 @@
-"""The CircuitLoRA sweep's schema: the search space, the scheduler, the probe shared by every trial."""
+"""The CircuitLoRA sweep's schema: the search space, the scheduler, the reference run every trial plans on."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from ftcircuits.config.data import PresetPath, Strict
+from ftcircuits.config.data import PresetPath
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.options import LayerVariant, SweepRanks
+from ftcircuits.schema import Strict
 
 
 class FloatRange(Strict):
@@ -41,7 +43,7 @@ class RankRange(Strict):
 
 class SweepSpace(Strict):
     """What the sweep searches. ``ranks: matched`` draws r_c / r_o from ``ratio`` and matches LoRA
-    ``lora_r``'s budget; ``ranks: search`` draws r_o and r_c from their ranges (r_o < r_c)."""
+    ``lora_r``'s parameter count; ``ranks: search`` draws r_o and r_c from their ranges (r_o < r_c)."""
 
     variant: list[LayerVariant] = Field(default_factory=lambda: ["source", "source_no_input", "destination"])
     k: list[int] = Field(default_factory=lambda: [1, 2], description="critical-layer counts to try")
@@ -76,15 +78,20 @@ class SweepSpace(Strict):
 
 
 class SweepConfig(Strict):
-    """``tuning.sweep``: CircuitLoRA trials on Ray Tune (Optuna search, ASHA stopping), one probe for all."""
+    """``tuning.sweep``: CircuitLoRA trials on Ray Tune (Optuna search, ASHA stopping), all planned on the
+    circuits of one reference run."""
 
-    probe_run: Path | None = Field(None, description="an existing fine-tuning run (else probe_config runs)")
-    probe_config: PresetPath = Path("jobs/configs/finetune-tiny.yaml")
-    circuit_overrides: list[str] = Field(default_factory=list)
+    reference_run: Path | None = Field(
+        None, description="an existing fine-tuning run (else reference_config runs)"
+    )
+    reference_config: PresetPath = Path("jobs/configs/finetune-tiny.yaml")
+    circuits: CircuitRunSettings = Field(
+        CircuitRunSettings(), description="how the reference run's circuits are found"
+    )
     finetune_config: PresetPath = Field(
         Path("jobs/configs/finetune-tiny.yaml"), description="the trials' preset"
     )
-    lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose budget matched ranks meet")
+    lora_r: int = Field(16, ge=1, description="the uniform LoRA rank whose parameters matched ranks meet")
     space: SweepSpace = SweepSpace()
     trials: int = Field(6, ge=1)
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers per trial (concurrency follows)")

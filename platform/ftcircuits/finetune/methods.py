@@ -1,24 +1,21 @@
 """Fine-tuning methods as configs over PEFT: FPFT, LoRA, AdaLoRA, IA3 (CircuitLoRA: per-module ranks).
 
-A method is a ``config.training.MethodConfig``. Target modules come from the architecture
-adapter (``ModuleNames.linear_modules``), so no method branches on the model type. CircuitLoRA
-will arrive as ``rank_pattern`` / ``alpha_pattern`` of a LoRA config plus per-group learning
-rates (``lr_groups``).
+A method is a ``finetune.settings.MethodConfig``. Target modules come from the architecture
+adapter (``ModuleNames.linear_modules``), so no method branches on the model type. CircuitLoRA is
+LoRA with ``rank_pattern`` / ``alpha_pattern`` (PEFT's) plus per-group learning rates
+(``TrainConfig.lr_groups``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
 from torch.utils.hooks import RemovableHandle
 
+from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.architecture import Architecture
-
-if TYPE_CHECKING:
-    from ftcircuits.config.training import MethodConfig
 
 
 def target_modules(arch: Architecture) -> list[str]:

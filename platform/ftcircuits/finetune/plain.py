@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.encoding import prompt_ids, require_answer_ids
 from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
-
-if TYPE_CHECKING:
-    from ftcircuits.config.training import PlainFinetuneConfig
+from ftcircuits.finetune.settings import PlainFinetuneConfig
 
 
 def optimiser_steps(examples: int, config: PlainFinetuneConfig) -> int:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from ftcircuits.finetune.methods import check_schedule
 from ftcircuits.finetune.schedule import optimizer_steps
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import read_run_record, run_config_path
 from ftcircuits.tasks.io import read_manifest
 
 
-def run_record(config, data_dir: Path) -> dict:
-    """Return what identifies a fine-tuning run (``config``: a FinetuneConfig): its full config and
+def run_record(config: FinetuneConfig, data_dir: Path) -> dict:
+    """Return what identifies a fine-tuning run : its full config and
     its dataset directory, with ``out`` made absolute."""
     out = Path(config.out).resolve()
     return config.model_copy(update={"out": out}).model_dump(mode="json") | {
@@ -47,14 +48,14 @@ def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def run_steps(config, data_dir: Path) -> int:
-    """Return the optimiser steps of a run (``config``: a FinetuneConfig) on the dataset in ``data_dir``."""
+def run_steps(config: FinetuneConfig, data_dir: Path) -> int:
+    """Return the optimiser steps of a run on the dataset in ``data_dir``."""
     examples = read_manifest(data_dir)["summary"]["splits"]["finetune"]
     train = config.train
     return optimizer_steps(examples, train.epochs, train.micro_batch_size, config.scaling.workers,
                            train.grad_accumulation)  # fmt: skip
 
 
-def check_run_schedule(config, data_dir: Path) -> None:
+def check_run_schedule(config: FinetuneConfig, data_dir: Path) -> None:
     """Refuse, before any worker starts, a method whose schedule does not fit the run's steps."""
     check_schedule(config.method, run_steps(config, data_dir))

@@ -24,6 +24,7 @@ from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
 from ftcircuits.finetune.loop import decay_groups, epoch_batches, train_answer_model
 from ftcircuits.finetune.methods import apply_method, trainable_parameters
 from ftcircuits.finetune.schedule import optimizer_steps
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import CHECKPOINTS_DIR, checkpoint_path, index_path, read_checkpoint_index
@@ -43,7 +44,9 @@ class WorkerContext:
     resume_from: Path | None = None  # a checkpoint directory of this run, after a failure
 
 
-def sharded_batches(ids, answers, config, pad_id: int, context: WorkerContext) -> tuple[list, int]:
+def sharded_batches(
+    ids, answers, config: FinetuneConfig, pad_id: int, context: WorkerContext
+) -> tuple[list, int]:
     """Return this worker's micro-batches and the optimiser steps they make (equal on every rank)."""
     train = config.train
     per_epoch = math.ceil(len(ids) / train.micro_batch_size)
@@ -64,8 +67,8 @@ def sharded_batches(ids, answers, config, pad_id: int, context: WorkerContext) -
     return mine, steps
 
 
-def finetune_worker(config, data_dir: Path, context: WorkerContext = WorkerContext()) -> None:
-    """Fine-tune ``config.model`` (a FinetuneConfig) on the dataset's fine-tune split under DeepSpeed."""
+def finetune_worker(config: FinetuneConfig, data_dir: Path, context: WorkerContext = WorkerContext()) -> None:
+    """Fine-tune ``config.model`` on the dataset's fine-tune split under DeepSpeed."""
     torch.manual_seed(config.train.seed)
     loaded = load_model(config.model)
     tokenizer = loaded.tokenizer

@@ -1,21 +1,25 @@
-"""Accuracy of a model on every task's circuit split: the study's before/after table."""
+"""The datasets and accuracy stages: every task's dataset, and a model's accuracy on each circuit split (the
+study's before/after table), cached by everything that shapes it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.encoding import task_accuracy
+from ftcircuits.paths import atomic_file
 from ftcircuits.tasks.dataset import make_task_dataset
-from ftcircuits.tasks.io import MANIFEST_FILE, read_items
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items, read_manifest
+from ftcircuits.tasks.spec import TaskSpec
 
 
 def task_datasets(
-    tasks: Iterable, tokenizer: PreTrainedTokenizerBase, model: str, data_dir: Path
+    tasks: Iterable[TaskSpec], tokenizer: PreTrainedTokenizerBase, model: str, data_dir: Path
 ) -> dict[str, Path]:
-    """Return each task's dataset directory under ``data_dir`` (``tasks``: TaskSpec), built when missing."""
+    """Return each task's dataset directory under ``data_dir``, built when missing."""
     directories = {}
     for spec in tasks:
         directory = Path(data_dir) / spec.dataset_name()
@@ -40,4 +44,42 @@ def circuit_split_accuracy(
         if examples and examples < items.height:
             items = items.with_row_index("_row").sample(examples, seed=0).sort("_row").drop("_row")
         accuracy[name] = task_accuracy(model, tokenizer, items, batch_size)["all"]
+    return accuracy
+
+
+def model_fingerprint(source: str | Path) -> dict:
+    """Return what identifies a model's weights: for a directory, each weight file's name, size and
+    modification time (a retrained or replaced model changes it); for any other source, the source."""
+    path = Path(source)
+    if not path.is_dir():
+        return {"source": str(source)}
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    return {"source": str(path.resolve()),
+            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}  # fmt: skip
+
+
+def accuracy_key(
+    model: str | Path, datasets: Mapping[str, Path], batch_size: int, examples: int | None
+) -> dict:
+    """Return everything that shapes an accuracy table: the model's weights, each dataset's content, the
+    sample (its size; the seed is fixed at 0) and the batch (padding changes the arithmetic)."""
+    return {
+        "model": model_fingerprint(model),
+        "datasets": {name: read_manifest(path).get("content_hash") for name, path in datasets.items()},
+        "examples": examples,
+        "sample_seed": 0,
+        "batch_size": batch_size,
+    }
+
+
+def cached_accuracy(path: Path, key: dict, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Return the accuracy table cached in ``path`` when it was computed under ``key``, else compute it and
+    cache it (atomically) with its key."""
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["accuracy"]
+    accuracy = compute()
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"key": key, "accuracy": accuracy}, indent=1))
     return accuracy

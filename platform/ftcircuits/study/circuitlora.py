@@ -1,9 +1,10 @@
-"""CircuitLoRA's planning stage (Algorithm 1): from a probe run's circuits to a LoRA config.
+"""CircuitLoRA's planning stage (Algorithm 1): from a reference run's circuits to a LoRA config.
 
-The base and final circuits of the probe run give each edge's change; the changes are summed per
-layer under a layer-score variant; the critical layers get the higher rank. The plan (layers,
-scores, ranks, the LoRA fields, both parameter counts) is plain data, written to the run
-directory before the CircuitLoRA fine-tune starts, so a rerun reads it instead of redoing it.
+The base and final circuits of the reference run (a fine-tuning run, usually plain LoRA) give each edge's
+change; the changes are summed per layer under a layer-score variant; the critical layers get the higher
+rank. The plan (layers, scores, ranks, the LoRA fields, both parameter counts: ``params`` and
+``matched_params``) is plain data, written to the run directory before the CircuitLoRA fine-tune starts, so
+a rerun reads it instead of redoing it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import polars as pl
 
 from ftcircuits.circuits.compare import critical_layers, edge_changes, layer_scores
 from ftcircuits.config.circuitlora import CircuitLoraConfig
-from ftcircuits.config.discovery import CompositionalConfig, DiscoverySettings
-from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.config.discovery import CompositionalConfig
 from ftcircuits.finetune.circuitlora import (
     PAPER_PAIRS,
     RankPair,
@@ -31,6 +30,7 @@ from ftcircuits.finetune.circuitlora import (
     rank_patterns,
     uniform_parameters,
 )
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.architecture import Architecture
 from ftcircuits.models.loader import model_skeleton
 from ftcircuits.options import LayerVariant, choices
@@ -40,14 +40,13 @@ from ftcircuits.study.compositional import merged_subtask_circuit
 from ftcircuits.study.dynamics import checkpoint_circuits, read_summary
 
 PLAN_FILE = "circuitlora.json"
-DISCOVERY_FIELDS = set(DiscoverySettings.model_fields)
 
 
 @dataclass(frozen=True)
 class CircuitLoraPlan:
     """What Algorithm 1 chose, and the LoRA fields and learning-rate groups that carry it out."""
 
-    probe_run: str
+    reference_run: str
     circuits: str
     source: str  # the task's own circuits, or its merged subtask circuits (compositional)
     variant: str
@@ -59,30 +58,31 @@ class CircuitLoraPlan:
     lora_fields: dict  # r, alpha, rank_pattern, alpha_pattern
     lr_groups: dict[str, float]
     by_variant: dict  # every layer-score variant's scores and critical layers under the same rule and k
-    trainable_lora: int  # CircuitLoRA's adapter parameters
-    trainable_lora_uniform: int  # uniform LoRA at ranks.lora_r, the budget it is matched to
+    params: int  # CircuitLoRA's adapter parameters
+    matched_params: int  # uniform LoRA's at ranks.lora_r, the parameter count CircuitLoRA is matched to
     model_parameters: int
 
 
-def probe_circuits(circuits_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Return the (base, final) checkpoint circuits of a probe run's circuits directory."""
+def reference_circuits(circuits_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Return the (base, final) checkpoint circuits of a reference run's circuits directory."""
     circuits = checkpoint_circuits(circuits_dir, read_summary(circuits_dir))
     return circuits[0][1], circuits[-1][1]
 
 
-def merged_probe_circuits(
-    config: CircuitLoraConfig, probe_run: Path, circuits_dir: Path
+def merged_reference_circuits(
+    config: CircuitLoraConfig, reference_run: Path, circuits_dir: Path
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Return the merged subtask circuits (compositional inner + outer) of the probe's base and final
-    checkpoints, discovered with the probe circuits' overrides and cached in ``<circuits>/compositional``."""
-    index = read_checkpoint_index(probe_run)
-    discovery = [o for o in config.circuit_overrides if o.split("=")[0].split(".")[0] in DISCOVERY_FIELDS]
+    """Return the merged subtask circuits (compositional inner + outer) of the reference run's base and
+    final checkpoints, discovered with its circuits' discovery settings and cached in
+    ``<circuits>/compositional``."""
+    index = read_checkpoint_index(reference_run)
     merged = []
     for name, checkpoint in (("base", index["path"][0]), ("final", index["path"][-1])):
-        settings = load_config(CompositionalConfig, None, [
-            *discovery, f"model={checkpoint}", f"data={Path(probe_run) / DATA_DIR}",
-            f"out={Path(circuits_dir) / 'compositional' / name}",
-        ])  # fmt: skip
+        settings = CompositionalConfig(
+            model=checkpoint, data=Path(reference_run) / DATA_DIR,
+            discovery=config.circuits.discovery.model_copy(update={"curve": False}),
+            out=Path(circuits_dir) / "compositional" / name,
+        )  # fmt: skip
         merged.append(merged_subtask_circuit(settings))
     return merged[0], merged[1]
 
@@ -121,7 +121,8 @@ def critical_layers_by_variant(
 
 
 def rank_pair(config: CircuitLoraConfig, widths: dict, arch: Architecture, critical: list[int]) -> RankPair:
-    """Return (r_o, r_c) as the config asks: budget-matched, a paper pair by name, or given."""
+    """Return (r_o, r_c) as the config asks: matched to uniform LoRA's parameter count, a paper pair by
+    name, or given."""
     ranks = config.ranks
     if ranks.choice == "matched":
         return matched_rank_pair(widths, arch, critical, ranks.lora_r, ranks.ratio)
@@ -145,7 +146,7 @@ def check_plannable(
     k_name: str = "critical k",
 ) -> Architecture:
     """Refuse, before any work, what no plan could carry out: a preset that is not LoRA, a k the model
-    cannot have, and a budget-matched pair that no (k, ratio) can meet (``ratios`` empty: ranks are
+    cannot have, and a parameter-matched pair that no (k, ratio) can meet (``ratios`` empty: ranks are
     not matched). Return the preset model's architecture."""
     check_lora_preset(preset, preset_path)
     arch, widths, _ = shape_widths(preset.model)
@@ -159,25 +160,26 @@ def check_plannable(
 
 
 def plan_circuitlora(
-    config: CircuitLoraConfig, base_model: str, probe_run: Path, circuits_dir: Path
+    config: CircuitLoraConfig, base_model: str, reference_run: Path, circuits_dir: Path
 ) -> CircuitLoraPlan:
-    """Run Algorithm 1 on the probe's base and final circuits; return the plan (nothing trains here)."""
+    """Run Algorithm 1 on the reference run's base and final circuits; return the plan (nothing trains
+    here)."""
     arch, widths, total = shape_widths(base_model)
     if config.critical.source == "compositional":
-        before, after = merged_probe_circuits(config, probe_run, circuits_dir)
+        before, after = merged_reference_circuits(config, reference_run, circuits_dir)
     else:
-        before, after = probe_circuits(circuits_dir)
+        before, after = reference_circuits(circuits_dir)
     scores, chosen, k = choose_critical_layers(before, after, arch.layers, config)
     pair = rank_pair(config, widths, arch, chosen)
     return CircuitLoraPlan(
-        probe_run=str(probe_run), circuits=str(circuits_dir), source=config.critical.source,
+        reference_run=str(reference_run), circuits=str(circuits_dir), source=config.critical.source,
         variant=config.critical.variant,
         rule=config.critical.rule, k=k, layer_scores=scores["score"].to_list(), critical_layers=chosen,
         by_variant=critical_layers_by_variant(before, after, arch.layers, config), ranks=asdict(pair),
         lora_fields=rank_patterns(arch, chosen, pair, config.ranks.alpha_ratio),
         lr_groups=critical_lr_groups(arch, chosen, config.lr_critical),
-        trainable_lora=adapter_parameters(widths, arch, chosen, pair),
-        trainable_lora_uniform=uniform_parameters(widths, config.ranks.lora_r), model_parameters=total,
+        params=adapter_parameters(widths, arch, chosen, pair),
+        matched_params=uniform_parameters(widths, config.ranks.lora_r), model_parameters=total,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """The method comparison: one fine-tuning config per (task, method, seed), and the table of their results.
 
 Runs live at ``<out>/<task>/<method>/seed-<s>``; a CircuitLoRA method is planned once per task on
-that task's probe run (its plan next to its seeds). Every row states the run's trainable parameters
+that task's reference run (its plan next to its seeds). Every row states the run's trainable parameters
 and their share of the model, read from the run's checkpoint index.
 """
 
@@ -14,11 +14,11 @@ import polars as pl
 
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.comparison import CompareConfig, MethodArm
-from ftcircuits.config.data import TaskSpec
-from ftcircuits.config.loading import load_config
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.config.loading import load_config, updated_config
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.study.circuitlora import CircuitLoraPlan, circuitlora_finetune_config
+from ftcircuits.tasks.spec import TaskSpec
 
 RESULT_COLUMNS = ("task", "method", "seed", "trainable_params", "param_share", "accuracy")
 
@@ -42,23 +42,24 @@ def arm_dir(config: CompareConfig, task: TaskSpec, arm: MethodArm) -> Path:
 
 
 def arm_config(config: CompareConfig, arm: MethodArm, task: TaskSpec, seed: int) -> FinetuneConfig:
-    """Return one run's config: the preset, the shared recipe, the arm's overrides, the task and seed.
+    """Return one run's config: the preset, the shared recipe, the arm's own fields, the task and seed.
 
-    Raises ConfigError naming the bad override or field (validated like ``jobs.finetune``'s own config).
+    Raises ConfigError naming the arm and the bad field (validated like ``jobs.finetune``'s own config).
     """
     out = arm_dir(config, task, arm) / f"seed-{seed}"
-    overrides = [*config.recipe, *arm.set, f"train.seed={seed}", f"out={out}"]
-    loaded = load_config(FinetuneConfig, config.finetune_config, overrides)
-    return FinetuneConfig.model_validate(loaded.model_dump() | {"task": task.model_dump()})
+    preset = load_config(FinetuneConfig, config.finetune_config, [f"out={out}"])
+    run = {"train": {"seed": seed}, "task": task.model_dump(mode="json")}
+    return updated_config(preset, config.recipe, arm.finetune, run, what=f"arm {arm.name}")
 
 
-def probe_config(config: CompareConfig, task: TaskSpec) -> FinetuneConfig:
-    """Return CircuitLoRA's probe on ``task``: the probe preset on that task, run in its own ``out`` for its
-    own task (so the study's LoRA run serves) and in ``<out>/<task>/probe`` for any other."""
-    preset = load_config(FinetuneConfig, config.probe_config)
+def reference_config(config: CompareConfig, task: TaskSpec) -> FinetuneConfig:
+    """Return CircuitLoRA's reference run on ``task``: the reference preset on that task, run in its own
+    ``out`` for its own task (so the study's LoRA run serves) and in ``<out>/<task>/reference`` for any
+    other."""
+    preset = load_config(FinetuneConfig, config.reference_config)
     if preset.task == task:
         return preset
-    out = Path(config.out) / task.dataset_name() / "probe"
+    out = Path(config.out) / task.dataset_name() / "reference"
     return FinetuneConfig.model_validate(preset.model_dump() | {"task": task.model_dump(), "out": out})
 
 

@@ -8,10 +8,13 @@ same budgets.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import torch
 
 from ftcircuits.circuits.compare import circuit_similarity
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit, discovery_batches
@@ -21,12 +24,15 @@ from ftcircuits.circuits.merge import merge_circuits
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import edge_count, select_circuit, top_edges
-from ftcircuits.config.data import TaskSpec
 from ftcircuits.config.discovery import CompositionalConfig
 from ftcircuits.models.loader import LoadedModel, load_model
 from ftcircuits.options import Metric, NodeRule, ScoreRule
+from ftcircuits.paths import atomic_file
+from ftcircuits.report.circuit_figures import faithfulness_by_budget
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE, read_items
+from ftcircuits.tasks.spec import TaskSpec
+from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 SUBTASKS = ("inner", "outer")
 PARTS = (*SUBTASKS, "full")  # the two subtasks, then the compositional task itself
@@ -42,8 +48,8 @@ def part_items(
         directory = config.data / spec.dataset_name()
         if not (directory / MANIFEST_FILE).is_file():
             make_task_dataset(spec, loaded.tokenizer, config.model, config.data)
-        split = read_items(directory, config.split)
-        items[part] = config.sample(split)
+        split = read_items(directory, config.discovery.split)
+        items[part] = config.discovery.sample(split)
     return items
 
 
@@ -55,10 +61,11 @@ def part_circuits(
 ) -> dict[str, pl.DataFrame]:
     """Discover each part's circuit (the parts of ``items``), write it to ``<out>/compositional-<part>``;
     return the edges tables."""
-    attribution, selection = config.attribution_config(), config.selection_config()
+    discovery = config.discovery
+    attribution, selection = discovery.attribution_config(), discovery.selection_config()
     circuits = {}
     for part in items:
-        found = discover_circuit(loaded, items[part], attribution, selection, config.batch_size)
+        found = discover_circuit(loaded, items[part], attribution, selection, discovery.batch_size)
         circuits[part] = edges_table(found.scores, found.circuit, found.graph)
         meta = circuit_metadata(loaded, attribution, selection, task=f"compositional-{part}",
                                 examples=items[part].height, faithfulness=found.metrics)  # fmt: skip
@@ -72,11 +79,13 @@ def merged_vs_own(
     config: CompositionalConfig, loaded: LoadedModel, items: dict[str, pl.DataFrame], circuits: dict
 ) -> tuple[pl.DataFrame, dict]:
     """Return the merged-vs-own faithfulness curve over ``config.budgets`` and their similarity."""
-    batches, _ = discovery_batches(loaded, items["full"], config.attribution_config(), config.batch_size)
+    discovery = config.discovery
+    attribution = discovery.attribution_config()
+    batches, _ = discovery_batches(loaded, items["full"], attribution, discovery.batch_size)
     probe = ModelProbe(loaded.model, loaded.architecture)
     subtasks, own = [circuits["inner"], circuits["outer"]], circuits["full"]
     curve = merged_budget_curve(probe, batches, subtasks, own, config.budgets, config.nodes, config.score,
-                                config.metric)  # fmt: skip
+                                discovery.metric)  # fmt: skip
     return curve, merged_similarity(subtasks, own, nodes=config.nodes, score=config.score)
 
 
@@ -127,13 +136,59 @@ def merged_similarity(subtasks: Sequence[pl.DataFrame], own: pl.DataFrame, **rul
 
 def merged_subtask_circuit(config: CompositionalConfig) -> pl.DataFrame:
     """Return the merged circuit of the compositional task's subtasks on ``config.model`` at
-    ``config.budget``: the subtasks' circuits (discovered, or read from ``<out>/compositional-<part>``)
-    merged under the config's node and score rules, cut to the budget's edge count."""
+    ``config.discovery.budget``: the subtasks' circuits (discovered, or read from
+    ``<out>/compositional-<part>``) merged under the config's node and score rules, cut to the budget's
+    edge count."""
     stems = {part: Path(config.out) / f"compositional-{part}" for part in SUBTASKS}
     if all(circuit_exists(stem) for stem in stems.values()):
         circuits = {part: read_circuit(stem)[0] for part, stem in stems.items()}
     else:
         loaded = load_model(config.model)
         circuits = part_circuits(config, loaded, part_items(config, loaded, SUBTASKS))
-    edges = max(1, round(config.budget * circuits["inner"].height))  # every graph edge is a row
+    edges = max(1, round(config.discovery.budget * circuits["inner"].height))  # every graph edge is a row
     return merge_circuits(list(circuits.values()), edges, nodes=config.nodes, score=config.score)
+
+
+@dataclass(frozen=True)
+class CompositionalMerge:
+    """The merged subtask circuits against the compositional task's own: the faithfulness curve of each
+    over the budgets, their similarity, and the figure."""
+
+    curve: pl.DataFrame = field(repr=False)  # circuit, budget, faithfulness
+    similarity: dict
+    figure: Path
+
+    def describe(self) -> str:
+        with pl.Config(tbl_rows=-1, tbl_width_chars=160, fmt_str_lengths=40):
+            table = str(self.curve.pivot("circuit", index="budget", values="faithfulness"))
+        return (f"{table}\nmerged vs own circuit: node Jaccard {self.similarity['node_jaccard']:.3f}, "
+                f"edge Jaccard {self.similarity['edge_jaccard']:.3f}; figure: {self.figure}")  # fmt: skip
+
+
+def compositional_merge(
+    config: CompositionalConfig, on_part: Callable[[str], None] | None = None
+) -> CompositionalMerge:
+    """Discover the circuits of compositional-inner, -outer and -full on ``config.model`` (``on_part`` after
+    each), merge the two subtask circuits, measure the merged and the own circuit's faithfulness on the
+    compositional task at every budget; write the curve, similarity and figure to ``config.out`` and log
+    them to MLflow (experiment ``compositional``)."""
+    torch.set_num_threads(config.threads)
+    loaded = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    items = part_items(config, loaded)
+    circuits = part_circuits(config, loaded, items, on_part)
+    curve, similarity = merged_vs_own(config, loaded, items, circuits)
+    out = Path(config.out)
+    with atomic_file(out / "merged_budget_curve.parquet") as tmp:
+        curve.write_parquet(tmp)
+    with atomic_file(out / "merged_similarity.json") as tmp:
+        tmp.write_text(json.dumps(similarity, indent=1))
+    figure = faithfulness_by_budget(curve, out / "merged_faithfulness.png",
+                                    f"compositional task, model {Path(str(config.model)).name}")  # fmt: skip
+    uri, run_id = create_run(out, "compositional", out.name, config.model_dump(mode="json"))
+    logger = RunLogger(uri, run_id)
+    for key in ("node_jaccard", "edge_jaccard"):
+        logger.metric(f"merged_vs_own_{key}", similarity[key], step=0)
+    logger.artifact(out / "merged_budget_curve.parquet")
+    logger.artifact(figure)
+    logger.finish()
+    return CompositionalMerge(curve, similarity, figure)

@@ -20,7 +20,8 @@ import torch
 
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
-from ftcircuits.config.discovery import CircuitRunConfig, DiscoverySettings
+from ftcircuits.circuits.settings import DiscoverySettings
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.options import Baseline, ModelKind
@@ -73,10 +74,24 @@ def run_inputs(run: Path) -> RunInputs:
     return RunInputs(config["model"], Path(config["data_dir"]), index, identity)
 
 
-def settings_hash(settings: DiscoverySettings, inputs: RunInputs) -> str:
-    """Return a short hash of the discovery settings, the run and its dataset's content: the output key."""
+def circuit_key(settings: CircuitRunSettings) -> dict:
+    """Return every setting that changes the circuit of some unit of a run: the whole discovery, and the
+    baselines' seed and the briefly-trained baseline's training steps. Left out, because they only choose
+    which units exist (each unit's key names what it is of): ``robustness.enabled``, ``baselines`` and
+    ``ratios``; and how the work is spread (``actors``), which changes no circuit."""
+    robustness = settings.robustness
+    return {
+        "discovery": settings.discovery.model_dump(mode="json"),
+        "random_seed": robustness.random_seed,
+        "brief_steps": robustness.brief_steps,
+    }
+
+
+def settings_hash(settings: CircuitRunSettings, inputs: RunInputs) -> str:
+    """Return a short hash of what shapes a run's circuits (``circuit_key``), the run and its dataset's
+    content: the output key."""
     payload = {
-        "settings": settings.discovery_key(),
+        "settings": circuit_key(settings),
         "format": CIRCUIT_FORMAT,
         "run": inputs.identity,
         "data": read_manifest(inputs.data).get("content_hash"),
@@ -84,7 +99,7 @@ def settings_hash(settings: DiscoverySettings, inputs: RunInputs) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def circuits_dir(run: Path, settings: DiscoverySettings, inputs: RunInputs) -> Path:
+def circuits_dir(run: Path, settings: CircuitRunSettings, inputs: RunInputs) -> Path:
     """Return where the circuits of ``run`` under ``settings`` live: ``<run>/circuits/<hash>``."""
     return Path(run) / CIRCUITS_DIR / settings_hash(settings, inputs)
 
@@ -131,18 +146,21 @@ def circuit_units(
 
 
 def run_units(
-    config: CircuitRunConfig, inputs: RunInputs, on_step: Callable[[int, float], None] | None = None
+    run: Path,
+    settings: CircuitRunSettings,
+    inputs: RunInputs,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[CircuitUnit]:
-    """Return the units of ``config`` over a run, first training the briefly-trained baseline (cached
+    """Return the units of ``settings`` over ``run``, first training the briefly-trained baseline (cached
     under ``<run>/circuits/baselines``) when robustness compares against it."""
-    trained = None
-    if config.robustness and "briefly-trained" in config.baselines:
-        root = Path(config.run) / CIRCUITS_DIR / "baselines"
-        trained = briefly_trained_baseline(inputs.base_model, root, config.brief_steps, config.random_seed,
-                                           on_step)  # fmt: skip
-    ratios = tuple(config.robustness_ratios) if config.robustness_ratios else None
+    robustness, trained = settings.robustness, None
+    if robustness.enabled and "briefly-trained" in robustness.baselines:
+        root = Path(run) / CIRCUITS_DIR / "baselines"
+        trained = briefly_trained_baseline(inputs.base_model, root, robustness.brief_steps,
+                                           robustness.random_seed, on_step)  # fmt: skip
+    ratios = tuple(robustness.ratios) if robustness.ratios else None
     return circuit_units(
-        inputs, config.robustness, config.random_seed, tuple(config.baselines), trained, ratios
+        inputs, robustness.enabled, robustness.random_seed, tuple(robustness.baselines), trained, ratios
     )
 
 

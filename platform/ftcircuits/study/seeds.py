@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from ftcircuits.paths import atomic_file
 from ftcircuits.report.circuit_figures import similarity_bands_figure
+from ftcircuits.study.analysis import RunAnalysis
 from ftcircuits.study.dynamics import HEADLINE_FILE
 
 
@@ -109,3 +111,26 @@ def write_across(
         tmp.write_text(json.dumps(summary, indent=1))
     similarity_bands_figure(bands, out / "similarity_bands.png")
     return summary
+
+
+@dataclass(frozen=True)
+class SeedsSummary:
+    """The headline over several seeds or runs: its JSON (``write_across``) and where it is written."""
+
+    summary: dict = field(repr=False)
+    out: Path
+
+    def describe(self) -> str:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+            numbers = str(pl.DataFrame([{"number": k, **v} for k, v in self.summary["summary"].items()]))
+            stability = str(pl.DataFrame(self.summary["critical_layer_stability"]))
+        return (f"{numbers}\n{stability}\nheadline: {self.out / HEADLINE_FILE}; "
+                f"figure: {self.out / 'similarity_bands.png'}")  # fmt: skip
+
+
+def summary_over_runs(analyses: Mapping[object, RunAnalysis], out: Path) -> SeedsSummary:
+    """The seeds-summary stage: write the headline of several runs' analyses (seeds, usually) as mean ± std,
+    critical-layer stability and bands to ``out`` (``write_across``); return it."""
+    headlines = {label: analysis.headline for label, analysis in analyses.items()}
+    similarities = {label: analysis.tables["similarity"] for label, analysis in analyses.items()}
+    return SeedsSummary(write_across(headlines, similarities, out), Path(out))

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.tasks.build import build_dataset, perturbed_circuit_splits
 from ftcircuits.tasks.io import write_dataset
+from ftcircuits.tasks.spec import TaskSpec
 
 
 def dataset_summary(items: pl.DataFrame) -> dict:
@@ -31,7 +32,7 @@ def dataset_summary(items: pl.DataFrame) -> dict:
 
 
 def make_task_dataset(
-    spec,  # ftcircuits.config.TaskSpec (imported lazily to keep tasks free of config)
+    spec: TaskSpec,
     tokenizer: PreTrainedTokenizerBase,
     tokenizer_name: str,
     out: Path,

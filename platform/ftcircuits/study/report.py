@@ -1,5 +1,5 @@
-"""The whole study's HTML report, read from the outputs ``jobs.pipeline`` leaves: a results section in
-prose with its figures and tables, then the exact configs, seeds and package versions."""
+"""The report stage: the whole study's HTML report, read from the outputs the pipeline's stages leave: a
+results section in prose with its figures and tables, then the exact configs, seeds and package versions."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import polars as pl
 import yaml
 
 from ftcircuits.config.comparison import CompareConfig
-from ftcircuits.config.data import TaskSpec
 from ftcircuits.config.loading import load_config
+from ftcircuits.config.pipeline import PipelineConfig
 from ftcircuits.report.html import (
     Appendix,
     Figure,
@@ -24,13 +24,14 @@ from ftcircuits.report.html import (
 )
 from ftcircuits.run_layout import read_run_record
 from ftcircuits.study.dynamics import FAITHFUL_AT, HEADLINE_FILE, ROBUSTNESS_GAP
+from ftcircuits.tasks.spec import TaskSpec
 
 
 @dataclass(frozen=True)
 class StudyOutputs:
     """Where one pipeline run's results are (``pipeline``: its PipelineConfig)."""
 
-    pipeline: object
+    pipeline: PipelineConfig
     run: Path  # the LoRA run whose checkpoints' circuits are studied
     analysis: Path  # jobs.analyze's tables and figures of that run
     comparison: Path  # jobs.compare_methods' out
@@ -92,7 +93,7 @@ def not_computed(title: str, setting: str) -> ReportSection:
 
 def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
     if not (outputs.analysis / "smallest_faithful_budget.parquet").is_file():
-        return not_computed("Faithfulness against budget", "curve=false")
+        return not_computed("Faithfulness against budget", "discovery.curve=false")
     smallest = pl.read_parquet(outputs.analysis / "smallest_faithful_budget.parquet")
     budgets = smallest["smallest_faithful_budget"].drop_nulls()
     reach = (f"between {_pct(budgets.min())} and {_pct(budgets.max())} of the edges" if len(budgets)
@@ -112,7 +113,7 @@ def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
 
 def robustness_section(outputs: StudyOutputs) -> ReportSection:
     if not (outputs.analysis / "robustness_baselines.parquet").is_file():
-        return not_computed("Robustness to perturbed inputs", "robustness=false")
+        return not_computed("Robustness to perturbed inputs", "robustness.enabled=false")
     against = pl.read_parquet(outputs.analysis / "robustness_baselines.parquet")
     kept = against.filter("keeps_gap")["baseline"].to_list()
     verdict = (f"the pre-trained circuit is more robust than {', '.join(kept)} by at least {ROBUSTNESS_GAP}"
@@ -166,7 +167,7 @@ def methods_section(outputs: StudyOutputs) -> ReportSection:
                     f"{_pct(base['accuracy'][0])} with {base['trainable_params'][0]:,})"
                 )
     seeds = table["seed"].n_unique()
-    text = (f"Fine-tuning methods at matched budgets, {seeds} seed{'s' if seeds > 1 else ''}: "
+    text = (f"Fine-tuning methods at matched parameter counts, {seeds} seed{'s' if seeds > 1 else ''}: "
             + ("; ".join(lines) if lines else "no LoRA row to compare with") + ". "
             + ("One seed cannot separate methods a few points apart: jobs.compare_methods with more "
                "seeds gives the spreads." if seeds == 1 else ""))  # fmt: skip

@@ -17,18 +17,19 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ftcircuits.cluster.train import finetune_trainer, record_run
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.sweep import SweepConfig
-from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.study.circuitlora import circuitlora_finetune_config, plan_circuitlora, write_plan
-from tuning.tracking import TRIALS_DIR
+
+TRIALS_DIR = "trials"  # a sweep's trial runs: <sweep>/trials/<trial id>
 
 
 @dataclass(frozen=True)
 class SweepInputs:
-    """What every trial shares, computed once per sweep: the probe run, its circuits, the dataset."""
+    """What every trial shares, computed once per sweep: the reference run, its circuits, the dataset."""
 
     sweep: SweepConfig
     preset: FinetuneConfig
-    probe_run: Path
+    reference_run: Path
     circuits_dir: Path
     base_model: str
     data_dir: Path
@@ -41,16 +42,17 @@ def circuitlora_config(params: dict, sweep: SweepConfig, out: Path) -> CircuitLo
     else:
         ranks = {"choice": "explicit", "other": params["r_other"], "critical": params["r_critical"]}
     return CircuitLoraConfig.model_validate({
-        "probe_config": str(sweep.probe_config), "finetune_config": str(sweep.finetune_config),
+        "reference_config": str(sweep.reference_config), "finetune_config": str(sweep.finetune_config),
         "critical": {"variant": params["variant"], "rule": "topk", "k": params["k"]}, "ranks": ranks,
         "lr_critical": params["lr_critical"], "lr_other": params["lr_other"], "out": str(out),
+        "circuits": sweep.circuits.model_dump(mode="json"),
     })  # fmt: skip
 
 
 def trial_finetune_config(params: dict, inputs: SweepInputs, out: Path) -> tuple[FinetuneConfig, dict]:
     """Return one trial's fine-tuning config (in ``out``) and its plan, written to ``out``."""
     config = circuitlora_config(params, inputs.sweep, out)
-    plan = plan_circuitlora(config, inputs.base_model, inputs.probe_run, inputs.circuits_dir)
+    plan = plan_circuitlora(config, inputs.base_model, inputs.reference_run, inputs.circuits_dir)
     tuned = circuitlora_finetune_config(inputs.preset, plan, config)
     scaling = tuned.scaling.model_copy(update={"workers": inputs.sweep.workers_per_trial})
     tuned = tuned.model_copy(update={"out": Path(out).resolve(), "scaling": scaling})

@@ -1,4 +1,5 @@
-"""Fine-tuning schemas: the method (over PEFT), optimisation, DeepSpeed, scaling; one run's config."""
+"""The fine-tuning engine's settings: the method (over PEFT), optimisation, DeepSpeed, scaling, and one
+run's config (``FinetuneConfig``, also ``jobs.finetune``'s schema)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from ftcircuits.config.data import ModelSource, Strict, TaskSpec
 from ftcircuits.finetune.schedule import TrainSettings
+from ftcircuits.models.source import ModelSource
 from ftcircuits.options import FinetuneMethod, Precision, ZeroStage
+from ftcircuits.schema import Strict
+from ftcircuits.tasks.spec import TaskSpec
 
 
 def _train_settings(config: PlainFinetuneConfig | TrainConfig, total_steps: int) -> TrainSettings:
@@ -119,7 +122,7 @@ class FinetuneConfig(Strict):
         if self.method.name == "adalora" and self.deepspeed.zero_stage != 0:
             raise ValueError(
                 f"method.name 'adalora' needs deepspeed.zero_stage=0, not {self.deepspeed.zero_stage}: its "
-                "budget reallocation reads the gradients on the parameters, which ZeRO 1-3 partition away"
+                "rank reallocation reads the gradients on the parameters, which ZeRO 1-3 partition away"
             )
         return self
 

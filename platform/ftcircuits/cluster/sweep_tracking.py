@@ -14,11 +14,10 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from ftcircuits.cluster.sweep_trial import TRIALS_DIR
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import run_finished
 from ftcircuits.tracking.mlflow_runs import flat_params
-
-TRIALS_DIR = "trials"  # a sweep's trial runs: <sweep>/trials/<trial id>
 
 CHILDREN_FILE = "mlflow_trials.json"
 

@@ -1,0 +1,134 @@
+"""The analysis stage: a run's circuit dynamics, from the circuits ``cluster.run_circuits`` found with the
+same settings, written as parquet tables, PNG figures and a headline (``<circuits>/analysis``), and
+logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ftcircuits.circuits.graph import Graph
+from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
+from ftcircuits.models.loader import load_model
+from ftcircuits.paths import atomic_file
+from ftcircuits.report import circuit_figures as figures
+from ftcircuits.run_layout import ANALYSIS_DIR
+from ftcircuits.study import dynamics
+from ftcircuits.study.over_run import circuits_dir, run_inputs
+from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """One run's analysis: where it is written, its tables and headline, and its figures."""
+
+    directory: Path
+    tables: dict[str, pl.DataFrame] = field(repr=False)
+    headline: dict = field(repr=False)
+    figures: list[Path] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """Return the tables and headline a person reads at the end of the stage."""
+        parts = []
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+            columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")
+            parts.append(str(self.tables["similarity"].select(
+                "step", *columns, "abs_score_spearman_base", "accuracy"
+            )))  # fmt: skip
+            if "robustness" in self.tables:
+                parts.append(
+                    str(self.tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
+                )
+                parts.append(str(self.tables["robustness_baselines"]))
+            parts.append(str(self.tables["similarity_by_budget"]))
+            if "smallest_faithful_budget" in self.tables:
+                parts.append(str(self.tables["smallest_faithful_budget"]))
+        parts.append(json.dumps(self.headline, indent=1))
+        parts.append(f"tables and figures: {self.directory} ({', '.join(p.name for p in self.figures)})")
+        return "\n".join(parts)
+
+
+def analysis_dir(run: Path, settings: CircuitRunSettings) -> Path:
+    """Return where the analysis of ``run``'s circuits under ``settings`` is written."""
+    return circuits_dir(run, settings, run_inputs(run)) / ANALYSIS_DIR
+
+
+def dynamics_tables(
+    out: Path, settings: CircuitRunSettings, analysis: AnalysisSettings, layers: int, graph: Graph
+) -> tuple[dict[str, pl.DataFrame], int, int]:
+    """Return the dynamics tables of the circuits in ``out``, and the first and last checkpoint steps."""
+    summary = dynamics.read_summary(out)
+    circuits = dynamics.checkpoint_circuits(out, summary)
+    (first_step, base), (last_step, final) = circuits[0], circuits[-1]
+    tables = {
+        "similarity": dynamics.similarity_over_steps(circuits, summary),
+        "layer_scores": dynamics.layer_change(base, final, layers, analysis.critical_count(layers)),
+        "edge_changes": dynamics.changed_circuit_edges(base, final),
+        "similarity_by_budget": dynamics.similarity_by_budget(base, final, graph),
+    }
+    curves = dynamics.faithfulness_by_checkpoint(out, summary)
+    if not curves.is_empty():
+        tables["faithfulness_by_budget"] = curves
+        tables["smallest_faithful_budget"] = dynamics.smallest_faithful_budget(curves)
+    if settings.robustness.enabled:
+        tables["robustness"] = dynamics.robustness(out, summary)
+        tables["robustness_baselines"] = dynamics.robustness_against_baselines(tables["robustness"])
+    return tables, first_step, last_step
+
+
+def dynamics_figures(
+    tables: dict[str, pl.DataFrame], analysis: Path, layers: int, heads: int, change: str
+) -> list[Path]:
+    """Draw the analysis figures into ``analysis``; return their paths."""
+    critical = dynamics.critical_by_variant(tables["layer_scores"], "critical_topk")
+    plots = [
+        figures.similarity_over_steps(tables["similarity"], analysis / "similarity.png"),
+        figures.layer_score_bars(tables["layer_scores"], analysis / "layer_scores.png", critical,
+                                 f"edge change, {change}"),
+        figures.circuit_drawing(tables["edge_changes"], analysis / "circuit_changes.png", layers, heads,
+                                change),
+        figures.jaccard_by_budget(tables["similarity_by_budget"], analysis / "jaccard_by_budget.png", change),
+    ]  # fmt: skip
+    if "faithfulness_by_budget" in tables:
+        labelled = tables["faithfulness_by_budget"].with_columns(circuit=pl.format("step {}", "step"))
+        plots.append(figures.faithfulness_by_budget(labelled, analysis / "faithfulness_by_checkpoint.png",
+                                                    "every checkpoint's circuit"))  # fmt: skip
+    if "robustness" in tables:
+        plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
+    return plots
+
+
+def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSettings) -> RunAnalysis:
+    """Analyse the circuits of ``run`` found under ``settings``: write every table, figure and the headline
+    to ``<circuits>/analysis``, log them to MLflow (experiment ``analysis``), and return them."""
+    inputs = run_inputs(run)
+    out = circuits_dir(run, settings, inputs)
+    architecture = load_model(inputs.base_model).architecture
+    tables, first_step, last_step = dynamics_tables(
+        out, settings, analysis, architecture.layers, Graph.of(architecture)
+    )
+    directory = out / ANALYSIS_DIR
+    directory.mkdir(exist_ok=True)
+    for name, table in tables.items():
+        with atomic_file(directory / f"{name}.parquet") as tmp:
+            table.write_parquet(tmp)
+    plots = dynamics_figures(tables, directory, architecture.layers, architecture.heads,
+                             f"step {first_step} -> {last_step}")  # fmt: skip
+    headline = dynamics.headline_numbers(tables)
+    with atomic_file(directory / dynamics.HEADLINE_FILE) as tmp:
+        tmp.write_text(json.dumps(headline, indent=1))
+    params = settings.model_dump(mode="json") | {
+        "run": str(run),
+        "analysis": analysis.model_dump(mode="json"),
+    }
+    uri, run_id = create_run(run, "analysis", f"{Path(run).name}-analysis", params)
+    logger = RunLogger(uri, run_id)
+    for key, value in headline.items():
+        if isinstance(value, float):
+            logger.metric(key, value, step=last_step)
+    logger.artifact(directory, ANALYSIS_DIR)
+    logger.finish()
+    return RunAnalysis(directory, tables, headline, plots)
