@@ -11,20 +11,14 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from ftcircuits.circuits.memory import circuit_memory
-from ftcircuits.cluster.node_types import ClusterConfigError, gpu_node_types
-from ftcircuits.cluster.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, device_gpu
-from ftcircuits.cluster.scale_plan import (
-    CircuitSettings,
-    PlanError,
-    ScalePlan,
-    activation_bytes,
-    circuit_settings,
-    circuit_size,
-    plan_run,
-)
-from ftcircuits.cluster.throughput import circuit_throughput, finetune_throughput, shape_counts
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.training import FinetuneConfig
+from ftcircuits.sizing.gpu_memory import CircuitSettings, activation_bytes, circuit_settings, circuit_size
+from ftcircuits.sizing.node_types import ClusterConfigError, gpu_node_types
+from ftcircuits.sizing.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, device_gpu
+from ftcircuits.sizing.preset_size import PlanError
+from ftcircuits.sizing.scale_plan import ScalePlan, plan_run
+from ftcircuits.sizing.throughput import circuit_throughput, finetune_throughput, shape_counts
 from jobs.plan import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.memory import MEMORY_SLACK, floor_figure
-from ftcircuits.cluster.node_types import GIB, GpuNodeType
-from ftcircuits.cluster.plan_figures import figure
-from ftcircuits.cluster.scale_plan import WEIGHT_BYTES, Placement, ScalePlan
+from ftcircuits.sizing.gpu_memory import WEIGHT_BYTES
+from ftcircuits.sizing.node_types import GIB, GpuNodeType
+from ftcircuits.sizing.plan_figures import figure
+from ftcircuits.sizing.scale_plan import Placement, ScalePlan
 
 
 def _gib(n: int) -> str:
