@@ -13,103 +13,21 @@ the one activation buffer EAP-IG must keep through the backward pass, beside the
 
 from __future__ import annotations
 
-import ctypes
-import os
-import threading
-import time
-from collections.abc import Callable
-
 import torch
 
 from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
 from ftcircuits.circuits.memory import MEMORY_SLACK, difference_buffer_bytes
-from ftcircuits.circuits.metrics import metric_loss
-from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.reference import reference_scores
 from ftcircuits.config.benchmarks import BenchEapConfig
-from ftcircuits.encoding import pad_prompts
 from ftcircuits.models.architecture import describe_architecture
-from ftcircuits.models.hooks import module_hooks
 from ftcircuits.models.shapes import build_same_shape
+from ftcircuits.sizing.measuring import floor_pass, measured, measured_cuda, random_batch, summary
 from jobs.cli import config_parser, flag_overrides, parse_config
 
 # Sized to finish in minutes on 2 CPU cores: full GPT-2 small; pythia-1.4b's width with 4 of its 24 layers.
 DEFAULT_OVERRIDES = {"gpt2": {}, "pythia-1.4b-deduped": {"num_hidden_layers": 4}}
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def measured_cuda(fn: Callable[[], object]) -> tuple[float, int]:
-    """Return (seconds, peak CUDA memory allocated above the start) of one call."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.memory_allocated()
-    began = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - began, torch.cuda.max_memory_allocated() - start
-
-
-def measured(fn: Callable[[], object]) -> tuple[float, int]:
-    """Return (seconds, peak RSS bytes above the start) of one call, sampling RSS every 2 ms.
-
-    Freed heap is first handed back to the system (glibc ``malloc_trim``), so a
-    run cannot hide its peak inside memory an earlier run left cached.
-    """
-    _LIBC.malloc_trim(0)
-    start_rss, peak, done = _rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss() - start_rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    began = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - began
-    done.set()
-    sampler.join()
-    return seconds, max(peak[0], _rss() - start_rss)
-
-
-def summary(runs: list[tuple[float, int]]) -> tuple[float, int]:
-    """Return the median seconds and the largest peak memory of repeated runs."""
-    seconds = sorted(s for s, _ in runs)
-    return seconds[len(seconds) // 2], max(m for _, m in runs)
-
-
-def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> PairBatch:
-    gen = torch.Generator().manual_seed(seed)
-    clean = torch.randint(10, vocab, (batch, length), generator=gen)
-    corrupted = clean.clone()
-    corrupted[:, -2] = torch.randint(10, vocab, (batch,), generator=gen)
-    padded = pad_prompts(clean.tolist(), pad_id=0)
-    answers = torch.randint(10, vocab, (batch,), generator=gen)
-    return PairBatch(padded, corrupted, answers, answers)
-
-
-def floor_pass(probe: ModelProbe, batch: PairBatch, steps: int) -> None:
-    """2 forwards without gradients + one stacked forward/backward of ``steps`` copies to the embeddings."""
-    with torch.no_grad():
-        clean_logits = probe.run(batch.clean)
-        probe.run(batch.clean, batch.corrupted_ids)
-    stacked = batch.clean.repeat(steps)
-    embeds = probe.embed(stacked.input_ids).detach().requires_grad_(True)
-    with module_hooks([(probe.embed, lambda m, i, o: embeds)]):
-        loss = metric_loss("kl", probe.run(stacked), clean_logits.repeat(steps, 1), stacked.last_index).sum()
-        torch.autograd.grad(loss, embeds)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,260 +14,38 @@ plan's time for this GPU.
 (2) a DeepSpeed micro-step of each paper fine-tuning preset whose shape runs (its method, ZeRO stage,
 precision and micro-batch; one GPU, world size 1): seconds per micro-batch over optimiser steps after one
 warm-up step, tokens/s and peak memory, next to the plan's per-GPU memory and time.
-At the end, the measured figures as lines to paste into ``cluster/plan_figures.py`` and
+At the end, the measured figures as lines to paste into ``sizing/plan_figures.py`` and
 ``circuits/memory.py``. It imports neither Ray nor polars: a bare GPU machine with torch, transformers,
 peft, deepspeed and pydantic runs it.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import socket
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
-from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS, circuit_evaluation, faithfulness_curve
-from ftcircuits.circuits.memory import (
-    MEMORY_SLACK,
-    CircuitMemory,
-    circuit_memory,
-    difference_buffer_bytes,
-    measured_floor_figure,
-)
-from ftcircuits.circuits.probe import ModelProbe
-from ftcircuits.circuits.selection import select_circuit
-from ftcircuits.cluster.plan_figures import device_gpu, figure
-from ftcircuits.cluster.scale_plan import DTYPES, counts_under_method, gpu_memory
-from ftcircuits.cluster.throughput import (
-    attribution_flops_per_token,
-    circuit_throughput,
-    evaluation_flops_per_token,
-    finetune_flops_per_token,
-    finetune_throughput,
-)
+from ftcircuits.circuits.memory import MEMORY_SLACK
 from ftcircuits.config.benchmarks import BenchGpuConfig
 from ftcircuits.config.loading import ConfigError, load_config
-from ftcircuits.encoding import answer_batch
-from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy, single_process_environment
-from ftcircuits.finetune.loop import decay_groups
-from ftcircuits.finetune.methods import apply_method
+from ftcircuits.finetune.deepspeed_strategy import single_process_environment
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.architecture import describe_architecture
-from ftcircuits.models.loader import SHAPE_PREFIX
-from ftcircuits.models.shapes import build_same_shape, layer_overrides, shape_for_hub_id
-from jobs.bench_eap import floor_pass, measured, measured_cuda, random_batch, summary
+from ftcircuits.models.shapes import build_same_shape
+from ftcircuits.sizing.gpu_measure import EapRow, StepRow, eap_rows, preset_shape, step_row
+from ftcircuits.sizing.plan_figures import device_gpu
 from jobs.cli import config_parser, flag_overrides, parse_config
 
 GIB = 2**30
-# issue 17's table: per shape, (precision, tokens per prompt, batches)
-SHAPE_RUNS: dict[str, tuple[str, int, list[int]]] = {
-    "pythia-1.4b-deduped": ("bf16", 24, [8, 32]),
-    "gpt-neo-2.7B": ("bf16", 24, [32]),
-    "opt-6.7b": ("bf16", 24, [8, 16, 32]),
-    "tinyllama-1.1b": ("bf16", 24, [32]),
-    "gpt2": ("fp32", 16, [8]),
-}
-DEFAULT_RUN = ("bf16", 24, [8])
-
-
-@dataclass
-class EapRow:
-    """One shape at one batch: measured EAP-IG, floor, evaluation and curve, and the plan's estimates."""
-
-    shape: str
-    precision: str
-    layers: int
-    edges: int
-    batch: int
-    length: int
-    steps: int
-    ours_s: float
-    ours_peak: int  # bytes above the weights
-    floor_s: float
-    floor_peak: int
-    buffer: int
-    eval_s: float
-    eval_peak: int
-    curve_s: float | None  # at the shape's largest batch only
-    curve_peak: int | None
-    faithfulness: float  # of the circuit at the budget, on this batch
-    plan: CircuitMemory
-    plan_ours_s: float | None  # the plan's seconds on this GPU (None off a known GPU)
-    plan_eval_s: float | None
-    floor_figure: float  # the floor's bytes per layer, token and width it implies (FLOOR_BYTES' unit)
-
-    @property
-    def bound(self) -> float:
-        return MEMORY_SLACK * (self.floor_peak + self.buffer)
-
-
-@dataclass
-class StepRow:
-    """One fine-tuning preset's DeepSpeed micro-steps, and the plan's estimates."""
-
-    preset: str
-    shape: str
-    layers: int
-    method: str
-    zero_stage: int
-    precision: str
-    micro_batch: int
-    length: int
-    grad_accumulation: int
-    seconds: float  # per micro-batch
-    peak: int  # bytes, from before the model was built
-    plan_memory: int  # the plan's per-GPU memory
-    plan_seconds: float | None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.micro_batch * self.length / self.seconds
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _model(shape: str, device: torch.device, dtype: torch.dtype, layers: int | None) -> torch.nn.Module:
-    overrides = layer_overrides(shape, layers) if layers else {}
-    model = build_same_shape(shape, device=device, dtype=dtype, **overrides)
-    model.config._attn_implementation = "eager"
-    return model
-
-
-def bench_shape(shape: str, config: BenchGpuConfig, device: torch.device, gpu: str | None) -> list[EapRow]:
-    """Return one row per batch of ``shape``: EAP-IG, the floor, an evaluation and a curve, and the plan."""
-    precision, length, batches = SHAPE_RUNS.get(shape, DEFAULT_RUN)
-    length, batches = config.length or length, config.batches or batches
-    precision = precision if device.type == "cuda" else "fp32"  # 16-bit matmuls crawl on CPU
-    model = _model(shape, device, DTYPES[precision], config.layers)
-    probe = ModelProbe(model, describe_architecture(model.config))
-    attribution = AttributionConfig(steps=config.steps, metric="kl")
-    attribute_batch(probe, random_batch(probe.arch.vocab, 1, length).to(device), attribution)  # warm-up
-    rows = []
-    for batch in batches:
-        curve = batch == max(batches)
-        rows.append(bench_batch(probe, shape, precision, batch, length, attribution, config, gpu, curve))
-        _release(device)
-    return rows
-
-
-def bench_batch(
-    probe: ModelProbe, shape: str, precision: str, batch_size: int, length: int,
-    attribution: AttributionConfig, config: BenchGpuConfig, gpu: str | None, curve: bool,
-) -> EapRow:  # fmt: skip
-    """Return EAP-IG against the floor (median seconds, largest peak of ``config.repeats`` interleaved runs),
-    one evaluation of the circuit its scores select (and with ``curve`` a faithfulness curve), and the
-    plan's estimates."""
-    arch, dtype, steps = probe.arch, DTYPES[precision], config.steps
-    device = next(probe.model.parameters()).device
-    batch = random_batch(arch.vocab, batch_size, length).to(device)
-    measure = measured_cuda if device.type == "cuda" else measured
-    runs: dict[str, list] = {"ours": [], "floor": []}
-    kept: dict[str, torch.Tensor] = {}  # the newest scores, for the circuit
-
-    def ours() -> None:
-        kept["scores"] = attribute_batch(probe, batch, attribution)
-
-    for _ in range(config.repeats):  # interleaved, so drift in the machine's speed hits both alike
-        kept.clear()  # before the run starts, so its peak counts its own scores only
-        runs["ours"].append(measure(ours))
-        runs["floor"].append(measure(lambda: floor_pass(probe, batch, steps)))
-    (ours_s, ours_peak), (floor_s, floor_peak) = summary(runs["ours"]), summary(runs["floor"])
-    scores = kept.pop("scores")
-    circuit = select_circuit(scores, probe.graph, "top", budget=config.budget)
-    result = {}
-    eval_s, eval_peak = measure(lambda: result.update(circuit_evaluation(probe, [batch], circuit, "kl")))
-    curve_s = curve_peak = None
-    if curve:
-        budgets = config.curve_budgets or DEFAULT_BUDGETS
-        curve_s, curve_peak = measure(lambda: faithfulness_curve(probe, [batch], scores, "kl", budgets))
-    tokens, edges = batch_size * length, probe.graph.n_edges
-    parameters = sum(p.numel() for p in probe.model.parameters())
-    plan_ours = plan_eval = None
-    if gpu is not None:
-        flops = tokens * attribution_flops_per_token(parameters, edges, arch.d_model, steps)
-        plan_ours = circuit_throughput("attribution", shape, precision, batch_size).seconds(flops, gpu)
-        flops = tokens * evaluation_flops_per_token(parameters, edges, arch.d_model)
-        plan_eval = circuit_throughput("evaluation", shape, precision, batch_size).seconds(flops, gpu)
-    return EapRow(
-        shape, precision, arch.layers, edges, batch_size, length, steps, ours_s, ours_peak, floor_s,
-        floor_peak, difference_buffer_bytes(arch, batch_size, length, dtype), eval_s, eval_peak, curve_s,
-        curve_peak, result["faithfulness"], circuit_memory(arch, batch_size, length, steps, dtype), plan_ours,
-        plan_eval, measured_floor_figure(arch, steps * batch_size, length, dtype, floor_peak),
-    )  # fmt: skip
-
-
-def preset_shape(config: FinetuneConfig) -> str | None:
-    """Return the shipped shape of a preset's model (None when it has none)."""
-    model = config.model
-    return model.removeprefix(SHAPE_PREFIX) if model.startswith(SHAPE_PREFIX) else shape_for_hub_id(model)
-
-
-def bench_step(
-    name: str, preset: FinetuneConfig, config: BenchGpuConfig, device: torch.device, gpu: str | None
-) -> StepRow:
-    """Return the seconds per micro-batch and peak memory of ``preset``'s DeepSpeed micro-steps on one device
-    (fp32 on CPU, which DeepSpeed's bf16 needs a GPU for), after one warm-up optimiser step on a GPU."""
-    shape = preset_shape(preset)
-    precision = preset.deepspeed.precision if device.type == "cuda" else "fp32"
-    train, stage = preset.train, preset.deepspeed.zero_stage
-    length = config.length or int(figure("sequence_tokens").value)
-    micro_steps = train.grad_accumulation * config.repeats
-    timed: dict[str, float] = {}
-
-    def steps() -> None:
-        model = _model(shape, device, DTYPES[precision], config.layers)
-        arch = describe_architecture(model.config)
-        model = apply_method(model, arch, preset.method, total_steps=1 + config.repeats)
-        settings = train.settings(1 + config.repeats)
-        groups = decay_groups(model, train.weight_decay, train.lr_groups)
-        strategy = DeepSpeedStrategy(model, settings, train.micro_batch_size, stage, precision, groups)
-        batch = random_batch(arch.vocab, train.micro_batch_size, length).clean
-        labelled = answer_batch(batch, torch.randint(10, arch.vocab, (train.micro_batch_size,)))
-        for _ in range(train.grad_accumulation if device.type == "cuda" else 0):  # one optimiser step
-            strategy.micro_step(labelled)
-        began = time.perf_counter()
-        for _ in range(micro_steps):
-            strategy.micro_step(labelled)  # reads the loss: the device is synchronised
-        timed["seconds"] = (time.perf_counter() - began) / micro_steps
-        if hasattr(strategy.engine, "destroy"):
-            strategy.engine.destroy()
-
-    _release(device)
-    _, peak = (measured_cuda if device.type == "cuda" else measured)(steps)
-    _release(device)
-    overrides = layer_overrides(shape, config.layers) if config.layers else {}
-    skeleton = build_same_shape(shape, device="meta", **overrides)
-    counts = counts_under_method(skeleton, preset.method, 1, f"shape {shape}", shape)
-    at_precision = preset.model_copy(
-        update={"deepspeed": preset.deepspeed.model_copy(update={"precision": precision})}
-    )
-    plan_memory = gpu_memory(at_precision, counts, length).total
-    plan_seconds = None
-    if gpu is not None:
-        flops = train.micro_batch_size * length * finetune_flops_per_token(preset.method.name, counts.total)
-        plan_seconds = finetune_throughput(preset.method.name, stage, shape).seconds(flops, gpu)
-    method = preset.method.name + (
-        f" r={preset.method.r}" if preset.method.name in ("lora", "adalora") else ""
-    )
-    return StepRow(
-        name, shape, counts.arch.layers, method, stage, precision, train.micro_batch_size, length,
-        train.grad_accumulation, timed["seconds"], peak, plan_memory, plan_seconds,
-    )  # fmt: skip
 
 
 def _f(value: float | None, spec: str, width: int) -> str:
@@ -324,7 +102,7 @@ def paste_lines(
         why = f"measured on {device_name}" if gpu is None else f"shapes cut to {layers} layers"
         return [f"Nothing to paste: {why} (the plan's figures are whole shapes on a known GPU)."]
     where = f"jobs.bench_gpu on one {device_name}, torch {torch.__version__}, random weights"
-    lines = [f"Paste into platform/ftcircuits/cluster/plan_figures.py ({where}):", "  CIRCUIT_TIMINGS:"]
+    lines = [f"Paste into platform/ftcircuits/sizing/plan_figures.py ({where}):", "  CIRCUIT_TIMINGS:"]
     for row in eap:
         setting = f"{row.shape} shape, {row.precision}, batch {row.batch} x {row.length} tokens"
         for core, seconds in (("attribution", row.ours_s), ("evaluation", row.eval_s)):
@@ -391,14 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"EAP-IG against the floor, m = {config.steps}; GiB above the weights; /bound: ours / "
         f"({MEMORY_SLACK} x (floor + buffer)); plan: circuits/memory.py (attribution, floor, evaluation) "
-        "and the plan's seconds on this GPU (cluster/throughput.py); eval: circuit_evaluation at budget "
+        "and the plan's seconds on this GPU (sizing/throughput.py); eval: circuit_evaluation at budget "
         f"{config.budget}, curve: faithfulness_curve",
         EAP_HEADER,
     ]
     print("\n".join(lines), flush=True)
     eap: list[EapRow] = []
     for shape in config.shapes:
-        for row in bench_shape(shape, config, device, gpu):
+        for row in eap_rows(shape, config, device, gpu):
             eap.append(row)
             lines.append(eap_line(row))
             print(lines[-1], flush=True)
@@ -414,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += header
         print("\n".join(header), flush=True)
         for name, preset in runnable:
-            steps.append(bench_step(name, preset, config, device, gpu))
+            steps.append(step_row(name, preset, config, device, gpu))
             lines.append(step_line(steps[-1]))
             print(lines[-1], flush=True)
     paste = ["", *paste_lines(eap, steps, device_name, gpu, config.layers)]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ftcircuits.cluster.node_types import ClusterConfigError
-from ftcircuits.cluster.plan_text import format_plan
-from ftcircuits.cluster.scale_plan import PlanError, plan_run
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.finetune.settings import FinetuneConfig
+from ftcircuits.sizing.node_types import ClusterConfigError
+from ftcircuits.sizing.plan_text import format_plan
+from ftcircuits.sizing.preset_size import PlanError
+from ftcircuits.sizing.scale_plan import plan_run
 from jobs.cli import config_parser
 
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from ftcircuits.circuits.memory import FloorFigure, circuit_memory, floor_bytes
-from ftcircuits.cluster import plan_figures
-from ftcircuits.cluster.plan_figures import BatchTiming, StepTiming
-from ftcircuits.cluster.throughput import attribution_flops_per_token, circuit_throughput, shape_counts
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.shapes import build_same_shape, layer_overrides
-from jobs.bench_gpu import EAP_HEADER, EapRow, StepRow, eap_line, paste_lines
+from ftcircuits.sizing import plan_figures
+from ftcircuits.sizing.gpu_measure import EapRow, StepRow
+from ftcircuits.sizing.plan_figures import BatchTiming, StepTiming
+from ftcircuits.sizing.throughput import attribution_flops_per_token, circuit_throughput, shape_counts
+from jobs.bench_gpu import EAP_HEADER, eap_line, paste_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["--device", "cpu", "--shapes", "gpt2", "opt-6.7b", "--layers", "1", "--batches", "1",

@@ -11,20 +11,14 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from ftcircuits.circuits.memory import circuit_memory
-from ftcircuits.cluster.node_types import ClusterConfigError, gpu_node_types
-from ftcircuits.cluster.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, device_gpu
-from ftcircuits.cluster.scale_plan import (
-    CircuitSettings,
-    PlanError,
-    ScalePlan,
-    activation_bytes,
-    circuit_settings,
-    circuit_size,
-    plan_run,
-)
-from ftcircuits.cluster.throughput import circuit_throughput, finetune_throughput, shape_counts
 from ftcircuits.config.loading import load_config
 from ftcircuits.finetune.settings import FinetuneConfig
+from ftcircuits.sizing.gpu_memory import CircuitSettings, activation_bytes, circuit_settings, circuit_size
+from ftcircuits.sizing.node_types import ClusterConfigError, gpu_node_types
+from ftcircuits.sizing.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, device_gpu
+from ftcircuits.sizing.preset_size import PlanError
+from ftcircuits.sizing.scale_plan import ScalePlan, plan_run
+from ftcircuits.sizing.throughput import circuit_throughput, finetune_throughput, shape_counts
 from jobs.plan import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,7 +215,7 @@ def test_the_cli_prints_the_plan(monkeypatch, capsys, plans):
     )
     assert "estimate_zero3_model_states_mem_needs(total_params=75,497,472" in out
     memory = circuit_memory(plans["finetune-opt-6.7b.yaml"].counts.arch, 32, 32, 5, torch.bfloat16)
-    assert "CircuitRunConfig's batch_size 32, x 32 tokens, m = 5, bf16; circuits/memory.py" in out
+    assert "discovery.batch_size 32, x 32 tokens, m = 5, bf16; circuits/memory.py" in out
     assert "  weights         12.40 GiB  6,658,473,984 x 2 bytes (bf16)" in out
     assert f"  attribution    {memory.attribution / 2**30:6.2f} GiB  1.1 x (floor 16.40 + difference " in out
     assert f"  evaluation     {memory.evaluation / 2**30:6.2f} GiB  one source buffer" in out

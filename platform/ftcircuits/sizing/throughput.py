@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from functools import cache
 
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.cluster.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, StepTiming, figure
 from ftcircuits.models.architecture import describe_architecture
 from ftcircuits.models.shapes import build_same_shape
+from ftcircuits.sizing.plan_figures import CIRCUIT_TIMINGS, FINETUNE_TIMINGS, BatchTiming, StepTiming, figure
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.memory import MEMORY_SLACK, floor_figure
-from ftcircuits.cluster.node_types import GIB, GpuNodeType
-from ftcircuits.cluster.plan_figures import figure
-from ftcircuits.cluster.scale_plan import WEIGHT_BYTES, Placement, ScalePlan
+from ftcircuits.sizing.gpu_memory import WEIGHT_BYTES
+from ftcircuits.sizing.node_types import GIB, GpuNodeType
+from ftcircuits.sizing.plan_figures import figure
+from ftcircuits.sizing.scale_plan import Placement, ScalePlan
 
 
 def _gib(n: int) -> str:
@@ -61,7 +62,7 @@ def circuit_lines(plan: ScalePlan) -> list[str]:
     floor = floor_figure(arch)
     return [
         f"Circuits memory per GPU (jobs.circuits --run: one actor holds the whole model on one GPU; "
-        f"CircuitRunConfig's {requested}, x {memory.length} tokens, m = {memory.steps}, {precision}; "
+        f"discovery.{requested}, x {memory.length} tokens, m = {memory.steps}, {precision}; "
         "circuits/memory.py)",
         f"  weights        {_gib(circuits.weights)}  {counts.total:,} x {WEIGHT_BYTES[precision]} bytes "
         f"({precision})",

@@ -2,7 +2,7 @@
 
 A figure's source starts with "spec: ", "assumed: " or "measured: ". Time comes from measured timings
 (``FINETUNE_TIMINGS``, ``CIRCUIT_TIMINGS``: one GPU, random weights of a shipped shape), read as model-FLOPs
-utilisation by ``cluster/throughput.py``; ``python -m jobs.bench_gpu`` measures them again and prints the
+utilisation by ``sizing/throughput.py``; ``python -m jobs.bench_gpu`` measures them again and prints the
 lines to paste here.
 """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ftcircuits.cluster.plan_figures import INSTANCE_GPUS, figure
+from ftcircuits.sizing.plan_figures import INSTANCE_GPUS, figure
 
 GIB = 2**30
 
@@ -68,7 +68,7 @@ def gpu_node_types(cluster_yaml: Path) -> list[GpuNodeType]:
         if instance not in INSTANCE_GPUS:
             raise ClusterConfigError(
                 f"node type {name!r}: instance type {instance!r} is not in the plan's instance table "
-                f"(cluster/plan_figures.py); known: {', '.join(sorted(INSTANCE_GPUS))}"
+                f"(sizing/plan_figures.py); known: {', '.join(sorted(INSTANCE_GPUS))}"
             )
         gpu, gpus = INSTANCE_GPUS[instance]
         if declared != gpus:
