@@ -78,8 +78,8 @@ def test_circuits_job_writes_a_circuit_file(tmp_path, tiny_setup):
     model_dir, data_dir, _ = tiny_setup
     out = tmp_path / "circuits"
     circuits_job.main(
-        ["--model", str(model_dir), "--data", str(data_dir), "--set", "examples=8", "--set", "steps=2",
-         "--set", f"out={out}"]
+        ["--model", str(model_dir), "--data", str(data_dir), "--set", "discovery.examples=8",
+         "--set", "discovery.steps=2", "--set", f"out={out}"]
     )  # fmt: skip
     meta = json.loads((out / "addsub-100-circuit-eap-ig-inputs-kl.json").read_text())
     assert meta["task"] == "addsub" and meta["examples"] == 8 and meta["attribution"]["steps"] == 2

@@ -20,14 +20,8 @@ from ftcircuits.run_layout import RUN_CONFIG_FILE, index_path
 from ftcircuits.study.over_run import SUMMARY_FILE, CircuitRunner, circuit_units, run_inputs
 
 
-def run_config(run, **overrides) -> CircuitRunConfig:
-    sets = [
-        f"run={run}",
-        "examples=16",
-        "batch_size=8",
-        "actors=2",
-        *(f"{k}={v}" for k, v in overrides.items()),
-    ]
+def run_config(run, *overrides: str) -> CircuitRunConfig:
+    sets = [f"run={run}", "discovery.examples=16", "discovery.batch_size=8", "actors.count=2", *overrides]
     return load_config(CircuitRunConfig, None, sets)
 
 
@@ -35,12 +29,12 @@ def run_config(run, **overrides) -> CircuitRunConfig:
 @pytest.mark.slow
 def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_path, ray_cluster, tiny_run):
     config = run_config(tiny_run)
-    out, rows, computed = circuits_over_run(config)
+    out, rows, computed = circuits_over_run(config.run, config)
     inputs = run_inputs(tiny_run)
     units = circuit_units(inputs, robustness=True)
     # 4 checkpoints + (base, random-init, random-scaled, permuted) x (unperturbed, p=0.5)
     assert computed == len(units) == 12 and [r["key"] for r in rows] == [t.key for t in units]
-    sequential = CircuitRunner(inputs.base_model, inputs.data, config, tmp_path)
+    sequential = CircuitRunner(inputs.base_model, inputs.data, config.discovery, tmp_path)
     for unit in reversed(units):  # another order: swapping must not leak weights between units
         sequential.run(unit)
         ours, _ = read_circuit(out / unit.key)
@@ -51,12 +45,12 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
     assert by_key["step-000000"]["edges_in_circuit"] == by_key["base-p0.00"]["edges_in_circuit"]
     assert pl.read_parquet(out / SUMMARY_FILE).height == 12
 
-    again_out, again_rows, again_computed = circuits_over_run(config)
+    again_out, again_rows, again_computed = circuits_over_run(config.run, config)
     assert again_computed == 0 and again_out == out and again_rows == rows
 
     from jobs.analyze import main as analyze
 
-    analyze(["--run", str(tiny_run), "--set", "examples=16", "--set", "batch_size=8"])
+    analyze(["--run", str(tiny_run), "--set", "discovery.examples=16", "--set", "discovery.batch_size=8"])
     similarity = pl.read_parquet(out / "analysis" / "similarity.parquet")
     assert similarity["step"].to_list() == [0, 3, 6, 9]  # the tiny run's checkpoints
     assert similarity["edge_jaccard_base"][0] == 1.0 and similarity["edge_jaccard_prev"][0] is None
@@ -78,10 +72,10 @@ def test_actor_pool_equals_a_sequential_run_and_a_rerun_skips_everything(tmp_pat
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_killed_actor_is_restarted_and_every_checkpoint_completes(tmp_path, ray_cluster, tiny_run):
-    config = run_config(tiny_run, robustness="false")
+    config = run_config(tiny_run, "robustness.enabled=false")
     inputs = run_inputs(tiny_run)
     units = circuit_units(inputs, robustness=False)
-    actors = start_actors(2, (inputs.base_model, inputs.data, config, tmp_path), retries=2)
+    actors = start_actors(2, (inputs.base_model, inputs.data, config.discovery, tmp_path), retries=2)
     victim = ray.get(actors[0].pid.remote())
     killed = []
 
@@ -110,7 +104,9 @@ def test_a_bad_run_directory_fails_before_any_actor_starts(
     import jobs.circuits
 
     started, connected = [], []
-    monkeypatch.setattr(jobs.circuits, "connect", lambda *a, **k: connected.append(a))
+    import ftcircuits.cluster.run_circuits as run_circuits
+
+    monkeypatch.setattr(run_circuits, "connect", lambda *a, **k: connected.append(a))
     real_start = circuit_pool.start_actors
     monkeypatch.setattr(
         circuit_pool, "start_actors", lambda *a, **k: started.append(a) or real_start(*a, **k)
@@ -142,17 +138,19 @@ def test_a_bad_run_directory_fails_before_any_actor_starts(
     with pytest.raises(ConfigError, match="checkpoints listed in the index are missing"):
         run_config(gone)
     with pytest.raises(FileNotFoundError, match="checkpoints listed in the index are missing"):
-        circuits_over_run(run_config(tiny_run).model_copy(update={"run": gone}))
+        circuits_over_run(gone, run_config(tiny_run))
     assert started == [] and connected == [] and actors_ever_started() == before
     assert not (gone / "circuits").exists()
 
 
 def test_robustness_on_the_fine_tune_split_is_refused_by_the_config(tiny_run):
     with pytest.raises(ConfigError, match="robustness compares perturbed circuit splits"):
-        load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune"])
-    config = load_config(CircuitRunConfig, None, [f"run={tiny_run}", "split=finetune", "robustness=false"])
-    assert (config.run, config.split, config.robustness) == (tiny_run, "finetune", False)
-    assert config.examples == 256 and config.actors == 2  # the rest: the run's defaults
+        load_config(CircuitRunConfig, None, [f"run={tiny_run}", "discovery.split=finetune"])
+    config = load_config(
+        CircuitRunConfig, None, [f"run={tiny_run}", "discovery.split=finetune", "robustness.enabled=false"]
+    )
+    assert (config.run, config.discovery.split, config.robustness.enabled) == (tiny_run, "finetune", False)
+    assert config.discovery.examples == 256 and config.actors.count == 2  # the rest: the run's defaults
 
 
 class Pinged:

@@ -29,7 +29,8 @@ def write_yaml(path: Path, tree: dict) -> Path:
 
 @pytest.fixture()
 def sweep_config(tmp_path, tiny_run) -> Path:
-    """A 2-trial sweep over the tiny run (the probe): LoRA r=4 budget, 8 steps a trial, 1 worker each."""
+    """A 2-trial sweep over the tiny run (the reference run): matched to LoRA r=4, 8 steps a trial, 1 worker
+    each."""
     preset = write_yaml(tmp_path / "preset.yaml", {
         "model": str(tiny_run / "base"), "task": {"name": "addsub", "range": 100},
         "method": {"name": "lora", "r": 4}, "scaling": {"workers": 1, "cpus_per_worker": 1},
@@ -38,8 +39,8 @@ def sweep_config(tmp_path, tiny_run) -> Path:
         "eval_batch_size": 64, "out": str(tmp_path / "unused"),
     })  # fmt: skip
     return write_yaml(tmp_path / "sweep.yaml", {
-        "probe_run": str(tiny_run), "finetune_config": str(preset), "lora_r": 4,
-        "circuit_overrides": ["examples=16", "batch_size=8"],
+        "reference_run": str(tiny_run), "finetune_config": str(preset), "lora_r": 4,
+        "circuits": {"discovery": {"examples": 16, "batch_size": 8}},
         "space": {"variant": ["source", "destination"], "k": [1], "ratio": [2.0, 3.0]},
         "trials": 2, "workers_per_trial": 1, "grace_checkpoints": 1, "out": str(tmp_path / "sweep"),
     })  # fmt: skip
@@ -122,7 +123,7 @@ def test_bad_search_spaces_are_refused_by_the_config(space, message):
         load_config(SweepConfig, None, [f"space={space}"])
 
 
-def test_a_k_too_deep_or_an_unmatchable_budget_is_refused_before_any_trial(sweep_config, capsys):
+def test_a_k_too_deep_or_unmatchable_ranks_are_refused_before_any_trial(sweep_config, capsys):
     with pytest.raises(SystemExit, match="space.k \\[2\\] must be below the model's 2 layers"):
         sweep.main(["--config", str(sweep_config), "--set", "space.k=[2]"])
     with pytest.raises(SystemExit, match="no \\(r_o, r_c\\) .* matches uniform LoRA r=1"):

@@ -27,7 +27,7 @@ def write_yaml(path: Path, tree: dict) -> Path:
 
 @pytest.fixture()
 def compare_config(tmp_path, tiny_run) -> Path:
-    """LoRA r=4, CircuitLoRA matched to it (k=1, the tiny run as probe) and IA3, 2 seeds, 5 steps each."""
+    """LoRA r=4, CircuitLoRA matched to it (k=1, the tiny run as reference) and IA3, 2 seeds, 5 steps each."""
     preset = write_yaml(tmp_path / "preset.yaml", {
         "model": str(tiny_run / "base"), "task": {"name": "addsub", "range": 100},
         "method": {"name": "lora", "r": 4}, "scaling": {"workers": 1, "cpus_per_worker": 1},
@@ -37,13 +37,14 @@ def compare_config(tmp_path, tiny_run) -> Path:
         "eval_batch_size": 64, "out": str(tmp_path / "unused"),
     })  # fmt: skip
     return write_yaml(tmp_path / "compare.yaml", {
-        "finetune_config": str(preset), "probe_config": str(preset),
-        "probe_runs": {"addsub-100": str(tiny_run)}, "circuit_overrides": ["examples=16", "batch_size=8"],
+        "finetune_config": str(preset), "reference_config": str(preset),
+        "reference_runs": {"addsub-100": str(tiny_run)},
+        "circuits": {"discovery": {"examples": 16, "batch_size": 8}},
         "tasks": [{"name": "addsub", "range": 100, "size": 100}], "seeds": [0, 1],
         "arms": [{"name": "lora"},
                  {"name": "circuitlora", "circuitlora": {"critical": {"k": 1},
                                                          "ranks": {"lora_r": 4, "ratio": 2.0}}},
-                 {"name": "ia3", "set": ["method.name=ia3"]}],
+                 {"name": "ia3", "finetune": {"method": {"name": "ia3"}}}],
         "out": str(tmp_path / "cmp"),
     })  # fmt: skip
 
@@ -66,7 +67,7 @@ def test_comparison_runs_every_method_and_seed_and_a_rerun_reuses_them(tmp_path,
     plan = json.loads((out / "addsub-100" / "circuitlora" / PLAN_FILE).read_text())
     expected = {
         "lora": trainable_parameters(apply_method(base, arch, MethodConfig(name="lora", r=4))),
-        "circuitlora": plan["trainable_lora"],
+        "circuitlora": plan["params"],
         "ia3": trainable_parameters(apply_method(load_model(str(tiny_run / "base")).model, arch,
                                                  MethodConfig(name="ia3"))),
     }  # fmt: skip
@@ -100,7 +101,8 @@ def test_comparison_runs_every_method_and_seed_and_a_rerun_reuses_them(tmp_path,
 
 def test_a_schedule_the_run_cannot_hold_is_refused_before_any_run(tmp_path, tiny_run, compare_config):
     tree = yaml.safe_load(compare_config.read_text())
-    tree["arms"] = [{"name": "adalora", "set": ["method.name=adalora", "method.r=2"]}]  # tinit 25 + tfinal 50
+    adalora = {"method": {"name": "adalora", "r": 2}}  # tinit 25 + tfinal 50
+    tree["arms"] = [{"name": "adalora", "finetune": adalora}]
     path = write_yaml(tmp_path / "bad.yaml", tree)
     with pytest.raises(SystemExit, match="adalora/seed-0: AdaLoRA's adalora_tinit 25 .* run of 5 steps"):
         compare_methods.main(["--config", str(path)])

@@ -50,7 +50,8 @@ def test_compositional_source_takes_the_merged_subtask_circuits_of_base_and_fina
     overrides = [
         "critical.source=compositional",
         "critical.k=1",
-        "circuit_overrides=[examples=16, batch_size=8]",
+        "circuits.discovery.examples=16",
+        "circuits.discovery.batch_size=8",
     ]
     chosen = load_config(CircuitLoraConfig, None, overrides)
     plan = plan_circuitlora(chosen, str(tiny_run / "base"), tiny_run, tmp_path)
