@@ -1,4 +1,4 @@
-"""The layers of README.md's table under "## Code layout", kept by every module's imports (at module level and
+"""The layers of README.md's table under "## Code map", kept by every module's imports (at module level and
 inside functions alike). A package is a top-level module or package of platform/ftcircuits/ (``encoding.py``
 is ``encoding``), jobs/ or tuning/; it imports (from ftcircuits, jobs or tuning) only itself and packages of
 strictly lower layers (never a sibling of its layer); only cluster, jobs and tuning import ray; nothing
@@ -23,19 +23,19 @@ PACKAGES = re.compile(r"`\w+`(, `\w+`)*")
 
 
 class LayerTableError(ValueError):
-    """README.md has no layer table under "## Code layout", or a malformed one."""
+    """README.md has no layer table under "## Code map", or a malformed one."""
 
 
 def layer_table(readme: Path) -> dict[str, int]:
-    """Return every package's layer, read from the table under "## Code layout" in ``readme``."""
+    """Return every package's layer, read from the table under "## Code map" in ``readme``."""
     lines = readme.read_text().splitlines() if readme.is_file() else []
-    if "## Code layout" not in lines:
-        raise LayerTableError(f"{readme}: no '## Code layout' section")
-    section = lines[lines.index("## Code layout") + 1 :]
+    if "## Code map" not in lines:
+        raise LayerTableError(f"{readme}: no '## Code map' section")
+    section = lines[lines.index("## Code map") + 1 :]
     section = section[: next((i for i, line in enumerate(section) if line.startswith("## ")), len(section))]
     at = [i for i, line in enumerate(section) if line.startswith("|")]
     if len(at) < 3 or at != list(range(at[0], at[0] + len(at))):
-        raise LayerTableError(f"{readme}: no table of header, rule and rows under '## Code layout'")
+        raise LayerTableError(f"{readme}: no table of header, rule and rows under '## Code map'")
     header, rule, *rows = [[cell.strip() for cell in section[i].strip().strip("|").split("|")] for i in at]
     if header != HEADER or len(rule) != 3 or not all(re.fullmatch(r":?-{3,}:?", c) for c in rule):
         raise LayerTableError(f"{readme}: the layer table's header is not | {' | '.join(HEADER)} |")
@@ -150,7 +150,8 @@ def test_a_tree_that_keeps_its_layers_has_no_violations(tree):
 
 
 # each statement is planted as line 6, after ``def f():`` and its first line: an indented one is inside f()
-PLANTED = [  # per package of the table, an import of a package of a higher layer, or of a sibling
+PLANTED = [  # per package of the table, an import of a package of a higher layer, of a sibling, or (at the
+    # top layer) of a package the table does not place
     ("options", "import ftcircuits.encoding", "above"),
     ("encoding", "    from ftcircuits import paths", "sibling"),
     ("paths", "from ftcircuits.tasks.families import x", "above"),
@@ -167,8 +168,8 @@ PLANTED = [  # per package of the table, an import of a package of a higher laye
     ("study", "    import ftcircuits.sizing.scale_plan", "sibling"),
     ("sizing", "from ftcircuits.cluster import x", "above"),
     ("cluster", "    from jobs.cli import x", "above"),
-    ("jobs", "from tuning import sweep", "sibling"),
-    ("tuning", "    import jobs.cli", "sibling"),
+    ("jobs", "from tuning import sweep", "above"),
+    ("tuning", "    from ftcircuits.nowhere import x", "nowhere has no layer"),  # top layer: none above
 ]
 CASES = [
     *PLANTED,
@@ -202,8 +203,8 @@ def test_a_package_without_a_row_is_reported(tree, relative, package, where):
 @pytest.mark.parametrize(
     ("edit", "error"),
     [
-        (lambda text: None, "no '## Code layout' section"),
-        (lambda text: text.replace("## Code layout", "## Layout"), "no '## Code layout' section"),
+        (lambda text: None, "no '## Code map' section"),
+        (lambda text: text.replace("## Code map", "## Layout"), "no '## Code map' section"),
         (lambda text: re.sub(r"(?m)^\|.*\n", "", text.split("## Tasks")[0]), "no table"),
         (lambda text: text.replace("| layer | packages |", "| level | packages |"), "header"),
         (lambda text: text.replace("| 3 | `circuits`", "| three | `circuits`"), "malformed row"),
