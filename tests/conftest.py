@@ -238,14 +238,15 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
 
 
 SMALL_TASK = {"name": "addsub", "range": 100, "size": 100}
+SMALL_CIRCUITS = {"discovery": {"examples": 16, "batch_size": 8}, "robustness": {"baselines": ["permuted"]}}
 
 
 def small_pipeline_args(
-    root: Path, base_model: Path, out: str, circuits: list[str], workers: int = 1, cpus: int = 1
+    root: Path, base_model: Path, out: str, circuits: dict, workers: int = 1, cpus: int = 1
 ) -> list[str]:
     """Write a small pipeline's presets into ``root`` (LoRA r=4 and CircuitLoRA matched to it on
     ``base_model``, one epoch of Add/Sub-100 with 100 items, ``workers`` x ``cpus`` per run) and return
-    ``jobs.pipeline``'s arguments (``out``; ``circuits``: its circuit overrides)."""
+    ``jobs.pipeline``'s arguments (``out``; ``circuits``: its partial circuit settings)."""
     import yaml
 
     preset, comparison = Path(root) / "preset.yaml", Path(root) / "compare.yaml"
@@ -258,10 +259,10 @@ def small_pipeline_args(
         "eval_batch_size": 64, "out": "unused",
     }))  # fmt: skip
     comparison.write_text(yaml.safe_dump({
-        "finetune_config": str(preset), "probe_config": str(preset), "tasks": [SMALL_TASK], "seeds": [0],
+        "finetune_config": str(preset), "reference_config": str(preset), "tasks": [SMALL_TASK], "seeds": [0],
         "arms": [{"name": "lora"},
                  {"name": "circuitlora",
                   "circuitlora": {"critical": {"k": 1}, "ranks": {"lora_r": 4, "ratio": 2.0}}}],
     }))  # fmt: skip
     return ["--set", f"out={out}", "--set", f"comparison={comparison}", "--set", f"tasks=[{SMALL_TASK}]",
-            "--set", f"circuit_overrides={json.dumps(circuits)}"]  # fmt: skip
+            "--set", f"circuits={json.dumps(circuits)}"]  # fmt: skip

@@ -17,10 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.local_cluster import start_mlflow, stop_process_group
-from tests.conftest import small_pipeline_args
+from tests.conftest import SMALL_CIRCUITS, small_pipeline_args
 
 JOB = Path(__file__).with_name("multinode_job.py")
-CIRCUITS = ["examples=16", "batch_size=8", "baselines=[permuted]", "actors=2", "cpus_per_actor=1"]
+CIRCUITS = SMALL_CIRCUITS | {"actors": {"count": 2, "cpus": 1}}
 
 
 @pytest.mark.ray

@@ -226,7 +226,7 @@ def test_a_submitted_pipeline_stores_its_study_and_report_where_the_config_said(
 
     cluster, state = submission_cluster, submission_cluster.state
     storage = tmp_path / "storage"
-    circuits = ["examples=16", "batch_size=8", "robustness=false"]
+    circuits = {"discovery": {"examples": 16, "batch_size": 8}, "robustness": {"enabled": False}}
     args = small_pipeline_args(tmp_path, tiny_run / "base", "study", circuits)
     job_id = f"ftc-pipeline-{secrets.token_hex(4)}"
     result = cluster.submit("jobs.pipeline", args, {"FTCIRCUITS_STORAGE": str(storage)}, job_id)

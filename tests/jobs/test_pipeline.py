@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ftcircuits.report.screenshot import INSTALL_HINT, dump_dom, find_chromium
 from ftcircuits.run_layout import index_path
 from jobs import pipeline
-from tests.conftest import small_pipeline_args
+from tests.conftest import SMALL_CIRCUITS, small_pipeline_args
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def study(tmp_path_factory, tiny_run, ray_cluster, monkeypatch_module) -> tuple[
     root = tmp_path_factory.mktemp("pipeline")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
     argv = small_pipeline_args(root, tiny_run / "base", str(root / "study"),
-                               ["examples=16", "batch_size=8", "baselines=[permuted]"])  # fmt: skip
+                               SMALL_CIRCUITS)  # fmt: skip
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         pipeline.main(argv)
