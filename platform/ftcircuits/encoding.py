@@ -1,9 +1,9 @@
-"""The one prompt/answer format shared by tasks, training, circuits and the accuracy probe (a leaf).
+"""The one prompt/answer format shared by tasks, training, circuits and accuracy (a leaf).
 
 A prompt is tokenized as the model's tokenizer does by default (the tiny
 tokenizer adds ``[BOS]``); the answer is the single next token after the
 prompt, found as the extra token of ``prompt + " " + answer``. Training
-puts the loss on that token at the prompt's last position and the probe
+puts the loss on that token at the prompt's last position and accuracy
 reads the same position, so both use exactly the same format.
 """
 
@@ -106,7 +106,7 @@ class LabelledBatch:
     """Token ids with a target token at some positions (``IGNORE_INDEX`` elsewhere).
 
     ``labels[i, t]`` is the token the model must predict *after* position t, so
-    a prompt's answer sits at the prompt's last position, as the probe reads it.
+    a prompt's answer sits at the prompt's last position, as accuracy reads it.
     """
 
     input_ids: torch.Tensor

@@ -141,7 +141,7 @@ def test_optimizer_steps_and_the_adalora_schedule_check():
 
     adalora = MethodConfig(name="adalora", adalora_tinit=25, adalora_tfinal=50)
     check_schedule(adalora, 76)
-    with pytest.raises(ValueError, match="no budgeting phase in a run of 75 steps"):
+    with pytest.raises(ValueError, match="no rank-reallocation phase in a run of 75 steps"):
         check_schedule(adalora, 75)
     check_schedule(MethodConfig(name="lora"), 1)
 

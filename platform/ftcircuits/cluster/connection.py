@@ -84,14 +84,14 @@ def cluster_address() -> str:
 def _import_package() -> Callable[[], dict]:
     # defined in a function so that cloudpickle ships it by value: a worker unpickles it without
     # importing ftcircuits, and reports the import's own error
-    def probe() -> dict:
+    def package_location() -> dict:
         import importlib
         import sys
 
         module = importlib.import_module("ftcircuits")
         return {"version": module.__version__, "path": str(module.__path__[0]), "python": sys.executable}
 
-    return probe
+    return package_location
 
 
 def check_package_on_workers(where: str, runtime_env: dict | None = None) -> dict:
@@ -100,10 +100,10 @@ def check_package_on_workers(where: str, runtime_env: dict | None = None) -> dic
 
     ``runtime_env`` is the task's own (tests break the import with it); by default the job's.
     """
-    probe = ray.remote(num_cpus=0, max_retries=0)(_import_package())
+    check = ray.remote(num_cpus=0, max_retries=0)(_import_package())
     options = {"runtime_env": runtime_env} if runtime_env else {}
     try:
-        return ray.get(probe.options(**options).remote(), timeout=RAY_PACKAGE_CHECK_TIMEOUT_S)
+        return ray.get(check.options(**options).remote(), timeout=RAY_PACKAGE_CHECK_TIMEOUT_S)
     except Exception as error:
         cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ClusterError(

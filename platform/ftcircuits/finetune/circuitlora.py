@@ -86,7 +86,7 @@ def matched_rank_pair(
     and within ``tolerance`` of it, with r_c / r_o closest to ``ratio`` (the paper's pairs have 4);
     ties go to the larger count.
 
-    Raises ValueError naming the budget when no pair matches it (for example when every layer is
+    Raises ValueError naming the parameter count when no pair matches it (for example when every layer is
     critical, or r is too small to leave room for a higher critical rank).
     """
     check_critical_layers(arch, critical)
@@ -94,22 +94,22 @@ def matched_rank_pair(
         raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     if len(critical) == arch.layers:
         raise ValueError(f"all {arch.layers} layers are critical: CircuitLoRA would be plain LoRA; lower k")
-    budget = uniform_parameters(widths, r)
+    matched = uniform_parameters(widths, r)
     best: tuple[float, int, RankPair] | None = None
     for other in range(1, r):
         for critical_rank in range(other + 1, r * arch.layers + 1):
             pair = RankPair(other, critical_rank)
             count = adapter_parameters(widths, arch, critical, pair)
-            if count > budget:
+            if count > matched:
                 break
-            if count < (1 - tolerance) * budget:
+            if count < (1 - tolerance) * matched:
                 continue
             key = (abs(math.log(critical_rank / other / ratio)), -count, pair)
             if best is None or key[:2] < best[:2]:
                 best = key
     if best is None:
         raise ValueError(
-            f"no (r_o, r_c) with r_o < r_c matches uniform LoRA r={r} ({budget} parameters) within "
+            f"no (r_o, r_c) with r_o < r_c matches uniform LoRA r={r} ({matched} parameters) within "
             f"{tolerance:.0%} with {len(critical)} of {arch.layers} layers critical"
         )
     return best[2]

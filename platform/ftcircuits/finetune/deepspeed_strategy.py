@@ -14,7 +14,7 @@ import torch
 
 from ftcircuits.encoding import LabelledBatch
 from ftcircuits.finetune.loop import answer_loss, build_optimizer
-from ftcircuits.finetune.methods import attach_budget_reallocation
+from ftcircuits.finetune.methods import attach_rank_reallocation
 from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 from ftcircuits.options import Precision, ZeroStage, check_choice
 
@@ -69,8 +69,8 @@ class DeepSpeedStrategy:
             config=deepspeed_config(settings, micro_batch_size, zero_stage, precision),
         )
         self.zero_stage = zero_stage
-        if attach_budget_reallocation(model, optimizer, lambda: self.engine.global_steps + 1) and zero_stage:
-            raise ValueError("AdaLoRA's budget reallocation needs ZeRO stage 0 (gradients on the parameters)")
+        if attach_rank_reallocation(model, optimizer, lambda: self.engine.global_steps + 1) and zero_stage:
+            raise ValueError("AdaLoRA's rank reallocation needs ZeRO stage 0 (gradients on the parameters)")
 
     @property
     def module(self) -> torch.nn.Module:

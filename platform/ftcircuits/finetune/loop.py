@@ -1,7 +1,7 @@
 """The training loop as a plain PyTorch function (no Ray, CPU or one GPU).
 
 The loss is cross-entropy on the answer token at the prompt's last position:
-prompt and padding tokens carry no loss, and the format is the probe's.
+prompt and padding tokens carry no loss, and the format is the one accuracy reads (``encoding``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ftcircuits.encoding import IGNORE_INDEX, LabelledBatch, answer_batch, model_logits, pad_prompts
-from ftcircuits.finetune.methods import attach_budget_reallocation
+from ftcircuits.finetune.methods import attach_rank_reallocation
 from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 
 
@@ -109,7 +109,7 @@ class PlainStrategy:
         self.optimizer = build_optimizer(model, settings, param_groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(settings))
         self.micro_steps = 0
-        attach_budget_reallocation(
+        attach_rank_reallocation(
             model, self.optimizer, lambda: self.micro_steps // settings.grad_accumulation
         )
 

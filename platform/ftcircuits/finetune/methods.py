@@ -69,18 +69,18 @@ def apply_method(
 
 def check_schedule(method: MethodConfig, total_steps: int) -> None:
     """Raise ValueError when ``method``'s schedule does not fit a run of ``total_steps`` steps (AdaLoRA's
-    warm-up ``tinit`` and final phase ``tfinal`` must leave steps to reallocate the budget in)."""
+    warm-up ``tinit`` and final phase ``tfinal`` must leave steps to reallocate ranks in)."""
     if method.name == "adalora" and method.adalora_tinit >= total_steps - method.adalora_tfinal:
         raise ValueError(
             f"AdaLoRA's adalora_tinit {method.adalora_tinit} + adalora_tfinal {method.adalora_tfinal} leave "
-            f"no budgeting phase in a run of {total_steps} steps: lower them or train longer"
+            f"no rank-reallocation phase in a run of {total_steps} steps: lower them or train longer"
         )
 
 
-def attach_budget_reallocation(
+def attach_rank_reallocation(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_of: Callable[[], int]
 ) -> RemovableHandle | None:
-    """Make AdaLoRA reallocate its rank budget after every optimiser step; None for other methods.
+    """Make AdaLoRA reallocate its ranks after every optimiser step; None for other methods.
 
     PEFT's ``update_and_allocate`` reads the gradients, so it must run after the
     step and before they are zeroed: a post-step hook on the optimiser is that

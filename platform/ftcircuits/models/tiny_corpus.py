@@ -104,7 +104,7 @@ def packed_windows(
 
     Each window starts with ``[BOS]`` and holds whole statements ``<context>
     <expression> <answer>``; the label of the expression's last token is the
-    answer (IGNORE_INDEX elsewhere), so every statement trains the probe's position.
+    answer (IGNORE_INDEX elsewhere), so every statement trains the answer position.
     Short windows are right-padded with ``[PAD]`` and label IGNORE_INDEX.
     """
     rng = random.Random(seed)
