@@ -3,11 +3,15 @@ circuits, a private local Ray cluster, and a local head to submit jobs to (no ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,10 +35,126 @@ from ftcircuits.run_layout import RUN_CONFIG_FILE, checkpoint_path, index_path
 from ftcircuits.tasks import build_dataset, task_family, write_dataset
 from ftcircuits.tasks.build import perturbed_circuit_splits
 
-torch.set_num_threads(2)
+# One torch thread in the test process: the tests' models are tiny, and two threads on a 2-core machine
+# with anything else running (Ray workers, another test run) wait on each other at every op: a test of a
+# second took minutes (tests/finetune/test_methods.py's DeepSpeed AdaLoRA test: 3 s with one thread, 135 s
+# with two, under the same load).
+torch.set_num_threads(1)
+# DeepSpeed JIT-compiles a CPU comm op (deepspeed_shm_comm, a minute or more) into torch's extensions
+# cache, by default one directory for every environment of the user: two virtual environments (another
+# checkout's tests, CI's fresh one) rebuild it over each other at every switch, and collide. One cache per
+# environment (sys.prefix), unless the user chose one; Ray workers and subprocess jobs inherit it.
+ENVIRONMENT_ID = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions" / ENVIRONMENT_ID))
 
 # what the Ray fixture sets (or Ray itself sets, RAY_AUTH_MODE) and gives back afterwards
 RAY_ENVIRONMENT = ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+# -- No Ray outside slow tests ------------------------------------------------------------------------
+# ``-m "not slow"`` starts no Ray. A test that starts Ray (the fixtures below, ray.init, a
+# ray.cluster_utils.Cluster, a subprocess job that starts Ray) is marked ``slow`` and ``ray``; in any other
+# test, from the setup of its first fixture to the teardown of its last:
+#  - using RAY_FIXTURES, or being marked ``ray`` without ``slow``, fails before any fixture is set up;
+#  - ray.init and ray's Node (what every in-process start of a head or node, and every connection,
+#    constructs) fail the test at once, with what to do (pytest's Failed: no ``except Exception`` swallows
+#    it);
+#  - RAY_TMPDIR is a directory of the guard's own, which subprocesses inherit: a Ray session started
+#    there (a job's ``ray.init()``, a ``ray start`` without --temp-dir) fails the test at its teardown, as
+#    does a Ray left initialised in this process.
+# Slow tests are left alone. The cost per test is a marker lookup, three setattr calls and a glob.
+
+RAY_FIXTURES = ("ray_cluster", "submission_cluster")
+NOT_SLOW_BUT_RAY = (
+    "{test} is not marked slow but {what}: a test that starts Ray (the ray_cluster or submission_cluster "
+    "fixture, ray.init, ray.cluster_utils.Cluster, a subprocess job that starts Ray) is marked "
+    "@pytest.mark.slow and @pytest.mark.ray, so that -m 'not slow' starts no Ray"
+)
+_GUARD = pytest.StashKey[tuple]()  # on a guarded test: (its patches, its refused calls, Ray was up before)
+_GUARD_TMPDIR = pytest.StashKey[Path]()  # on the config: the guard's RAY_TMPDIR, made on first use
+
+
+def _guard_tmpdir(config: pytest.Config) -> Path:
+    if _GUARD_TMPDIR not in config.stash:
+        config.stash[_GUARD_TMPDIR] = Path(tempfile.mkdtemp(prefix="no-ray-"))
+    return config.stash[_GUARD_TMPDIR]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of a test: Ray fixtures need the slow and ray markers, the ray marker needs slow;
+    a test not marked slow is guarded (see above)."""
+    slow, marked_ray = item.get_closest_marker("slow"), item.get_closest_marker("ray")
+    uses = ", ".join(name for name in RAY_FIXTURES if name in getattr(item, "fixturenames", ()))
+    if uses and not slow:
+        pytest.fail(NOT_SLOW_BUT_RAY.format(test=item.nodeid, what=f"uses {uses}"), pytrace=False)
+    if uses and not marked_ray:
+        pytest.fail(f"{item.nodeid} uses {uses}, which starts Ray: mark it @pytest.mark.ray too",
+                    pytrace=False)  # fmt: skip
+    if slow:
+        return
+    if marked_ray:
+        pytest.fail(NOT_SLOW_BUT_RAY.format(test=item.nodeid, what="is marked ray"), pytrace=False)
+    calls: list[tuple] = []
+    patch = pytest.MonkeyPatch()
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        what = "starts or joins Ray (ray.init or a Ray node)"
+        pytest.fail(NOT_SLOW_BUT_RAY.format(test=item.nodeid, what=what), pytrace=False)
+
+    patch.setenv("RAY_TMPDIR", str(_guard_tmpdir(item.config)))
+    ray = sys.modules.get("ray")  # not imported for the guard: a test that imports it is seen at teardown
+    if ray is not None:
+        patch.setattr(ray, "init", refuse)
+        patch.setattr(ray._private.worker, "init", refuse)
+        patch.setattr(ray._private.node.Node, "__init__", refuse)
+    item.stash[_GUARD] = (patch, calls, ray is not None and ray.is_initialized())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After a guarded test's last fixture: undo the guard, and fail the test if it started Ray."""
+    guard = item.stash.get(_GUARD, None)
+    found: list[str] = []
+    try:
+        return (yield)
+    finally:
+        if guard is not None:
+            del item.stash[_GUARD]
+            patch, calls, initialised = guard
+            patch.undo()
+            found = _ray_started(calls, initialised, _guard_tmpdir(item.config))
+        if found:
+            pytest.fail(NOT_SLOW_BUT_RAY.format(test=item.nodeid, what="; ".join(found)), pytrace=False)
+
+
+def _ray_started(calls: list, initialised: bool, tmpdir: Path) -> list[str]:
+    """Return what a guarded test started of Ray (and stop or remove it, so the next test starts clean)."""
+    found = []
+    if calls:
+        found.append(f"called ray.init or made a Ray node ({len(calls)} time(s))")
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not initialised:
+        ray.shutdown()
+        found.append("left Ray initialised (shut down now)")
+    sessions = sorted(p for p in (tmpdir / "ray").glob("session_*") if not p.is_symlink())  # not _latest
+    if sessions:
+        shutil.rmtree(tmpdir / "ray", ignore_errors=True)
+        found.append(f"started a Ray session in RAY_TMPDIR ({', '.join(p.name for p in sessions)})")
+    return found
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _GUARD_TMPDIR in config.stash:
+        shutil.rmtree(config.stash[_GUARD_TMPDIR], ignore_errors=True)
+
+
+def free_port() -> int:
+    """Return a TCP port free on this machine now (a fixed one may be another test run's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +264,24 @@ def ray_cluster() -> Iterator[None]:
 STALE_PACKAGE_ERROR = "this node's own ftcircuits is stale"
 
 
+def stale_package(root: Path) -> str:
+    """Write under ``root`` an ``ftcircuits`` whose import fails (STALE_PACKAGE_ERROR); return this
+    environment's PYTHONPATH with it first: a cluster's nodes run with it, so only code shipped with a job
+    runs there."""
+    stale = Path(root) / "stale" / "ftcircuits"
+    stale.mkdir(parents=True)
+    (stale / "__init__.py").write_text(f"raise ImportError({STALE_PACKAGE_ERROR!r})\n")
+    return os.pathsep.join([str(stale.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def shipped_package(temp_dir: Path) -> str:
+    """A pattern for ftcircuits as Ray unpacks a shipped py_module on a node of ``temp_dir``."""
+    return (
+        re.escape(str(temp_dir))
+        + r"/session_[^/]+/runtime_resources/py_modules_files/_ray_pkg_\w+/ftcircuits"
+    )
+
+
 @dataclass(frozen=True)
 class SubmissionCluster:
     """A Ray head as ``python -m jobs.local_cluster up`` starts it (token auth, MLflow server), whose
@@ -187,10 +325,7 @@ def submission_cluster() -> Iterator[SubmissionCluster]:
     from jobs.local_cluster import down, up
 
     root = Path(tempfile.mkdtemp(prefix="ftc-submit-"))
-    stale = root / "stale" / "ftcircuits"
-    stale.mkdir(parents=True)
-    (stale / "__init__.py").write_text(f"raise ImportError({STALE_PACKAGE_ERROR!r})\n")
-    pythonpath = os.pathsep.join([str(stale.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    pythonpath = stale_package(root)
     try:
         state, started = up(root / "state", root / "cluster-storage", cpus=2, env={"PYTHONPATH": pythonpath})
         assert started
@@ -237,24 +372,74 @@ def tiny_run(tmp_path_factory, tokenizer, small_shape, save_model):
     return root
 
 
+# -- The jobs of the cluster tests ---------------------------------------------------------------------
+# Every job argument list of the tests that run jobs on Ray (their circuit settings above all) is built
+# here, so that a change of the jobs' config keys is one edit.
+
+SMALL_RUN_STEPS = [0, 2, 3]  # the checkpoints of small_finetune_config's run
+
+
+def small_finetune_config(model: str, out: str, workers: int = 1, cpus: int = 1) -> dict:
+    """Return ``jobs.finetune``'s config of a LoRA (r=4) run of ``model`` into ``out``: Add/Sub-100 with 60
+    items, 48 to fine-tune (3 steps of 16, split over ``workers`` of ``cpus`` CPUs each; ZeRO-2 when more
+    than one), checkpoints at SMALL_RUN_STEPS."""
+    return {
+        "model": model,
+        "task": {"name": "addsub", "range": 100, "size": 60},
+        "method": {"name": "lora", "r": 4},
+        "train": {"lr": 0.005, "epochs": 1, "micro_batch_size": 16 // workers, "grad_accumulation": 1,
+                  "warmup_steps": 1, "checkpoint_every": 2},
+        "deepspeed": {"zero_stage": 2 if workers > 1 else 0, "precision": "fp32"},
+        "scaling": {"workers": workers, "cpus_per_worker": cpus},
+        "out": out,
+    }  # fmt: skip
+
+
+def circuit_settings(
+    examples: int, batch_size: int, *, baselines: list[str] | None = None, robustness: bool = True,
+    curve: bool = True, actors: int | None = None, cpus_per_actor: float | None = None,
+) -> dict:  # fmt: skip
+    """Return partial circuit settings (``CircuitRunSettings``: ``jobs.circuits --run``'s, the pipeline's
+    ``circuits`` section): ``examples`` pairs in batches of ``batch_size``; robustness against ``baselines``
+    (default: the config's) or none; each checkpoint's faithfulness curve or not; ``actors`` of
+    ``cpus_per_actor`` CPUs (default: the config's)."""
+    discovery = {"examples": examples, "batch_size": batch_size} | ({} if curve else {"curve": False})
+    robust = {"enabled": robustness} | ({"baselines": baselines} if baselines is not None else {})
+    pool = {"count": actors} if actors is not None else {}
+    pool |= {"cpus": cpus_per_actor} if cpus_per_actor is not None else {}
+    return {"discovery": discovery, "robustness": robust} | ({"actors": pool} if pool else {})
+
+
+def dotted_overrides(settings: dict, prefix: str = "") -> list[str]:
+    """Return a partial config as the jobs' ``--set key.path=value`` values (each value as JSON: YAML)."""
+    values = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            values += dotted_overrides(value, f"{prefix}{key}.")
+        else:
+            values.append(f"{prefix}{key}={json.dumps(value)}")
+    return values
+
+
+def circuits_of_run_args(run: Path | str, settings: dict) -> list[str]:
+    """Return ``jobs.circuits``' arguments for the circuits of every checkpoint of ``run``."""
+    return ["--run", str(run), *[arg for value in dotted_overrides(settings) for arg in ("--set", value)]]
+
+
 SMALL_TASK = {"name": "addsub", "range": 100, "size": 100}
-SMALL_CIRCUITS = {"discovery": {"examples": 16, "batch_size": 8}, "robustness": {"baselines": ["permuted"]}}
 
 
-def small_pipeline_args(
-    root: Path, base_model: Path, out: str, circuits: dict, workers: int = 1, cpus: int = 1
-) -> list[str]:
+def small_pipeline_args(root: Path, base_model: Path, out: str, circuits: dict) -> list[str]:
     """Write a small pipeline's presets into ``root`` (LoRA r=4 and CircuitLoRA matched to it on
-    ``base_model``, one epoch of Add/Sub-100 with 100 items, ``workers`` x ``cpus`` per run) and return
-    ``jobs.pipeline``'s arguments (``out``; ``circuits``: its partial circuit settings)."""
+    ``base_model``, one epoch of Add/Sub-100 with 100 items, one worker of one CPU per run) and return
+    ``jobs.pipeline``'s arguments (``out``; ``circuits``: its circuit settings, ``circuit_settings``)."""
     import yaml
 
     preset, comparison = Path(root) / "preset.yaml", Path(root) / "compare.yaml"
     preset.write_text(yaml.safe_dump({
         "model": str(base_model), "task": SMALL_TASK, "method": {"name": "lora", "r": 4},
-        "scaling": {"workers": workers, "cpus_per_worker": cpus},
-        "deepspeed": {"zero_stage": 2 if workers > 1 else 0},
-        "train": {"epochs": 1, "micro_batch_size": 16 // workers, "grad_accumulation": 1, "warmup_steps": 1,
+        "scaling": {"workers": 1, "cpus_per_worker": 1}, "deepspeed": {"zero_stage": 0},
+        "train": {"epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
                   "checkpoint_every": 2, "lr": 0.01},
         "eval_batch_size": 64, "out": "unused",
     }))  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ftcircuits.tracking.mlflow_runs import create_run, flat_params
@@ -23,6 +24,7 @@ def test_nested_sections_flatten_and_regex_keys_stay_json():
     }
 
 
+@pytest.mark.slow  # a new SQLite MLflow store: SQLAlchemy, Alembic and the schema's migrations take seconds
 def test_a_run_with_regex_keyed_params_is_created_in_a_real_store(tmp_path):
     uri, run_id = create_run(tmp_path, "circuitlora", "t", {"method": {"rank_pattern": RANK_PATTERN}})
     logged = MlflowClient(uri).get_run(run_id).data.params

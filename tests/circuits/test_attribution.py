@@ -93,6 +93,7 @@ def test_residual_identity_out_equals_in_plus_node_outputs(shape):
     )
 
 
+@pytest.mark.slow  # 256 pairs through the shipped tiny model in bf16, which CPUs run slowly: minutes
 def test_bf16_activations_cost_nothing_and_bf16_scores_rank_edges_as_float32_ones():
     """A bf16 model's activations kept in bf16 (scores summed in float32) rank edges as float32 activations
     do; and over the default 256 examples, the bf16 model ranks the shipped tiny model's edges as its

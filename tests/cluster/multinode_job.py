@@ -1,9 +1,11 @@
 """The driver of the multi-node test, run as its own process: a ``ray.cluster_utils.Cluster`` of two nodes on
-this machine (2 CPUs each, its own temp dir and ports), the storage and MLflow checks, then the whole
-pipeline on it, and which nodes its actors ran on.
+this machine (2 CPUs each, its own temp dir and ports) whose workers import a stale ``ftcircuits`` unless a
+job ships its own; the storage and MLflow checks; then a small fine-tuning run (``jobs.finetune``) and the
+circuits of its checkpoints (``jobs.circuits --run``) on it, and which nodes their actors ran on.
 
-``python multinode_job.py TEMP_DIR OUT_JSON PIPELINE_ARGS...`` with ``FTCIRCUITS_STORAGE`` and
-``MLFLOW_TRACKING_URI`` (an MLflow server) set. ``Cluster.shutdown`` stops only its own nodes.
+``python multinode_job.py TEMP_DIR OUT_JSON JOBS_JSON`` with ``FTCIRCUITS_STORAGE``,
+``MLFLOW_TRACKING_URI`` (an MLflow server) and ``NODES_PYTHONPATH`` (the nodes' PYTHONPATH) set; JOBS_JSON
+holds ``{"finetune": [args], "circuits": [args]}``. ``Cluster.shutdown`` stops only its own nodes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
-from jobs import pipeline
+from jobs import circuits, finetune
 from jobs.local_cluster import free_port
 
 
@@ -44,7 +46,9 @@ def storage_refusals(storage: str, uri: str) -> dict[str, str]:
     return messages
 
 
-def main(temp_dir: str, result: Path, args: list[str]) -> None:
+def main(temp_dir: str, result: Path, jobs: dict[str, list[str]]) -> None:
+    # the nodes' processes inherit this environment; this driver imported its own ftcircuits already
+    os.environ["PYTHONPATH"] = os.environ.pop("NODES_PYTHONPATH")
     head = {"num_cpus": 2, "temp_dir": temp_dir, "gcs_server_port": free_port(), "include_dashboard": True,
             "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}  # fmt: skip
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
@@ -54,7 +58,8 @@ def main(temp_dir: str, result: Path, args: list[str]) -> None:
         connect()  # joins it, ships the package, checks the workers import it
         nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
         messages = storage_refusals(os.environ["FTCIRCUITS_STORAGE"], os.environ["MLFLOW_TRACKING_URI"])
-        pipeline.main(args)
+        finetune.main(jobs["finetune"])
+        circuits.main(jobs["circuits"])
         placed: dict[str, set[str]] = {}
         for actor in list_actors(detail=True, limit=10_000, raise_on_missing_output=False):
             if actor.node_id:
@@ -67,4 +72,4 @@ def main(temp_dir: str, result: Path, args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
+    main(sys.argv[1], Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()))

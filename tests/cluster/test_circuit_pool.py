@@ -159,6 +159,7 @@ class Pinged:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_the_pool_goes_on_with_the_actors_the_cluster_can_place(ray_cluster):
     import ray
 

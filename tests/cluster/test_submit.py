@@ -2,7 +2,9 @@
 by address, and one with no address, which starts its own Ray.
 
 The head's nodes have a stale ``ftcircuits`` first on their PYTHONPATH, so a job runs only if its code
-travels with it.
+travels with it. The submitted jobs are the smallest that use each part: a 3-step fine-tuning run (Ray
+Train, the storage root, the head's MLflow server) and the circuits of its checkpoints (circuit actors);
+the whole pipeline runs once in the suite, in tests/jobs/test_pipeline.py.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import psutil
 import pytest
 import requests
@@ -25,51 +29,55 @@ import yaml
 
 import ftcircuits
 from ftcircuits.run_layout import read_checkpoint_index
+from ftcircuits.study.over_run import SUMMARY_FILE
 from jobs.local_cluster import STATE_FILE, down, main, read_state, up
-from tests.conftest import RAY_ENVIRONMENT, STALE_PACKAGE_ERROR, small_pipeline_args
+from tests.conftest import (
+    RAY_ENVIRONMENT,
+    SMALL_RUN_STEPS,
+    STALE_PACKAGE_ERROR,
+    SubmissionCluster,
+    circuit_settings,
+    circuits_of_run_args,
+    shipped_package,
+    small_finetune_config,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TINY_SUBMITTED = {
-    "model": "tiny",
-    "task": {"name": "addsub", "range": 100, "size": 60},  # 48 fine-tuning items: 3 steps of 16
-    "method": {"name": "lora", "r": 4},
-    "train": {"lr": 0.005, "epochs": 1, "micro_batch_size": 16, "grad_accumulation": 1, "warmup_steps": 1,
-              "checkpoint_every": 2},
-    "deepspeed": {"zero_stage": 0, "precision": "fp32"},
-    "scaling": {"workers": 1, "cpus_per_worker": 1},
-    "out": "runs/submitted-tiny",
-}  # fmt: skip
+RUN = "runs/submitted-tiny"  # relative: under the storage root
+TINY_SUBMITTED = small_finetune_config("tiny", RUN)  # one worker: 3 steps of 16 items
+# 8 pairs, no robustness or faithfulness curves: one circuit per checkpoint, on one actor
+CIRCUITS = circuit_settings(8, 8, robustness=False, curve=False, actors=1, cpus_per_actor=1)
 
 
-def shipped_package(temp_dir: Path) -> str:
-    """A pattern for ftcircuits as Ray unpacks a py_module on the head of ``temp_dir``."""
-    return (
-        re.escape(str(temp_dir))
-        + r"/session_[^/]+/runtime_resources/py_modules_files/_ray_pkg_\w+/ftcircuits"
-    )
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    result: subprocess.CompletedProcess
+    storage: Path  # its FTCIRCUITS_STORAGE
+    config: Path
 
 
-def test_a_submitted_finetune_stores_its_run_and_mlflow_run_where_the_config_said(
-    tmp_path, submission_cluster
-):
-    from mlflow.tracking import MlflowClient
-
-    cluster, state = submission_cluster, submission_cluster.state
-    storage = tmp_path / "storage"
-    config = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def submitted_finetune(tmp_path_factory, submission_cluster) -> Submission:
+    """jobs.finetune of TINY_SUBMITTED, submitted once: the first test checks it, the circuits job reads
+    its run."""
+    root = tmp_path_factory.mktemp("submitted")
+    config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_SUBMITTED))
     job_id = f"ftc-finetune-{secrets.token_hex(4)}"
     # FTCIRCUITS_STORAGE travels in the runtime environment's env_vars (the submitting shell's own
     # environment never reaches the driver); it overrides the head's default, <state>/../cluster-storage
-    result = cluster.submit("jobs.finetune", ["--config", str(config)], {"FTCIRCUITS_STORAGE": str(storage)},
-                            job_id)  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    job = cluster.job(job_id)
-    assert job["status"] == "SUCCEEDED"
-    assert job["entrypoint"] == f"{sys.executable} -m jobs.finetune --config {config}"
+    env_vars = {"FTCIRCUITS_STORAGE": str(root / "storage")}
+    result = submission_cluster.submit("jobs.finetune", ["--config", str(config)], env_vars, job_id)
+    return Submission(job_id, result, root / "storage", config)
+
+
+def shipped_lines(cluster: SubmissionCluster, job_id: str) -> str:
+    """Return the job's logs, having checked its driver's line: the driver and its workers import the
+    ftcircuits shipped with the job, with this interpreter."""
     logs = cluster.job(job_id, "/logs")["logs"]
-    shipped = shipped_package(state.ray_temp_dir)
+    shipped = shipped_package(cluster.state.ray_temp_dir)
     line = (
         rf"the driver \((.+?)\) imports ftcircuits from ({shipped}); its workers \((.+?)\) from ({shipped})\n"
     )
@@ -77,23 +85,46 @@ def test_a_submitted_finetune_stores_its_run_and_mlflow_run_where_the_config_sai
     assert driver is not None, logs[-4000:]
     assert driver[1] == sys.executable and driver[3] == sys.executable and driver[2] == driver[4]
     assert "Found multiple active Ray instances" not in logs  # its workers know their cluster (RAY_ADDRESS)
+    return logs
 
-    run = storage / "runs" / "submitted-tiny"
-    assert read_checkpoint_index(run)["step"].to_list() == [0, 2, 3]
+
+def working_dir_copy(cluster: SubmissionCluster, job: dict) -> Path:
+    """Return Ray's unpacked copy of the working directory the job was submitted with."""
+    package = job["runtime_env"]["working_dir"].removeprefix("gcs://").removesuffix(".zip")
+    (copy,) = {
+        p.resolve()
+        for p in cluster.state.ray_temp_dir.glob(f"session_*/runtime_resources/working_dir_files/{package}")
+    }
+    return copy
+
+
+def test_a_submitted_finetune_stores_its_run_and_mlflow_run_where_the_config_said(
+    tmp_path, submission_cluster, submitted_finetune
+):
+    from mlflow.tracking import MlflowClient
+
+    cluster, state = submission_cluster, submission_cluster.state
+    storage, config, job_id = submitted_finetune.storage, submitted_finetune.config, submitted_finetune.job_id
+    result = submitted_finetune.result
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    job = cluster.job(job_id)
+    assert job["status"] == "SUCCEEDED"
+    assert job["entrypoint"] == f"{sys.executable} -m jobs.finetune --config {config}"
+    shipped_lines(cluster, job_id)
+
+    run = storage / RUN
+    assert read_checkpoint_index(run)["step"].to_list() == SMALL_RUN_STEPS
     record = json.loads((run / "finetune.json").read_text())
     assert record["out"] == str(run) and record["data_dir"] == str(run / "data" / "addsub-100")
     client = MlflowClient(state.mlflow_uri)  # the head's MLflow server: MLFLOW_TRACKING_URI of its jobs
     mlflow_run = client.get_run(record["mlflow_run"])
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["out"] == str(run)
-    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "eval_accuracy")] == [0, 2, 3]
+    accuracy = client.get_metric_history(mlflow_run.info.run_id, "eval_accuracy")
+    assert [m.step for m in accuracy] == SMALL_RUN_STEPS
     index = client.download_artifacts(mlflow_run.info.run_id, "checkpoints/index.parquet", str(tmp_path))
     assert Path(index).read_bytes() == (run / "checkpoints" / "index.parquet").read_bytes()
 
-    package = job["runtime_env"]["working_dir"].removeprefix("gcs://").removesuffix(".zip")
-    (copy,) = {
-        p.resolve()
-        for p in state.ray_temp_dir.glob(f"session_*/runtime_resources/working_dir_files/{package}")
-    }
+    copy = working_dir_copy(cluster, job)
     names = [p.name for p in cluster.root.iterdir() if p.name not in (".git", "platform", "runs")]
     ignored = subprocess.run(
         ["git", "check-ignore", *names], cwd=cluster.root, capture_output=True, text=True
@@ -101,6 +132,45 @@ def test_a_submitted_finetune_stores_its_run_and_mlflow_run_where_the_config_sai
     # Ray leaves out what git ignores (the egg-info, caches, virtual environments) and our excludes
     assert sorted(p.name for p in copy.iterdir()) == sorted(set(names) - set(ignored.stdout.split()))
     assert [p for p in copy.rglob("*") if p.name in ("finetune.json", "mlflow.db", "checkpoints")] == []
+    assert not (state.root.parent / "cluster-storage").exists()
+
+
+def test_a_submitted_circuits_job_reads_that_run_and_stores_its_circuits_where_the_config_said(
+    tmp_path, submission_cluster, submitted_finetune
+):
+    from mlflow.tracking import MlflowClient
+
+    cluster, state = submission_cluster, submission_cluster.state
+    assert submitted_finetune.result.returncode == 0, "the fine-tuning run it reads failed"
+    storage = submitted_finetune.storage
+    job_id = f"ftc-circuits-{secrets.token_hex(4)}"
+    # the run as the fine-tuning config named it, relative: under the FTCIRCUITS_STORAGE the job is given
+    result = cluster.submit("jobs.circuits", circuits_of_run_args(RUN, CIRCUITS),
+                            {"FTCIRCUITS_STORAGE": str(storage)}, job_id)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    job = cluster.job(job_id)
+    assert job["status"] == "SUCCEEDED"
+    logs = shipped_lines(cluster, job_id)  # and the circuit actors import it: they ran (below)
+
+    run = storage / RUN
+    (out,) = (run / "circuits").iterdir()  # one set of settings
+    assert f"3 circuits computed, 0 already on disk: {out}\n" in logs
+    summary = pl.read_parquet(out / SUMMARY_FILE)
+    assert summary["key"].to_list() == [f"step-{step:06d}" for step in SMALL_RUN_STEPS]
+    assert summary["step"].to_list() == SMALL_RUN_STEPS
+    assert not (run / "mlflow.db").exists()  # its MLflow run is on the head's server, as the run's
+    client = MlflowClient(state.mlflow_uri)
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert {"finetune", "circuits"} <= set(experiments)
+    runs = client.search_runs([experiments["circuits"]])
+    (circuits,) = [r for r in runs if r.data.params["run"] == str(run)]
+    assert circuits.info.status == "FINISHED" and circuits.info.run_name == "submitted-tiny-circuits"
+    steps = [m.step for m in client.get_metric_history(circuits.info.run_id, "faithfulness")]
+    assert steps == SMALL_RUN_STEPS
+    logged = client.download_artifacts(circuits.info.run_id, f"circuits/{SUMMARY_FILE}", str(tmp_path))
+    assert Path(logged).read_bytes() == (out / SUMMARY_FILE).read_bytes()
+    copy = working_dir_copy(cluster, job)
+    assert [p for p in copy.rglob("*") if p.name in (SUMMARY_FILE, "mlflow.db")] == []
     assert not (state.root.parent / "cluster-storage").exists()
 
 
@@ -217,27 +287,3 @@ def test_up_twice_is_already_up_and_down_stops_exactly_its_processes(capsys, sub
     finally:
         down(root)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def test_a_submitted_pipeline_stores_its_study_and_report_where_the_config_said(
-    tmp_path, submission_cluster, tiny_run
-):
-    from mlflow.tracking import MlflowClient
-
-    cluster, state = submission_cluster, submission_cluster.state
-    storage = tmp_path / "storage"
-    circuits = {"discovery": {"examples": 16, "batch_size": 8}, "robustness": {"enabled": False}}
-    args = small_pipeline_args(tmp_path, tiny_run / "base", "study", circuits)
-    job_id = f"ftc-pipeline-{secrets.token_hex(4)}"
-    result = cluster.submit("jobs.pipeline", args, {"FTCIRCUITS_STORAGE": str(storage)}, job_id)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert cluster.job(job_id)["status"] == "SUCCEEDED"
-    study = storage / "study"
-    logs = cluster.job(job_id, "/logs")["logs"]
-    assert f"report: {study / 'report.html'}" in logs
-    assert f"MLflow: mlflow ui --backend-store-uri {state.mlflow_uri}" in logs  # the head's server
-    assert (study / "report.html").is_file() and not (study / "mlflow.db").exists()
-    experiments = {e.name for e in MlflowClient(state.mlflow_uri).search_experiments()}
-    assert {"finetune", "circuits", "analysis", "compare-methods"} <= experiments
-    run = study / "comparison" / "addsub-100" / "lora" / "seed-0"
-    assert read_checkpoint_index(run)["step"].to_list() == [0, 2, 4, 5]

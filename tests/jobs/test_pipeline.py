@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ftcircuits.report.screenshot import INSTALL_HINT, dump_dom, find_chromium
 from ftcircuits.run_layout import index_path
 from jobs import pipeline
-from tests.conftest import SMALL_CIRCUITS, small_pipeline_args
+from tests.conftest import circuit_settings, small_pipeline_args
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def study(tmp_path_factory, tiny_run, ray_cluster, monkeypatch_module) -> tuple[
     """Run the pipeline once (LoRA and CircuitLoRA, 5 steps each); return (out, stdout, its argv)."""
     root = tmp_path_factory.mktemp("pipeline")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
-    argv = small_pipeline_args(root, tiny_run / "base", str(root / "study"),
-                               SMALL_CIRCUITS)  # fmt: skip
+    circuits = circuit_settings(16, 8, baselines=["permuted"])
+    argv = small_pipeline_args(root, tiny_run / "base", str(root / "study"), circuits)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         pipeline.main(argv)

@@ -105,6 +105,7 @@ def test_robustness_against_baselines_states_the_gap_and_the_flag():
     assert table["keeps_gap"].to_list() == [False, True]  # random-init: degenerate (and no gap)
 
 
+@pytest.mark.slow  # 50 pre-training steps of the shipped tiny model at its recipe's 64 x 64 tokens
 def test_the_briefly_trained_baseline_is_input_dependent_cached_and_distinct(
     tiny_weights, tiny_items, tmp_path
 ):

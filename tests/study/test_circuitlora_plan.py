@@ -42,11 +42,26 @@ def test_k_scales_with_depth_and_a_rule_that_picks_nothing_is_refused(hand_built
 
 
 def test_compositional_source_takes_the_merged_subtask_circuits_of_base_and_final(tiny_run, tmp_path):
+    import json
+
     from ftcircuits.circuits.compare import edge_changes, layer_scores
     from ftcircuits.circuits.io import read_circuit
     from ftcircuits.circuits.merge import merge_circuits
+    from ftcircuits.models.loader import load_tokenizer
+    from ftcircuits.run_layout import DATA_DIR
     from ftcircuits.study.circuitlora import plan_circuitlora
+    from ftcircuits.tasks.dataset import make_task_dataset
+    from ftcircuits.tasks.io import MANIFEST_FILE
+    from ftcircuits.tasks.spec import TaskSpec
 
+    # the subtasks' datasets in the reference run, 100 items each (20 in the circuit split), as the plan would
+    # build them (at the tasks' default 5000 items) were they missing
+    tokenizer = load_tokenizer(str(tiny_run / "base"))
+    manifests = []
+    for part in ("inner", "outer"):
+        spec = TaskSpec(name="compositional", part=part, size=100)
+        directory, _ = make_task_dataset(spec, tokenizer, str(tiny_run / "base"), tiny_run / DATA_DIR)
+        manifests.append(directory / MANIFEST_FILE)
     overrides = [
         "critical.source=compositional",
         "critical.k=1",
@@ -69,6 +84,7 @@ def test_compositional_source_takes_the_merged_subtask_circuits_of_base_and_fina
     stamp = (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns
     assert plan_circuitlora(chosen, str(tiny_run / "base"), tiny_run, tmp_path) == plan  # read, not redone
     assert (tmp_path / "compositional" / "final" / "compositional-inner.json").stat().st_mtime_ns == stamp
+    assert [json.loads(m.read_text())["requested_items"] for m in manifests] == [100, 100]  # not rebuilt
 
 
 def test_the_plan_states_every_variants_critical_layers(hand_built_circuit):
