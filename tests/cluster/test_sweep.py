@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from ftcircuits.cluster.sweep import EXPERIMENT, TUNE_DIR
 from ftcircuits.cluster.sweep_tracking import stopped_early
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig
@@ -63,7 +64,7 @@ class StopAfterFirstTrial(tune.Callback):
 def test_a_stopped_sweep_resumes_and_logs_child_runs_under_one_parent(tmp_path, ray_cluster, sweep_config):
     out = tmp_path / "sweep"
     sweep.main(["--config", str(sweep_config)], callbacks=[StopAfterFirstTrial(tmp_path / "stopped")])
-    assert (tmp_path / "stopped").exists() and tune.Tuner.can_restore(out / sweep.TUNE_DIR / sweep.EXPERIMENT)
+    assert (tmp_path / "stopped").exists() and tune.Tuner.can_restore(out / TUNE_DIR / EXPERIMENT)
     interrupted = pl.read_parquet(out / "trials.parquet")
     assert interrupted.height <= 2
 
@@ -71,8 +72,8 @@ def test_a_stopped_sweep_resumes_and_logs_child_runs_under_one_parent(tmp_path, 
     trials = pl.read_parquet(out / "trials.parquet")
     assert trials.height == 2 and trials["error"].is_null().all()
     assert trials["trial_id"].n_unique() == 2
-    assert (trials["trainable_params"] <= trials["lora_params"]).all()
-    assert (trials["trainable_params"] >= 0.95 * trials["lora_params"]).all()
+    assert (trials["params"] <= trials["matched_params"]).all()
+    assert (trials["params"] >= 0.95 * trials["matched_params"]).all()
     finished = trials.filter(~pl.col("stopped_early"))
     assert finished.height >= 1 and finished["last_step"].to_list() == [8] * finished.height
 
