@@ -47,7 +47,7 @@ def test_trainable_tokens_update_only_their_embedding_rows(small_model, tokenize
 
 # the first DeepSpeed engine of a fresh environment JIT-compiles its CPU shm comm op (a minute or more)
 @pytest.mark.parametrize("engine", ["plain", pytest.param("deepspeed-zero0", marks=pytest.mark.slow)])
-def test_adalora_budget_really_reallocates_during_training(small_model, tokenizer, engine):
+def test_adalora_really_reallocates_ranks_during_training(small_model, tokenizer, engine):
     from ftcircuits.encoding import prompt_ids, require_answer_ids
     from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy, single_process_environment
     from ftcircuits.finetune.loop import PlainStrategy, epoch_batches, train_answer_model
@@ -73,7 +73,7 @@ def test_adalora_budget_really_reallocates_during_training(small_model, tokenize
     train_answer_model(strategy, batches, settings)
     pattern = model.peft_config["default"].rank_pattern  # module -> kept ranks, written by reallocation
     kept = [sum(mask) for mask in pattern.values()]
-    assert len(kept) == 4 * arch.layers and sum(kept) < 6 * len(kept)  # the budget shrank ...
+    assert len(kept) == 4 * arch.layers and sum(kept) < 6 * len(kept)  # the ranks shrank ...
     assert len(set(kept)) > 1  # ... unevenly: ranks moved between modules
     for name, module in model.named_modules():
         if hasattr(module, "lora_E"):
