@@ -12,7 +12,7 @@ import polars as pl
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
-from ftcircuits.models.loader import load_model
+from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
 from ftcircuits.run_layout import ANALYSIS_DIR
@@ -106,7 +106,7 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
     to ``<circuits>/analysis``, log them to MLflow (experiment ``analysis``), and return them."""
     inputs = run_inputs(run)
     out = circuits_dir(run, settings, inputs)
-    architecture = load_model(inputs.base_model).architecture
+    architecture = model_skeleton(inputs.base_model)[1]  # shapes only: no weights are read
     tables, first_step, last_step = dynamics_tables(
         out, settings, analysis, architecture.layers, Graph.of(architecture)
     )

@@ -95,7 +95,7 @@ def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
     rows = []
     robust = summary.filter(pl.col("model") != "checkpoint")
     if robust.is_empty():
-        raise ValueError("no robustness circuits: run jobs.circuits --run with robustness=true")
+        raise ValueError("no robustness circuits: run jobs.circuits --run with robustness.enabled=true")
     for (model,), group in robust.group_by("model", maintain_order=True):
         keys = dict(group.select("ratio", "key").iter_rows())
         if 0.0 not in keys:
