@@ -9,6 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ftcircuits.config.loading import ConfigError, Schema, load_config
+from ftcircuits.integrity import DamagedFileError
+
+INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError,)
+"""Errors in a job's inputs (a damaged file, an unreachable cluster): exit status 2, as a bad config."""
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
@@ -42,9 +46,12 @@ def parse_config(schema: type[Schema], args: argparse.Namespace, extra: list[str
 
 @contextmanager
 def exit_on(*errors: type[Exception]) -> Iterator[None]:
-    """Turn ``errors`` raised inside into exit status 1 with ``error: message`` on stderr, no traceback
-    (``with exit_on(ClusterError): connect()``)."""
+    """Turn ``INPUT_ERRORS`` raised inside into exit status 2, and ``errors`` into exit status 1, each with
+    ``error: message`` on stderr and no traceback (``with exit_on(ClusterError): connect()``)."""
     try:
         yield
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except errors as error:
         raise SystemExit(f"error: {error}") from None
