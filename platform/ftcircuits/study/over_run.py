@@ -22,7 +22,7 @@ from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
 from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.discovery import CircuitRunSettings
-from ftcircuits.models.loader import load_model
+from ftcircuits.models.loader import check_model_files, load_model
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.options import Baseline, ModelKind
 from ftcircuits.paths import atomic_file
@@ -65,10 +65,13 @@ class RunInputs:
 
 
 def run_inputs(run: Path) -> RunInputs:
-    """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``."""
+    """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``; check the
+    index and every checkpoint's files first (DamagedFileError names a damaged one, before any work)."""
     check_run(run)
     config = read_run_record(run)
     index = read_checkpoint_index(run)
+    for path in index["path"]:
+        check_model_files(Path(path))
     config.pop("mlflow_run", None)  # a resumed run is the same run
     identity = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return RunInputs(config["model"], Path(config["data_dir"]), index, identity)
