@@ -28,14 +28,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     extra = [f"{k}={v}" for k, v in (("model", args.model), ("data", args.data)) if v is not None]
     config = parse_config(CircuitJobConfig, args, extra)
-    bar = tqdm(desc="EAP-IG batches", unit="batch", mininterval=1.0)
+    bars: list[tqdm] = []  # the bar starts with the first batch: an error before it is a line of its own
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(desc="EAP-IG batches", unit="batch", mininterval=1.0))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
-    found = model_circuit(config, progress)
-    bar.close()
+    with exit_on():  # a damaged model or dataset file: exit 2, naming it
+        found = model_circuit(config, progress)
+    for bar in bars:
+        bar.close()
     print(found.describe())
 
 

@@ -337,3 +337,17 @@ def test_the_circuits_job_names_a_missing_checkpoint_directory(run, capsys):
         f"error: {index_path(run)}: lists checkpoints whose directories are missing: step 6 "
         f"({checkpoint_path(run, 6)}); to rebuild it: {finetune_rebuild(run)}"
     )
+
+
+def test_the_circuits_job_of_one_model_exits_2_naming_its_damaged_weights(tiny_run, tmp_path, capsys):
+    model = Path(shutil.copytree(TINY_BASE_DIR, tmp_path / "model"))
+    (model / "model.safetensors").write_bytes(b"")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        circuits_job.main(["--model", str(model), "--data", str(tiny_run / "data" / "addsub-100")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines() == [
+        f"error: {model / 'model.safetensors'}: the file is empty (0 bytes); to rebuild it: save or download "
+        f"the model into {model} again"
+    ]
