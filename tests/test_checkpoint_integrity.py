@@ -351,3 +351,13 @@ def test_the_circuits_job_of_one_model_exits_2_naming_its_damaged_weights(tiny_r
         f"error: {model / 'model.safetensors'}: the file is empty (0 bytes); to rebuild it: save or download "
         f"the model into {model} again"
     ]
+
+
+def test_the_circuits_job_checks_the_runs_base_model_too(tiny_run, tmp_path, capsys):
+    base = Path(shutil.copytree(read_run_record(tiny_run)["model"], tmp_path / "base"))
+    run = copied_run(tiny_run, tmp_path)
+    run_config_path(run).write_text(json.dumps(read_run_record(tiny_run) | {"model": str(base)}))
+    truncate(base / "model.safetensors")
+    line = circuits_job_error(run, capsys)
+    assert line.startswith(f"error: {base / 'model.safetensors'}: truncated")
+    assert line.endswith(f"; to rebuild it: save or download the model into {base} again")
