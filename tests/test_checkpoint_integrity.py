@@ -12,8 +12,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
+from ftcircuits.config.loading import load_config
+from ftcircuits.finetune.run_identity import run_record
+from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.integrity import DamagedFileError, check_safetensors
 from ftcircuits.models.loader import check_model_files, load_model, model_rebuild
 from ftcircuits.models.swap import CheckpointWeights
@@ -29,7 +33,8 @@ from ftcircuits.run_layout import (
     run_finished,
 )
 from jobs import circuits as circuits_job
-from tests.conftest import TINY_RUN_STEPS
+from jobs import finetune as finetune_job
+from tests.conftest import TINY_RUN_STEPS, small_finetune_config
 
 ADAPTER = "adapter_model.safetensors"
 
@@ -361,3 +366,19 @@ def test_the_circuits_job_checks_the_runs_base_model_too(tiny_run, tmp_path, cap
     line = circuits_job_error(run, capsys)
     assert line.startswith(f"error: {base / 'model.safetensors'}: truncated")
     assert line.endswith(f"; to rebuild it: save or download the model into {base} again")
+
+
+def test_the_finetune_job_exits_2_on_a_damaged_index_of_its_run_before_ray(tmp_path, capsys):
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(small_finetune_config("tiny", str(out))))
+    config = load_config(FinetuneConfig, tmp_path / "run.yaml")
+    index_path(out).parent.mkdir(parents=True)
+    run_config_path(out).write_text(json.dumps(run_record(config, out / "data" / config.task.dataset_name())))
+    index_path(out).write_bytes(b"PAR1 cut short")  # the same run, its index damaged: not retrained over
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        finetune_job.main(["--config", str(tmp_path / "run.yaml")])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {index_path(out)}: not a readable parquet file, truncated or overwritten")
+    assert line.endswith(f"; to rebuild it: {finetune_rebuild(out)}")
