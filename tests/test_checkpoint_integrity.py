@@ -32,6 +32,7 @@ from ftcircuits.run_layout import (
     run_config_path,
     run_finished,
 )
+from jobs import analyze as analyze_job
 from jobs import circuits as circuits_job
 from jobs import finetune as finetune_job
 from tests.conftest import TINY_RUN_STEPS, small_finetune_config
@@ -382,3 +383,16 @@ def test_the_finetune_job_exits_2_on_a_damaged_index_of_its_run_before_ray(tmp_p
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {index_path(out)}: not a readable parquet file, truncated or overwritten")
     assert line.endswith(f"; to rebuild it: {finetune_rebuild(out)}")
+
+
+def test_the_analyze_job_exits_2_naming_a_damaged_checkpoint(run, capsys):
+    checkpoint = checkpoint_path(run, 3)
+    (checkpoint / "adapter_config.json").write_bytes(b"")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        analyze_job.main(["--run", str(run), "--set", "robustness.enabled=false"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {checkpoint / 'adapter_config.json'}: the file is empty (0 bytes); to rebuild it: "
+        f"{finetune_rebuild(run)}"
+    ]
