@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(configs) > 1 and args.out is None:
         parser.error("several runs need --out (where the summary over them goes)")
     analyses = {}
-    with exit_on():  # a damaged file: exit 2, naming it
+    with exit_on():
         for config in configs:
             analyses[str(config.run)] = analyze_run(config.run, config, config.analysis)
             print(analyses[str(config.run)].describe())

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     extra = [f"{k}={v}" for k, v in (("model", args.model), ("data", args.data)) if v is not None]
     config = parse_config(CircuitJobConfig, args, extra)
-    bars: list[tqdm] = []  # the bar starts with the first batch: an error before it is a line of its own
+    bars: list[tqdm] = []  # made at the first batch: a damaged input stops the job with its one line
 
     def progress(done: int, total: int) -> None:
         if not bars:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 
-    with exit_on():  # a damaged model or dataset file: exit 2, naming it
+    with exit_on():
         found = model_circuit(config, progress)
     for bar in bars:
         bar.close()
