@@ -118,10 +118,8 @@ class ComparisonRuns(tune.Callback):
     def log_summary(self, summary: pl.DataFrame, out: Path) -> None:
         """Log each task's methods' mean and std final accuracy (``accuracy_mean/<method>``,
         ``accuracy_std/<method>``; no std from one seed) and the comparison's files on its parent run."""
-        for task, parent in self.ids.items():
-            if task not in self.data_dirs:
-                continue
-            logger = RunLogger(self.uri, parent)
+        for task in self.data_dirs:
+            logger = RunLogger(self.uri, self.ids[task])
             for row in summary.filter(pl.col("task") == task).iter_rows(named=True):
                 logger.metric(f"accuracy_mean/{row['method']}", row["mean"], step=0)
                 if row["std"] is not None:

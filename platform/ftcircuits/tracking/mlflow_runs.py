@@ -5,10 +5,11 @@ the driver (``create_run``) and only one process (rank 0) logs into it by id
 (``RunLogger``).
 
 Every experiment is tagged a model-training one (``mlflow.experimentKind``) and every run carries its
-role (``role``: finetune, circuits, analysis, comparison, comparison-run, ...). MLflow 3.17's UI picks
-GenAI or model training from its own switch, which a link carries as ``?workflowType=machine_learning``
-(``ui_path``); earlier 3.x UIs read the experiment's tag. A view of an experiment's runs (filter, sort,
-columns, charts) is kept on the experiment as a shared view (``share_view``) that the link names.
+role (``role``: finetune, circuits, analysis, comparison, comparison-run, ...). MLflow's UI reads the tag
+where its GenAI / Model training switch is off; 3.17 ships the switch on and follows it instead (kept in
+the browser, or given by a link as ``?workflowType=machine_learning``: ``ui_path``). A view of an
+experiment's runs (filter, sort, columns, charts) is kept on the experiment as a shared view
+(``share_view``) that the link names.
 """
 
 from __future__ import annotations
@@ -117,9 +118,6 @@ class RunLogger:
 
     def param(self, key: str, value) -> None:
         self.client.log_param(self.run_id, key, str(value))
-
-    def tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
 
     def dataset(self, directory: Path, manifest: dict) -> None:
         """Log the dataset in ``directory`` (its ``manifest``) as the run's input: ``dataset_input``."""
