@@ -158,6 +158,27 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store, made once: its schema's migrations take seconds."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def mlflow_out(tmp_path, _empty_mlflow_store, monkeypatch) -> Path:
+    """A directory holding its own SQLite MLflow store (``<dir>/mlflow.db``, a copy of an empty one), the
+    store ``tracking.mlflow_runs.tracking_uri`` picks for it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(_empty_mlflow_store, out / "mlflow.db")
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     return build_tiny_tokenizer(1000)
 

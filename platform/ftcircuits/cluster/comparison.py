@@ -4,13 +4,14 @@ Every (task, method, seed) is one Ray Train run, fitted as a Tune trial, as many
 holds; finished runs are reused, so running it again resumes. CircuitLoRA methods are planned on each
 task's reference run (fine-tuned and its circuits found first, or reused). Outputs in ``out``:
 ``comparison.parquet`` (one row per run), ``comparison.md`` (mean ± std per task and method),
-``learned.json``, ``comparison.png``, and MLflow: a parent run per task, a child run per (method, seed).
+``learned.json``, ``comparison.png``, and MLflow: a parent run per task (mean and std per method, the
+files above), a child run per (method, seed).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -104,12 +105,14 @@ class Comparison:
     out: Path
     figure: Path
     mlflow_uri: str
+    mlflow_path: str = ""  # the MLflow UI's path of the comparison's runs, charted
 
     def describe(self) -> str:
         with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
             table = str(self.table)
+        ui = f" (in `mlflow ui`: {self.mlflow_path})" if self.mlflow_path else ""
         return (f"{table}\n{self.markdown}\ntable: {self.out / 'comparison.parquet'}; figure: {self.figure}; "
-                f"MLflow: {self.mlflow_uri}")  # fmt: skip
+                f"MLflow: {self.mlflow_uri}{ui}")  # fmt: skip
 
 
 def compare_methods(config: CompareConfig) -> Comparison:
@@ -134,12 +137,14 @@ def compare_methods(config: CompareConfig) -> Comparison:
     connect()
     check_shared_outputs(config.out)
     runs = with_circuitlora_plans(config, runs)
-    mlflow = ComparisonRuns(config.out, {run.key: run for run in runs}, list(data_dirs))
+    mlflow = ComparisonRuns(config.out, {run.key: run for run in runs}, data_dirs)
     results = run_comparison(runs, data_dirs, config.out, [mlflow])
     failed = [result.error for result in results if result.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} runs failed; first: {failed[0]}")
-    return write_comparison(config, runs, mlflow.uri)
+    comparison = write_comparison(config, runs, mlflow.uri)
+    mlflow.log_summary(comparison_summary(comparison.table), config.out)
+    return replace(comparison, mlflow_path=mlflow.ui_path())
 
 
 def write_comparison(config: CompareConfig, runs: list[ComparedRun], mlflow_uri: str) -> Comparison:

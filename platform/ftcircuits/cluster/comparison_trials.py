@@ -2,7 +2,11 @@
 
 Each trial fits one TorchTrainer (a finished run is reused, not retrained) and reports its held-out
 accuracy per checkpoint through ``TuneReportCallback``. MLflow is written by the Tune driver only
-(SQLite takes one writer): one parent run per task, a child run per (method, seed).
+(SQLite takes one writer): one parent run per task (role ``comparison``), a child run per (method, seed)
+(role ``comparison-run``: the method as a tag, the task's dataset as its input, the trainable parameters
+as a param); once every run finished, each parent gets its methods' mean and std accuracy and the
+comparison's files. The experiment keeps a runs view, ``methods`` (``COMPARE_VIEW``): the child runs flat,
+best ``eval_accuracy`` first, charted per checkpoint (``ComparisonRuns.ui_path``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -20,8 +25,28 @@ from ftcircuits.cluster.train import finetune_trainer, record_run
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import read_checkpoint_index, run_finished
 from ftcircuits.study.comparison import ComparedRun
-from ftcircuits.tracking.mlflow_runs import create_run, flat_params, tracking_uri
+from ftcircuits.tasks.io import read_manifest
+from ftcircuits.tracking.mlflow_runs import (
+    ROLE_TAG,
+    RunLogger,
+    create_run,
+    flat_params,
+    share_view,
+    tracking_uri,
+    ui_path,
+)
 
+COMPARISON_FILES = ("comparison.md", "comparison.png", "comparison.parquet")  # on each task's parent
+EXPERIMENT = "compare-methods"
+VIEW_KEY = "methods"
+COMPARE_VIEW = {  # MLflow's shared view state: every child run, flat, their held-out accuracy charted
+    "searchFilter": "tags.role = 'comparison-run'",
+    "orderByKey": "metrics.`eval_accuracy`",
+    "orderByAsc": False,
+    "selectedColumns": ["tags.`method`", "tags.`task`", "metrics.`eval_accuracy`",
+                        "params.`trainable_params`", "attributes.`Dataset`"],
+    "chartsSearchFilter": "eval_accuracy",
+}  # fmt: skip
 RUNS_FILE = "mlflow_runs.json"  # MLflow run ids: each task's parent, each finished run's child
 TRIAL_DRIVER = {"CPU": 0, "memory": 1}  # the trial only drives its trainer, whose workers hold the CPUs
 
@@ -43,32 +68,44 @@ def fit_compared(params: dict, runs: dict[str, ComparedRun], data_dirs: dict[str
 class ComparisonRuns(tune.Callback):
     """Logs each finished run as an MLflow child run under its task's parent run, once."""
 
-    def __init__(self, out: Path, runs: dict[str, ComparedRun], tasks: list[str]) -> None:
+    def __init__(self, out: Path, runs: dict[str, ComparedRun], data_dirs: dict[str, Path]) -> None:
         self.out, self.runs, self.path = Path(out), runs, Path(out) / RUNS_FILE
-        self.uri = tracking_uri(self.out)
+        self.uri, self.data_dirs = tracking_uri(self.out), data_dirs
         self.ids: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        for task in tasks:
+        for task in data_dirs:
             if task not in self.ids:
-                _, self.ids[task] = create_run(self.out, "compare-methods", task, {"task": task})
+                _, self.ids[task] = create_run(self.out, EXPERIMENT, task, {"task": task}, "comparison")
                 MlflowClient(self.uri).set_terminated(self.ids[task])
         self._save()
+        client = MlflowClient(self.uri)
+        self.experiment_id = client.get_run(next(iter(self.ids.values()))).info.experiment_id
+        share_view(client, self.experiment_id, VIEW_KEY, COMPARE_VIEW)
+
+    def ui_path(self) -> str:
+        """The MLflow UI's path of the comparison: every child run, charted."""
+        return ui_path(self.experiment_id, VIEW_KEY, charts=True)
 
     def _save(self) -> None:
         with atomic_file(self.path) as tmp:
             tmp.write_text(json.dumps(self.ids, indent=1))
 
     def log_run(self, run: ComparedRun) -> None:
-        """Log a finished run (its config, size and accuracy per checkpoint) unless already logged."""
+        """Log a finished run (config, dataset, size, accuracy per checkpoint) unless already logged."""
         if run.key in self.ids:
             return
         client = MlflowClient(self.uri)
         parent = self.ids[run.task]
-        tags = {"mlflow.parentRunId": parent, "task": run.task, "method": run.method, "seed": str(run.seed)}
+        tags = {"mlflow.parentRunId": parent, ROLE_TAG: "comparison-run", "task": run.task,
+                "method": run.method, "seed": str(run.seed)}  # fmt: skip
         experiment = client.get_run(parent).info.experiment_id
         child = client.create_run(experiment, run_name=f"{run.method}-seed-{run.seed}", tags=tags).info.run_id
-        for key, value in flat_params(run.config.model_dump(mode="json")).items():
-            client.log_param(child, key, value)
         index = read_checkpoint_index(run.config.out)
+        params = flat_params(run.config.model_dump(mode="json"))
+        params["trainable_params"] = str(index["trainable_params"][-1])
+        for key, value in params.items():
+            client.log_param(child, key, value)
+        data_dir = self.data_dirs[run.task]
+        RunLogger(self.uri, child).dataset(data_dir, read_manifest(data_dir))
         for step, accuracy in index.select("step", "eval_accuracy").iter_rows():
             client.log_metric(child, "eval_accuracy", accuracy, step=step)
         last = index.row(-1, named=True)
@@ -77,6 +114,19 @@ class ComparisonRuns(tune.Callback):
         client.set_terminated(child, "FINISHED")
         self.ids[run.key] = child
         self._save()
+
+    def log_summary(self, summary: pl.DataFrame, out: Path) -> None:
+        """Log each task's methods' mean and std final accuracy (``accuracy_mean/<method>``,
+        ``accuracy_std/<method>``; no std from one seed) and the comparison's files on its parent run."""
+        for task in self.data_dirs:
+            logger = RunLogger(self.uri, self.ids[task])
+            for row in summary.filter(pl.col("task") == task).iter_rows(named=True):
+                logger.metric(f"accuracy_mean/{row['method']}", row["mean"], step=0)
+                if row["std"] is not None:
+                    logger.metric(f"accuracy_std/{row['method']}", row["std"], step=0)
+            for name in COMPARISON_FILES:
+                if (Path(out) / name).is_file():
+                    logger.artifact(Path(out) / name)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run = self.runs[trial.config["run"]]

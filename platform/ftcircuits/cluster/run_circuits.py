@@ -39,7 +39,7 @@ def circuits_logger(run: Path, settings: CircuitRunSettings, inputs: RunInputs) 
         "base_model": inputs.base_model,
         "data": str(inputs.data),
     }
-    uri, run_id = create_run(run, "circuits", f"{Path(run).name}-circuits", params)
+    uri, run_id = create_run(run, "circuits", f"{Path(run).name}-circuits", params, "circuits")
     return RunLogger(uri, run_id)
 
 

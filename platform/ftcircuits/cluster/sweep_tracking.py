@@ -17,7 +17,7 @@ from ray import tune
 from ftcircuits.cluster.sweep_trial import TRIALS_DIR
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import run_finished
-from ftcircuits.tracking.mlflow_runs import flat_params
+from ftcircuits.tracking.mlflow_runs import ROLE_TAG, flat_params
 
 CHILDREN_FILE = "mlflow_trials.json"
 
@@ -44,7 +44,7 @@ class TrialRuns(tune.Callback):
         if trial.trial_id not in self.children:
             client = self._client()
             experiment = client.get_run(self.parent).info.experiment_id
-            tags = {"mlflow.parentRunId": self.parent, "trial_id": trial.trial_id}
+            tags = {"mlflow.parentRunId": self.parent, ROLE_TAG: "sweep-trial", "trial_id": trial.trial_id}
             run = client.create_run(experiment, run_name=f"trial-{trial.trial_id}", tags=tags)
             for key, value in flat_params(dict(trial.config)).items():
                 client.log_param(run.info.run_id, key, value)

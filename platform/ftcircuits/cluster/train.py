@@ -21,7 +21,7 @@ from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import DATA_DIR, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
-from ftcircuits.tasks.io import MANIFEST_FILE
+from ftcircuits.tasks.io import MANIFEST_FILE, read_manifest
 from ftcircuits.tasks.spec import PERTURB_RATIOS
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -117,7 +117,8 @@ def run_finetune(
     out = Path(config.out).resolve()
     config = config.model_copy(update={"out": out})
     check_run_directory(run_record(config, data_dir))
-    uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"))
+    uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"), "finetune")
+    RunLogger(uri, run_id).dataset(data_dir, read_manifest(data_dir))  # before rank 0 logs into the run
     record_run(config, data_dir, run_id)
     result = finetune_trainer(config, data_dir, (uri, run_id), max_failures).fit()
     RunLogger(uri, run_id).finish("FINISHED" if result.error is None else "FAILED")

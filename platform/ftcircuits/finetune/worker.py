@@ -104,6 +104,8 @@ def finetune_worker(config: FinetuneConfig, data_dir: Path, context: WorkerConte
         rows = read_checkpoint_index(config.out).filter(pl.col("step") <= first_step).to_dicts()
         latest["eval_accuracy"] = rows[-1]["eval_accuracy"] if rows else float("nan")
     logger = RunLogger(*context.mlflow_run) if context.mlflow_run and context.rank == 0 else None
+    if logger is not None:
+        logger.param("trainable_params", size["trainable_params"])
 
     def checkpoint(step: int, loss: float) -> None:
         path = checkpoint_path(config.out, step)

@@ -124,7 +124,7 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
         "run": str(run),
         "analysis": analysis.model_dump(mode="json"),
     }
-    uri, run_id = create_run(run, "analysis", f"{Path(run).name}-analysis", params)
+    uri, run_id = create_run(run, "analysis", f"{Path(run).name}-analysis", params, "analysis")
     logger = RunLogger(uri, run_id)
     for key, value in headline.items():
         if isinstance(value, float):

@@ -3,6 +3,13 @@
 Several processes writing one SQLite file race, so a run is created once by
 the driver (``create_run``) and only one process (rank 0) logs into it by id
 (``RunLogger``).
+
+Every experiment is tagged a model-training one (``mlflow.experimentKind``) and every run carries its
+role (``role``: finetune, circuits, analysis, comparison, comparison-run, ...). MLflow's UI reads the tag
+where its GenAI / Model training switch is off; 3.17 ships the switch on and follows it instead (kept in
+the browser, or given by a link as ``?workflowType=machine_learning``: ``ui_path``). A view of an
+experiment's runs (filter, sort, columns, charts) is kept on the experiment as a shared view
+(``share_view``) that the link names.
 """
 
 from __future__ import annotations
@@ -11,8 +18,15 @@ import json
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 _PARAM_NAME = re.compile(r"[\w\-. :/]+")  # what MLflow accepts in a param name
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what MLflow's UI reads (and its kind selector writes)
+MODEL_TRAINING = "custom_model_development"  # the UI's "Machine learning" / "Model training" kind
+ROLE_TAG = "role"
+UI_QUERY = "workflowType=machine_learning"  # MLflow 3.17's UI: open an experiment on its runs
+DIGEST_CHARS = 36  # the longest dataset digest MLflow stores
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a runs view the UI opens as ?viewStateShareKey=key
 
 
 def tracking_uri(out: Path) -> str:
@@ -44,19 +58,48 @@ def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def create_run(out: Path, experiment: str, run_name: str, params: dict) -> tuple[str, str]:
-    """Create (or reuse) ``experiment`` and a new run with ``params``; return (tracking uri, run id)."""
+def ui_path(experiment_id: str, view: str | None = None, charts: bool = False) -> str:
+    """Return the MLflow UI's path (after the server's address) of an experiment's runs in the
+    model-training view: as the shared ``view`` (``share_view``) if given, as charts if ``charts``."""
+    query = (
+        UI_QUERY
+        + (f"&viewStateShareKey={quote(view)}" if view else "")
+        + ("&compareRunsMode=CHART" if charts else "")
+    )
+    return f"/#/experiments/{experiment_id}/runs?{query}"
+
+
+def share_view(client, experiment_id: str, key: str, state: dict) -> None:
+    """Keep a runs view on the experiment (MLflow's shared view state, JSON): ``searchFilter``,
+    ``orderByKey``, ``orderByAsc``, ``selectedColumns``, ``chartsSearchFilter``, ...; a sort other than
+    by start time lists child runs flat, not folded under their parent."""
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
+
+
+def experiment_id(client, name: str, out: Path) -> str:
+    """Return the id of experiment ``name``, created (tagged a model-training one) if missing; an
+    experiment made before the tag gets it."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = artifact_location(tracking_uri(out), out)
+        return client.create_experiment(name, location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return found.experiment_id
+
+
+def create_run(
+    out: Path, experiment: str, run_name: str, params: dict, role: str | None = None, tags: dict | None = None
+) -> tuple[str, str]:
+    """Create (or reuse) ``experiment`` and a new run with ``params``, tagged with its ``role`` (the
+    experiment's name when None) and ``tags``; return (tracking uri, run id)."""
     from mlflow.tracking import MlflowClient
 
     Path(out).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(out)
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location(uri, out))
-    else:
-        experiment_id = found.experiment_id
-    run = client.create_run(experiment_id, run_name=run_name)
+    run_tags = {ROLE_TAG: role or experiment} | (tags or {})
+    run = client.create_run(experiment_id(client, experiment, out), run_name=run_name, tags=run_tags)
     for key, value in flat_params(params).items():
         client.log_param(run.info.run_id, key, value)
     return uri, run.info.run_id
@@ -73,6 +116,13 @@ class RunLogger:
     def metric(self, key: str, value: float, step: int) -> None:
         self.client.log_metric(self.run_id, key, value, step=step)
 
+    def param(self, key: str, value) -> None:
+        self.client.log_param(self.run_id, key, str(value))
+
+    def dataset(self, directory: Path, manifest: dict) -> None:
+        """Log the dataset in ``directory`` (its ``manifest``) as the run's input: ``dataset_input``."""
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(directory, manifest)])
+
     def artifact(self, path: Path, folder: str | None = None) -> None:
         """Log a file, or a directory's files, under ``folder``."""
         if Path(path).is_dir():
@@ -82,3 +132,23 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def dataset_input(directory: Path, manifest: dict, context: str = "training"):
+    """Return an MLflow dataset input for a dataset directory: named after the directory, its digest the
+    manifest's ``content_hash`` (its first 36 characters: all MLflow stores), the whole hash and the
+    item counts in its profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    summary = manifest.get("summary", {})
+    profile = {"content_hash": manifest["content_hash"], "items": summary.get("items"),
+               "splits": summary.get("splits")}  # fmt: skip
+    dataset = Dataset(
+        name=Path(directory).name,
+        digest=manifest["content_hash"][:DIGEST_CHARS],
+        source_type="local",
+        source=json.dumps({"uri": Path(directory).resolve().as_uri()}),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
