@@ -14,7 +14,7 @@ from pathlib import Path
 from ftcircuits.config.discovery import AnalysisConfig
 from ftcircuits.study.analysis import analyze_run
 from ftcircuits.study.seeds import summary_over_runs
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     if len(configs) > 1 and args.out is None:
         parser.error("several runs need --out (where the summary over them goes)")
     analyses = {}
-    for config in configs:
-        analyses[str(config.run)] = analyze_run(config.run, config, config.analysis)
-        print(analyses[str(config.run)].describe())
-    if len(configs) > 1:
-        print(summary_over_runs(analyses, args.out).describe())
+    with exit_on():
+        for config in configs:
+            analyses[str(config.run)] = analyze_run(config.run, config, config.analysis)
+            print(analyses[str(config.run)].describe())
+        if len(configs) > 1:
+            print(summary_over_runs(analyses, args.out).describe())
 
 
 if __name__ == "__main__":

@@ -24,18 +24,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.run is not None:
         config = parse_config(CircuitRunConfig, args, [f"run={args.run}"])
         with exit_on(ClusterError):
-            print(run_circuits(config.run, config).describe())
+            print(run_circuits(config.run, config, config.rebuild).describe())
         return
     extra = [f"{k}={v}" for k, v in (("model", args.model), ("data", args.data)) if v is not None]
     config = parse_config(CircuitJobConfig, args, extra)
-    bar = tqdm(desc="EAP-IG batches", unit="batch", mininterval=1.0)
+    bars: list[tqdm] = []  # made at the first batch: a damaged input stops the job with its one line
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(desc="EAP-IG batches", unit="batch", mininterval=1.0))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
-    found = model_circuit(config, progress)
-    bar.close()
+    with exit_on():
+        found = model_circuit(config, progress)
+    for bar in bars:
+        bar.close()
     print(found.describe())
 
 

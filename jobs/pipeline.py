@@ -119,7 +119,7 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
         print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
 
     stage("circuits of every checkpoint (and robustness variants) on Ray actors")
-    print(run_circuits(run, config.circuits).describe())
+    print(run_circuits(run, config.circuits, config.rebuild).describe())
     stage("circuit dynamics: similarity, faithfulness, robustness, critical layers")
     analysis = analyze_run(run, config.circuits, config.analysis)
     print(analysis.describe())
