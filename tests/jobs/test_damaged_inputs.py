@@ -94,7 +94,7 @@ def test_the_analysis_of_a_run_with_a_damaged_circuit_exits_2_naming_it(run_copy
     assert caught.value.path == edges and caught.value.rebuild == circuit_rebuild_hint(out, edges)
     assert caught.value.rebuild == (
         f"rerun with --set rebuild=true, or delete {edges}: python -m jobs.circuits --run {run} (with the "
-        "same --set settings; jobs.pipeline and jobs.dynamics take --set rebuild=true too)"
+        "same --set settings; every job that runs this stage takes --set rebuild=true)"
     )
     line = exit_line(capsys, analyze.main, ["--run", str(run), "--set", "robustness.enabled=false"])
     assert line == f"error: {caught.value}"

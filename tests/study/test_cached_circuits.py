@@ -39,7 +39,7 @@ def test_a_damaged_unit_raises_naming_the_file_and_how_to_redo_it(out, which):
     assert str(caught.value) == (
         f"{path}: the file is empty (0 bytes); to rebuild it: rerun with --set rebuild=true, or delete "
         f"{path}: python -m jobs.circuits --run {out.parent.parent} (with the same --set settings; "
-        "jobs.pipeline and jobs.dynamics take --set rebuild=true too)"
+        "every job that runs this stage takes --set rebuild=true)"
     )
     assert caught.value.rebuild == circuit_rebuild_hint(out, path)
     assert finished_circuit(out, UNIT, rebuild=True) is None

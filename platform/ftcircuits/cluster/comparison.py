@@ -21,6 +21,7 @@ from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
 from ftcircuits.finetune.run_identity import check_run_schedule
+from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report.figures import method_comparison
@@ -70,7 +71,7 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
     for name in sorted({run.task for run in runs if run.method in arms}):
         given = config.reference_runs.get(name)
         preset = None if given is not None else reference_config(config, tasks[name])
-        reference = reference_circuits(given, preset, config.circuits)
+        reference = reference_circuits(given, preset, config.circuits, config.rebuild)
         for arm in arms.values():
             circuitlora = arm_circuitlora_config(config, arm, tasks[name])
             plan = plan_circuitlora(circuitlora, reference.base_model, reference.run, reference.circuits)
@@ -121,6 +122,8 @@ def compare_methods(config: CompareConfig) -> Comparison:
     config = config.model_copy(update={"out": Path(config.out).resolve()})  # trials chdir
     try:
         runs = planned_runs(config)
+    except DamagedFileError:
+        raise  # a damaged input file: exit status 2, as is
     except ValueError as error:  # ConfigError included
         raise ConfigError(str(error)) from None
     sizes = f"{len(config.tasks)} tasks x {len(config.arms)} methods x {len(config.seeds)} seeds"
@@ -129,6 +132,8 @@ def compare_methods(config: CompareConfig) -> Comparison:
     for run in runs:
         try:
             check_run_schedule(run.config, data_dirs[run.task])
+        except DamagedFileError:
+            raise
         except ValueError as error:
             raise ConfigError(f"{run.key}: {error}") from None
     connect()

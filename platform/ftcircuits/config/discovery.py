@@ -22,7 +22,8 @@ def _dataset_exists(data: Path) -> Path:
 
 
 class RebuildOption(Strict):
-    """``rebuild``, for the jobs whose circuits stage is cached (``--run``, the pipeline, the dynamics)."""
+    """``rebuild``, for the jobs whose circuits stage is cached: ``jobs.circuits --run``, the pipeline, the
+    dynamics, and the reference circuits of CircuitLoRA, the method comparison and the sweep."""
 
     rebuild: bool = Field(
         False,

@@ -180,7 +180,7 @@ def circuit_rebuild_hint(out: Path, damaged: Path) -> str:
     run = Path(out).parent.parent
     return (
         f"rerun with --set rebuild=true, or delete {damaged}: python -m jobs.circuits --run {run} "
-        "(with the same --set settings; jobs.pipeline and jobs.dynamics take --set rebuild=true too)"
+        "(with the same --set settings; every job that runs this stage takes --set rebuild=true)"
     )
 
 
