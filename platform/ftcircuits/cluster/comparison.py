@@ -39,7 +39,7 @@ from ftcircuits.study.comparison import (
     summary_markdown,
 )
 from ftcircuits.tasks.dataset import make_task_dataset
-from ftcircuits.tasks.io import MANIFEST_FILE
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items
 from ftcircuits.tasks.spec import TaskSpec
 
 
@@ -86,12 +86,14 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
 
 
 def task_datasets(config: CompareConfig, tasks: list[TaskSpec], model: str) -> dict[str, Path]:
-    """Return each task's dataset directory (``<out>/data/<task>``), built once for all its runs."""
+    """Return each task's dataset directory (``<out>/data/<task>``), built once for all its runs, and
+    checked here (DamagedFileError) rather than in a trial."""
     tokenizer, dirs = load_tokenizer(model), {}
     for task in tasks:
         directory = Path(config.out).resolve() / "data" / task.dataset_name()
         if not (directory / MANIFEST_FILE).is_file():
             make_task_dataset(task, tokenizer, model, directory.parent)
+        read_items(directory)
         dirs[task.dataset_name()] = directory
     return dirs
 
