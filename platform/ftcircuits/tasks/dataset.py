@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import polars as pl
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.tasks.build import build_dataset, perturbed_circuit_splits
-from ftcircuits.tasks.io import REBUILD_KEY, write_dataset
+from ftcircuits.tasks.io import write_dataset
 from ftcircuits.tasks.spec import TaskSpec
 
 
@@ -31,20 +29,6 @@ def dataset_summary(items: pl.DataFrame) -> dict:
         ],
         "corrupted_answer_one_token": int(items["corrupted_answer"].is_not_null().sum()),
     }
-
-
-def make_data_command(
-    spec: TaskSpec, tokenizer_name: str, out: Path, perturb_ratios: Sequence[float] = ()
-) -> str:
-    """Return the ``jobs.make_data`` command that writes the same dataset (it is deterministic) again."""
-    values = {
-        "tasks": json.dumps([spec.model_dump(mode="json", exclude_none=True)]),
-        "model": str(tokenizer_name),
-        "out": str(out),
-        "perturb_ratios": json.dumps(list(perturb_ratios)),
-    }
-    settings = " ".join(f"--set {shlex.quote(f'{key}={value}')}" for key, value in values.items())
-    return f"python -m jobs.make_data {settings}"
 
 
 def make_task_dataset(
@@ -67,7 +51,7 @@ def make_task_dataset(
         "tokenizer": {"name": tokenizer_name, "vocab_size": len(tokenizer)},
         "counts": counts.as_dict(),
         "summary": dataset_summary(items),
-        REBUILD_KEY: make_data_command(spec, tokenizer_name, out, perturb_ratios),
+        "spec": spec.model_dump(mode="json", exclude_none=True),  # with the tokenizer: how to rebuild it
     }
     directory = write_dataset(Path(out) / spec.dataset_name(), items, manifest, perturbed)
     return directory, manifest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import polars as pl
@@ -33,7 +34,6 @@ ITEMS_SCHEMA: dict[str, pl.DataType] = {
 """The columns of ``items.parquet``, as ``tasks.build.build_dataset`` makes them."""
 PERTURBED_SCHEMA: dict[str, pl.DataType] = {**ITEMS_SCHEMA, "perturbed": pl.Boolean}
 """The columns of a perturbed split, as ``tasks.build.perturbed_circuit_splits`` makes them."""
-REBUILD_KEY = "rebuild"  # the manifest's command that rebuilds its dataset (jobs.make_data)
 
 
 def content_hash(frame: pl.DataFrame) -> str:
@@ -81,12 +81,29 @@ class DatasetError(ValueError):
     """A dataset directory is missing or unreadable."""
 
 
+def make_data_command(spec: dict, model: str, out: Path, perturb_ratios: list[float]) -> str:
+    """Return the ``jobs.make_data`` command that writes the dataset of task ``spec`` (a ``TaskSpec`` as
+    JSON) under ``model``'s tokenizer into ``out``; the build is deterministic, so it is the same again."""
+    values = {
+        "tasks": json.dumps([spec]),
+        "model": model,
+        "out": str(out),
+        "perturb_ratios": json.dumps(perturb_ratios),
+    }
+    settings = " ".join(f"--set {shlex.quote(f'{key}={value}')}" for key, value in values.items())
+    return f"python -m jobs.make_data {settings}"
+
+
 def rebuild_hint(directory: Path, manifest: dict | None = None) -> str:
-    """Return how to rebuild the dataset at ``directory``: the manifest's own command when it has one (a
-    dataset written by ``make_task_dataset``), else deleting it and rerunning the job that made it."""
-    command = (manifest or {}).get(REBUILD_KEY)
-    if isinstance(command, str) and command:
-        return command
+    """Return how to rebuild the dataset at ``directory``: the ``jobs.make_data`` command of its manifest's
+    task spec and tokenizer (a dataset written by ``make_task_dataset``), else deleting it and rerunning
+    the job that made it."""
+    manifest = manifest or {}
+    spec, tokenizer = manifest.get("spec"), manifest.get("tokenizer")
+    model = tokenizer.get("name") if isinstance(tokenizer, dict) else None
+    if isinstance(spec, dict) and isinstance(model, str):
+        ratios = sorted(float(ratio) for ratio in manifest.get("perturbed", {}))
+        return make_data_command(spec, model, Path(directory).parent, ratios)
     return (
         f"delete {directory} and rerun the job that made it (jobs.finetune, jobs.pipeline, "
         f"jobs.compare_methods and jobs.compositional rebuild a missing dataset; else python -m "
