@@ -54,7 +54,7 @@ def test_a_json_without_the_metrics_is_damaged(out):
         finished_circuit(out, UNIT)
     assert (caught.value.path, caught.value.problem) == (
         meta_path,
-        "no faithfulness metric 'faithfulness' in it",
+        "its faithfulness metrics are missing or malformed (KeyError('faithfulness'))",
     )
 
 

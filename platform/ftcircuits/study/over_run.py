@@ -203,7 +203,9 @@ def finished_circuit(out: Path, unit: CircuitUnit, rebuild: bool = False) -> dic
             return summary_row(unit, meta)
         except (KeyError, TypeError, ValueError) as error:
             meta_path = circuit_files(stem)[1]
-            raise DamagedFileError(meta_path, f"no faithfulness metric {error} in it", "") from None
+            raise DamagedFileError(
+                meta_path, f"its faithfulness metrics are missing or malformed ({error!r})", ""
+            ) from None
     except DamagedFileError as error:
         if not rebuild:
             raise _with_hint(out, error) from None
