@@ -17,9 +17,9 @@ from jobs.cli import config_parser, exit_on, parse_config
 def main(argv: list[str] | None = None) -> None:
     args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
     config = parse_config(FinetuneConfig, args)
-    with exit_on(RuntimeError, ValueError):  # a damaged input file: exit 2, first
+    with exit_on(RuntimeError, ValueError):  # a damaged file of the run: exit 2, naming it
         run_id = finetune(config)
-    index = read_checkpoint_index(config.out)
+        index = read_checkpoint_index(config.out)
     print(index.select("step", "train_loss", "eval_accuracy"))
     print(f"checkpoints: {config.out / CHECKPOINTS_DIR}; MLflow run {run_id} in {tracking_uri(config.out)}")
 

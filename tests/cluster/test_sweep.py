@@ -18,7 +18,7 @@ from ftcircuits.cluster.sweep_tracking import stopped_early
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig
 from ftcircuits.finetune.settings import FinetuneConfig
-from ftcircuits.run_layout import index_path
+from ftcircuits.run_layout import checkpoint_name, index_path
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from tuning import sweep
 
@@ -98,7 +98,9 @@ def test_stopped_early_is_read_from_the_trials_index(tmp_path):
     def trial(name: str, steps: list[int], total: int) -> Path:
         index = index_path(tmp_path / name)
         index.parent.mkdir(parents=True)
-        pl.DataFrame({"step": steps, "total_steps": [total] * len(steps)}).write_parquet(index)
+        pl.DataFrame({"step": steps, "path": [str(index.parent / checkpoint_name(s)) for s in steps],
+                      "train_loss": 0.0, "eval_accuracy": 0.0,
+                      "total_steps": [total] * len(steps)}).write_parquet(index)  # fmt: skip
         return tmp_path / name
 
     assert stopped_early(trial("stopped", [0, 2, 4], 8)) is True

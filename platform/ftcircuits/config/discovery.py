@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.circuits.settings import DiscoverySettings
+from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.source import ModelSource
 from ftcircuits.options import Baseline, NodeRule, ScoreRule
 from ftcircuits.run_layout import check_run, index_path
@@ -105,6 +106,8 @@ class CircuitRunConfig(CircuitRunSettings, RebuildOption):
             check_run(run)
         except FileNotFoundError as error:
             raise ValueError(f"incomplete fine-tuning run at {str(run)!r}: {error}") from None
+        except DamagedFileError:
+            pass  # not a config error: the stage names the damaged file, before any work
         return run
 
 

@@ -16,9 +16,11 @@ from transformers import (
 )
 from transformers.utils import CONFIG_NAME
 
+from ftcircuits.integrity import DamagedFileError, check_safetensors, read_json_with_keys
 from ftcircuits.models.architecture import Architecture, describe_architecture
 from ftcircuits.models.shapes import build_same_shape, known_shapes
 from ftcircuits.paths import TINY_BASE_DIR
+from ftcircuits.run_layout import CHECKPOINTS_DIR, finetune_rebuild, run_config_path
 
 TINY = "tiny"
 SHAPE_PREFIX = "shape:"
@@ -66,6 +68,53 @@ def resolve_model_source(source: str) -> str:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_KEYS = ("peft_type", "base_model_name_or_path")  # PEFT's class of adapter; the base it was trained on
+CONFIG_KEYS = ("model_type",)  # what transformers' Auto classes dispatch on
+WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"  # a sharded model's map of tensors to shard files
+
+
+def model_rebuild(directory: Path) -> str:
+    """Return how a model directory's files are rebuilt: a fine-tuning run's checkpoint by its run, the
+    shipped tiny model by git or its pre-training job, any other directory by saving it again."""
+    directory = Path(directory)
+    run = directory.parent.parent
+    if directory.parent.name == CHECKPOINTS_DIR and run_config_path(run).is_file():
+        return finetune_rebuild(run)
+    if directory.resolve() == TINY_BASE_DIR.resolve():
+        return f"git checkout -- {TINY_BASE_DIR}, or python -m jobs.pretrain_tiny --out {TINY_BASE_DIR}"
+    return f"save or download the model into {directory} again"
+
+
+def check_model_files(directory: Path, rebuild: str | None = None) -> None:
+    """Check a model directory's files before its weights are loaded, reading no tensor: its
+    ``adapter_config.json`` (an adapter: the keys PEFT needs) or ``config.json`` (full weights), and every
+    safetensors file of its weights (``integrity.check_safetensors``: the header against the file's size).
+
+    Raises DamagedFileError naming the first damaged or missing file, with ``rebuild`` (default:
+    ``model_rebuild``); a directory of pickled ``.bin`` weights has only its config checked.
+    """
+    directory = Path(directory)
+    rebuild = rebuild or model_rebuild(directory)
+    if (directory / ADAPTER_CONFIG).is_file():
+        read_json_with_keys(directory / ADAPTER_CONFIG, rebuild, ADAPTER_KEYS)
+        stem = "adapter_model"
+    elif (directory / CONFIG_NAME).is_file():
+        read_json_with_keys(directory / CONFIG_NAME, rebuild, CONFIG_KEYS)
+        stem = "model"
+    else:
+        raise DamagedFileError(directory, f"holds neither {ADAPTER_CONFIG} nor {CONFIG_NAME}", rebuild)
+    shards = directory / f"{stem}{WEIGHTS_INDEX_SUFFIX}"
+    if shards.is_file():
+        weight_map = read_json_with_keys(shards, rebuild, ("weight_map",))["weight_map"]
+        files = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else None
+        if not files:
+            raise DamagedFileError(shards, "wrong schema: its weight_map names no shard file", rebuild)
+    elif (directory / f"{stem}.safetensors").is_file() or not list(directory.glob(f"*{stem}*.bin")):
+        files = [f"{stem}.safetensors"]  # checked even when missing: then it is named
+    else:
+        files = []
+    for name in files:
+        check_safetensors(directory / name, rebuild)
 
 
 def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -75,7 +124,10 @@ def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     from peft import PeftModel
 
     base_source = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-    base = AutoModelForCausalLM.from_pretrained(resolve_model_source(base_source), dtype=dtype)
+    base_source = resolve_model_source(base_source)
+    if Path(base_source).is_dir():
+        check_model_files(Path(base_source))
+    base = AutoModelForCausalLM.from_pretrained(base_source, dtype=dtype)
     return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
 
 
@@ -124,6 +176,8 @@ def load_model(
     if resolved.startswith(SHAPE_PREFIX):
         model = build_same_shape(resolved.removeprefix(SHAPE_PREFIX), device=device, dtype=dtype)
         return LoadedModel(model, None, describe_architecture(model.config), resolved)
+    if Path(resolved).is_dir():
+        check_model_files(Path(resolved))
     tokenizer = load_tokenizer(resolved)
     try:
         if (Path(resolved) / ADAPTER_CONFIG).is_file():

@@ -19,7 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME
 
-from ftcircuits.models.loader import ADAPTER_CONFIG, LoadedModel, ModelSourceError, resolve_model_source
+from ftcircuits.models.loader import (
+    ADAPTER_CONFIG,
+    LoadedModel,
+    ModelSourceError,
+    check_model_files,
+    resolve_model_source,
+)
 
 BASE = "base"
 RANDOM_PREFIX = "random:"
@@ -40,7 +46,8 @@ class CheckpointWeights:
         return self.loaded.model
 
     def swap_to(self, weights: str | Path) -> None:
-        """Make the model hold ``weights``: ``base``, ``random:SEED`` or a checkpoint directory."""
+        """Make the model hold ``weights``: ``base``, ``random:SEED`` or a checkpoint directory (its files
+        checked first: DamagedFileError names a damaged one)."""
         weights = str(weights)
         if weights == self.current:
             return
@@ -55,8 +62,10 @@ class CheckpointWeights:
         elif weights != BASE:
             path = Path(weights)
             if (path / ADAPTER_CONFIG).is_file():
+                check_model_files(path)
                 self._merge_adapter(path)
             elif (path / CONFIG_NAME).is_file():
+                check_model_files(path)
                 full = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
                 model.load_state_dict(full.state_dict())
             else:

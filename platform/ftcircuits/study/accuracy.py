@@ -4,12 +4,14 @@ study's before/after table), cached by everything that shapes it."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from ftcircuits.encoding import task_accuracy
+from ftcircuits.integrity import DamagedFileError, read_json_with_keys
 from ftcircuits.paths import atomic_file
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE, read_items, read_manifest
@@ -74,10 +76,15 @@ def accuracy_key(
 
 def cached_accuracy(path: Path, key: dict, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
     """Return the accuracy table cached in ``path`` when it was computed under ``key``, else compute it and
-    cache it (atomically) with its key."""
+    cache it (atomically) with its key. A damaged cache (empty, truncated, not an object of ``key`` and
+    ``accuracy``) is only a cache: it is named on stderr, recomputed and overwritten."""
     if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
+        try:
+            cached = read_json_with_keys(path, "recomputed now", ("key", "accuracy"))
+        except DamagedFileError as error:
+            print(f"warning: {error}", file=sys.stderr)
+            cached = {}
+        if cached.get("key") == key and isinstance(cached.get("accuracy"), dict):
             return cached["accuracy"]
     accuracy = compute()
     with atomic_file(path) as tmp:

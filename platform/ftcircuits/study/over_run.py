@@ -33,7 +33,7 @@ from ftcircuits.circuits.io import (
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.integrity import DamagedFileError
-from ftcircuits.models.loader import load_model
+from ftcircuits.models.loader import ModelSourceError, check_model_files, load_model, resolve_model_source
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.options import Baseline, ModelKind
 from ftcircuits.paths import atomic_file
@@ -75,11 +75,24 @@ class RunInputs:
     identity: str  # hash of the run's config and dataset: another run in the same place gets new circuits
 
 
+def local_model_dir(source: str) -> list[str]:
+    """Return ``source``'s model directory when it is one on this machine (else nothing: a hub id)."""
+    try:
+        resolved = resolve_model_source(source)
+    except ModelSourceError:
+        return []  # named where it is loaded
+    return [resolved] if Path(resolved).is_dir() else []
+
+
 def run_inputs(run: Path) -> RunInputs:
-    """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``."""
+    """Return the base model, dataset and checkpoint index of a run written by ``jobs.finetune``; check the
+    index, the base model's and every checkpoint's files first (DamagedFileError names a damaged one, before
+    any work)."""
     check_run(run)
     config = read_run_record(run)
     index = read_checkpoint_index(run)
+    for path in [*local_model_dir(config["model"]), *index["path"]]:
+        check_model_files(Path(path))
     config.pop("mlflow_run", None)  # a resumed run is the same run
     identity = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return RunInputs(config["model"], Path(config["data_dir"]), index, identity)

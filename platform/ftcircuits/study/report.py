@@ -13,6 +13,7 @@ import yaml
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.pipeline import PipelineConfig
+from ftcircuits.integrity import check_png, read_json_with_keys, read_parquet_checked
 from ftcircuits.report.html import (
     Appendix,
     Figure,
@@ -39,6 +40,47 @@ class StudyOutputs:
     accuracy_figure: Path
 
 
+# what the report reads of each analysis table (jobs.analyze's), and of the comparison's table
+ANALYSIS_TABLES = {
+    "similarity": {"step": pl.Int64, "node_jaccard_base": pl.Float64, "edge_jaccard_base": pl.Float64},
+    "similarity_by_budget": {"budget": pl.Float64, "node_jaccard": pl.Float64, "edge_jaccard": pl.Float64},
+    "smallest_faithful_budget": {"step": pl.Int64, "smallest_faithful_budget": pl.Float64},
+    "robustness_baselines": {"baseline": pl.String, "keeps_gap": pl.Boolean},
+}
+COMPARISON_SCHEMA = {"task": pl.String, "method": pl.String, "seed": pl.Int64, "trainable_params": pl.Int64,
+                     "param_share": pl.Float64, "accuracy": pl.Float64, "steps": pl.Int64}  # fmt: skip
+HEADLINE_KEYS = ("final_step", "node_jaccard_final_vs_base", "edge_jaccard_final_vs_base",
+                 "abs_score_spearman_final_vs_base", "critical_layers_topk",
+                 "critical_layers_mean_std")  # fmt: skip
+
+
+def report_rebuild(stage: str) -> str:
+    """Return how a report input written by the pipeline's ``stage`` is rebuilt: that stage rewrites its
+    outputs on every run (the analysis, the comparison's table and figure, the accuracy figure), and the
+    stages before it reuse what is done."""
+    return f"rerun python -m jobs.pipeline with the same config (its {stage} stage writes it again)"
+
+
+def analysis_table(outputs: StudyOutputs, name: str) -> pl.DataFrame:
+    """Return the analysis table ``name``, checked (DamagedFileError names a damaged one)."""
+    path = outputs.analysis / f"{name}.parquet"
+    return read_parquet_checked(path, report_rebuild("analysis"), ANALYSIS_TABLES[name])
+
+
+def figure_rebuild(outputs: StudyOutputs, path: Path) -> str:
+    """Return how the report's figure ``path`` is rebuilt: by the stage whose output directory holds it."""
+    if path.is_relative_to(outputs.analysis):
+        return report_rebuild("analysis")
+    return report_rebuild("comparison" if path.is_relative_to(outputs.comparison) else "accuracy")
+
+
+def check_figures(outputs: StudyOutputs, report: Report) -> None:
+    """Check every figure of ``report`` is a whole PNG (DamagedFileError names the first that is not)."""
+    for section in report.sections:
+        for figure in section.figures:
+            check_png(figure.path, figure_rebuild(outputs, Path(figure.path)))
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -61,8 +103,8 @@ def accuracy_section(outputs: StudyOutputs) -> ReportSection:
 
 
 def similarity_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
-    similarity = pl.read_parquet(outputs.analysis / "similarity.parquet")
-    budgets = pl.read_parquet(outputs.analysis / "similarity_by_budget.parquet")
+    similarity = analysis_table(outputs, "similarity")
+    budgets = analysis_table(outputs, "similarity_by_budget")
     text = (
         f"Between the base model and the final checkpoint (step {headline['final_step']}), the circuits "
         f"share nodes far more than edges: node Jaccard {headline['node_jaccard_final_vs_base']:.3f}, edge "
@@ -94,7 +136,7 @@ def not_computed(title: str, setting: str) -> ReportSection:
 def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
     if not (outputs.analysis / "smallest_faithful_budget.parquet").is_file():
         return not_computed("Faithfulness against budget", "discovery.curve=false")
-    smallest = pl.read_parquet(outputs.analysis / "smallest_faithful_budget.parquet")
+    smallest = analysis_table(outputs, "smallest_faithful_budget")
     budgets = smallest["smallest_faithful_budget"].drop_nulls()
     reach = (f"between {_pct(budgets.min())} and {_pct(budgets.max())} of the edges" if len(budgets)
              else "no budget measured")  # fmt: skip
@@ -114,7 +156,7 @@ def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
 def robustness_section(outputs: StudyOutputs) -> ReportSection:
     if not (outputs.analysis / "robustness_baselines.parquet").is_file():
         return not_computed("Robustness to perturbed inputs", "robustness.enabled=false")
-    against = pl.read_parquet(outputs.analysis / "robustness_baselines.parquet")
+    against = analysis_table(outputs, "robustness_baselines")
     kept = against.filter("keeps_gap")["baseline"].to_list()
     verdict = (f"the pre-trained circuit is more robust than {', '.join(kept)} by at least {ROBUSTNESS_GAP}"
                if kept else f"no baseline is beaten by {ROBUSTNESS_GAP} or more: the paper's gap does not "
@@ -150,7 +192,9 @@ def critical_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
 
 
 def methods_section(outputs: StudyOutputs) -> ReportSection:
-    table = pl.read_parquet(outputs.comparison / "comparison.parquet")
+    table = read_parquet_checked(
+        outputs.comparison / "comparison.parquet", report_rebuild("comparison"), COMPARISON_SCHEMA
+    )
     shown = table.select("task", "method", "seed", "trainable_params",
                          (100 * pl.col("param_share")).alias("share_%"), (100 * pl.col("accuracy")).alias(
                              "accuracy_%"), "steps")  # fmt: skip
@@ -194,8 +238,12 @@ def appendix(outputs: StudyOutputs) -> Appendix:
 
 
 def render_study_report(outputs: StudyOutputs, out: Path) -> Path:
-    """Write the study's report to ``out`` (one self-contained HTML file) and return its path."""
-    headline = json.loads((outputs.analysis / HEADLINE_FILE).read_text())
+    """Write the study's report to ``out`` (one self-contained HTML file) and return its path. Every input
+    is checked first: DamagedFileError names a damaged one (and the stage that writes it), and nothing is
+    written."""
+    headline = read_json_with_keys(
+        outputs.analysis / HEADLINE_FILE, report_rebuild("analysis"), HEADLINE_KEYS
+    )
     record = read_run_record(outputs.run)
     report = Report(
         title="How fine-tuning rewires circuits",
@@ -205,4 +253,5 @@ def render_study_report(outputs: StudyOutputs, out: Path) -> Path:
                   critical_section(outputs, headline), methods_section(outputs)],
         appendix=appendix(outputs),
     )  # fmt: skip
+    check_figures(outputs, report)
     return render_report(report, out)
