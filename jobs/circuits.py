@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run is not None:
         config = parse_config(CircuitRunConfig, args, [f"run={args.run}"])
         with exit_on(ClusterError):
-            print(run_circuits(config.run, config).describe())
+            print(run_circuits(config.run, config, config.rebuild).describe())
         return
     extra = [f"{k}={v}" for k, v in (("model", args.model), ("data", args.data)) if v is not None]
     config = parse_config(CircuitJobConfig, args, extra)

@@ -13,12 +13,12 @@ from tqdm import tqdm
 
 from ftcircuits.config.discovery import CompositionalConfig
 from ftcircuits.study.compositional import PARTS, compositional_merge
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(CompositionalConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
-    with tqdm(total=len(PARTS), desc="circuits (inner, outer, full)", unit="circuit") as bar:
+    with exit_on(), tqdm(total=len(PARTS), desc="circuits (inner, outer, full)", unit="circuit") as bar:
         merged = compositional_merge(config, lambda part: bar.update())
     print(merged.describe())
 

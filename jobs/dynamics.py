@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> None:
             finetune(run)
             print(f"\n== seed {seed}: circuits of every checkpoint (sample seed "
                   f"{circuits.discovery.sample_seed})", flush=True)  # fmt: skip
-            print(run_circuits(Path(run.out), circuits).describe())
+            print(run_circuits(Path(run.out), circuits, config.rebuild).describe())
         print(f"\n== seed {seed}: analysis", flush=True)
-        analyses[seed] = analyze_run(Path(run.out), circuits, config.analysis)
+        with exit_on():
+            analyses[seed] = analyze_run(Path(run.out), circuits, config.analysis)
         print(analyses[seed].describe())
-    print(summary_over_runs(analyses, config.out).describe())
+    with exit_on():
+        print(summary_over_runs(analyses, config.out).describe())
 
 
 if __name__ == "__main__":

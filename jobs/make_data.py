@@ -12,7 +12,7 @@ from ftcircuits.config.data import DataConfig
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.spec import all_paper_tasks
-from jobs.cli import config_parser, parse_config
+from jobs.cli import config_parser, exit_on, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = load_tokenizer(config.model)
     for spec in config.tasks:
-        directory, manifest = make_task_dataset(
-            spec, tokenizer, config.model, config.out, config.perturb_ratios
-        )
+        with exit_on():
+            directory, manifest = make_task_dataset(
+                spec, tokenizer, config.model, config.out, config.perturb_ratios
+            )
         counts, summary = manifest["counts"], manifest["summary"]
         print(
             f"{spec.dataset_name():22s} {summary['items']:5d} items {summary['splits']}  "

@@ -42,9 +42,9 @@ from jobs.cli import config_parser, exit_on, parse_config
 
 def comparison_config(config: PipelineConfig, out: Path) -> CompareConfig:
     """Return the comparison the pipeline runs: its config file, under ``<out>/comparison``, with the
-    pipeline's circuit settings for its reference runs."""
+    pipeline's circuit settings (and rebuild) for its reference runs."""
     compare = load_config(CompareConfig, config.comparison, [f"out={out / 'comparison'}"])
-    return compare.model_copy(update={"circuits": config.circuits})
+    return compare.model_copy(update={"circuits": config.circuits, "rebuild": config.rebuild})
 
 
 def dynamics_run_config(config: PipelineConfig, compare: CompareConfig) -> FinetuneConfig:
@@ -119,7 +119,7 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
         print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
 
     stage("circuits of every checkpoint (and robustness variants) on Ray actors")
-    print(run_circuits(run, config.circuits).describe())
+    print(run_circuits(run, config.circuits, config.rebuild).describe())
     stage("circuit dynamics: similarity, faithfulness, robustness, critical layers")
     analysis = analyze_run(run, config.circuits, config.analysis)
     print(analysis.describe())

@@ -22,6 +22,7 @@ from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.cluster.sweep import sweep
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig
+from jobs.cli import exit_on
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ()) -> None:
@@ -36,10 +37,8 @@ def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ())
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    try:
+    with exit_on(ConfigError, ClusterError):  # a damaged input file: exit 2
         print(sweep(config, callbacks).describe())
-    except (ConfigError, ClusterError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

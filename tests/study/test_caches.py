@@ -11,7 +11,13 @@ import polars as pl
 import pytest
 
 from ftcircuits.circuits.settings import DiscoverySettings
-from ftcircuits.config.discovery import ActorSettings, CircuitRunSettings, RobustnessSettings
+from ftcircuits.config.discovery import (
+    ActorSettings,
+    CircuitRunConfig,
+    CircuitRunSettings,
+    RebuildOption,
+    RobustnessSettings,
+)
 from ftcircuits.finetune.run_identity import run_record
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.study.accuracy import accuracy_key, cached_accuracy
@@ -33,6 +39,13 @@ UNCHANGED = {
         "count": 1, "cpus": 2.0, "gpus": 0.5, "in_flight": 1, "retries": 0, "threads": 2,
     }.items()},  # how the work is spread over Ray actors: no circuit depends on it
 }  # fmt: skip
+
+
+# Options of the jobs whose circuits stage is cached, beyond its settings (and the run), and why they leave
+# every circuit as it is.
+JOB_OPTIONS_UNCHANGED = {
+    "rebuild": True,  # redoes only the damaged units, into the same cache: their circuits are the same
+}
 
 
 def dataset(directory: Path, content: str) -> Path:
@@ -57,6 +70,20 @@ def test_every_field_of_the_circuit_settings_is_either_keyed_or_explained():
     fields |= {("actors", f) for f in ActorSettings.model_fields}
     keyed = {("discovery", f) for f in DISCOVERY_CHANGES} | {("robustness", f) for f in ROBUSTNESS_CHANGES}
     assert keyed | set(UNCHANGED) == fields and not keyed & set(UNCHANGED)
+
+
+def test_every_option_of_a_cached_circuits_job_beyond_its_settings_is_explained(inputs):
+    options = set(CircuitRunConfig.model_fields) - set(CircuitRunSettings.model_fields) - {"run"}
+    assert options == set(RebuildOption.model_fields) == set(JOB_OPTIONS_UNCHANGED)
+    config = CircuitRunConfig.model_construct(**dict(CircuitRunSettings()), run=Path("run"))
+    for name, value in JOB_OPTIONS_UNCHANGED.items():
+        assert getattr(config, name) != value
+        changed_config = config.model_copy(update={name: value})
+        assert (
+            settings_hash(changed_config, inputs)
+            == settings_hash(config, inputs)
+            == settings_hash(CircuitRunSettings(), inputs)
+        )
 
 
 @pytest.mark.parametrize(

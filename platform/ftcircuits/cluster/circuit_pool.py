@@ -21,6 +21,7 @@ from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.study.over_run import (
     CircuitRunner,
     CircuitUnit,
+    check_unit_data,
     circuits_dir,
     finished_circuit,
     run_inputs,
@@ -130,21 +131,24 @@ def circuits_over_run(
     settings: CircuitRunSettings,
     on_result: Callable[[dict], None] | None = None,
     units: Sequence[CircuitUnit] | None = None,
+    rebuild: bool = False,
 ) -> tuple[Path, list[dict], int]:
     """Discover every circuit of a run that is not on disk yet; return (output dir, all rows, computed).
 
     Validates the run, its dataset and the units (``units``: already made by ``run_units``) before any
-    actor starts.
+    actor starts. A unit on disk is checked first: a damaged one raises DamagedFileError, or with
+    ``rebuild`` is redone with the missing ones (``over_run.finished_circuit``).
     """
     inputs = run_inputs(run)
     out = circuits_dir(run, settings, inputs)
     units = run_units(run, settings, inputs) if units is None else units
-    done = {unit.key: finished_circuit(out, unit) for unit in units}
+    done = {unit.key: finished_circuit(out, unit, rebuild) for unit in units}
     todo = [unit for unit in units if done[unit.key] is None]
     for row in done.values():
         if row is not None and on_result is not None:
             on_result(row)
     if todo:
+        check_unit_data(inputs.data, todo, settings.discovery.split)
         check_shared_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         pool = settings.actors

@@ -45,7 +45,10 @@ class ReferenceCircuits:
 
 
 def reference_circuits(
-    reference_run: Path | None, reference_preset: FinetuneConfig | None, settings: CircuitRunSettings
+    reference_run: Path | None,
+    reference_preset: FinetuneConfig | None,
+    settings: CircuitRunSettings,
+    rebuild: bool = False,
 ) -> ReferenceCircuits:
     """Return the reference run (fine-tuned now from ``reference_preset`` unless given) and its checkpoints'
     circuits under ``settings`` (computed on Ray unless already on disk; no robustness circuits)."""
@@ -55,7 +58,7 @@ def reference_circuits(
         finetune(reference_preset)
     robustness = settings.robustness.model_copy(update={"enabled": False})
     print(f"== circuits of every checkpoint of {run}", flush=True)
-    found = run_circuits(run, settings.model_copy(update={"robustness": robustness}))
+    found = run_circuits(run, settings.model_copy(update={"robustness": robustness}), rebuild)
     print(f"{found.computed} circuits computed: {found.directory}", flush=True)
     return ReferenceCircuits(run, found.directory)
 
@@ -107,7 +110,7 @@ def circuitlora(config: CircuitLoraConfig) -> CircuitLoraRun:
         preset, reference_preset = checked_presets(config)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    reference = reference_circuits(config.reference_run, reference_preset, config.circuits)
+    reference = reference_circuits(config.reference_run, reference_preset, config.circuits, config.rebuild)
     plan = plan_circuitlora(config, reference.base_model, reference.run, reference.circuits)
     plan_path = write_plan(config.out, plan)
     tuned = circuitlora_finetune_config(preset, plan, config)

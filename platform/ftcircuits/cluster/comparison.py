@@ -22,6 +22,7 @@ from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
 from ftcircuits.finetune.run_identity import check_run_schedule
+from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report.figures import method_comparison
@@ -39,7 +40,7 @@ from ftcircuits.study.comparison import (
     summary_markdown,
 )
 from ftcircuits.tasks.dataset import make_task_dataset
-from ftcircuits.tasks.io import MANIFEST_FILE
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items
 from ftcircuits.tasks.spec import TaskSpec
 
 
@@ -71,7 +72,7 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
     for name in sorted({run.task for run in runs if run.method in arms}):
         given = config.reference_runs.get(name)
         preset = None if given is not None else reference_config(config, tasks[name])
-        reference = reference_circuits(given, preset, config.circuits)
+        reference = reference_circuits(given, preset, config.circuits, config.rebuild)
         for arm in arms.values():
             circuitlora = arm_circuitlora_config(config, arm, tasks[name])
             plan = plan_circuitlora(circuitlora, reference.base_model, reference.run, reference.circuits)
@@ -86,12 +87,14 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
 
 
 def task_datasets(config: CompareConfig, tasks: list[TaskSpec], model: str) -> dict[str, Path]:
-    """Return each task's dataset directory (``<out>/data/<task>``), built once for all its runs."""
+    """Return each task's dataset directory (``<out>/data/<task>``), built once for all its runs, and
+    checked here (DamagedFileError) rather than in a trial."""
     tokenizer, dirs = load_tokenizer(model), {}
     for task in tasks:
         directory = Path(config.out).resolve() / "data" / task.dataset_name()
         if not (directory / MANIFEST_FILE).is_file():
             make_task_dataset(task, tokenizer, model, directory.parent)
+        read_items(directory)
         dirs[task.dataset_name()] = directory
     return dirs
 
@@ -124,6 +127,8 @@ def compare_methods(config: CompareConfig) -> Comparison:
     config = config.model_copy(update={"out": Path(config.out).resolve()})  # trials chdir
     try:
         runs = planned_runs(config)
+    except DamagedFileError:
+        raise  # a damaged input file: exit status 2, as is
     except ValueError as error:  # ConfigError included
         raise ConfigError(str(error)) from None
     sizes = f"{len(config.tasks)} tasks x {len(config.arms)} methods x {len(config.seeds)} seeds"
@@ -132,6 +137,8 @@ def compare_methods(config: CompareConfig) -> Comparison:
     for run in runs:
         try:
             check_run_schedule(run.config, data_dirs[run.task])
+        except DamagedFileError:
+            raise
         except ValueError as error:
             raise ConfigError(f"{run.key}: {error}") from None
     connect()

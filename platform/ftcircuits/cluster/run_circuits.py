@@ -12,7 +12,15 @@ from tqdm import tqdm
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.discovery import CircuitRunSettings
-from ftcircuits.study.over_run import METRICS, RunInputs, run_inputs, run_units
+from ftcircuits.study.over_run import (
+    METRICS,
+    RunInputs,
+    check_unit_data,
+    circuits_dir,
+    finished_circuit,
+    run_inputs,
+    run_units,
+)
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -43,16 +51,21 @@ def circuits_logger(run: Path, settings: CircuitRunSettings, inputs: RunInputs) 
     return RunLogger(uri, run_id)
 
 
-def run_circuits(run: Path, settings: CircuitRunSettings) -> RunCircuits:
+def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False) -> RunCircuits:
     """Discover the circuits of ``run`` under ``settings`` that are not on disk yet, on Ray actors (joining
     or starting the cluster: ``cluster.connection.connect``), with progress; log every checkpoint's
     metrics to MLflow. Bad runs, datasets and units are refused before Ray starts; ClusterError when the
-    cluster cannot hold the outputs."""
+    cluster cannot hold the outputs. A damaged circuit on disk raises DamagedFileError naming it, or with
+    ``rebuild`` is redone (only it, with those not on disk)."""
     inputs = run_inputs(run)
     robustness = settings.robustness
     training = robustness.enabled and "briefly-trained" in robustness.baselines
     with tqdm(total=robustness.brief_steps, desc="briefly-trained baseline", disable=not training) as brief:
         units = run_units(run, settings, inputs, lambda step, loss: brief.update())
+    check_unit_data(inputs.data, units, settings.discovery.split)  # damaged inputs stop it before Ray starts
+    out = circuits_dir(run, settings, inputs)
+    for unit in units:  # a damaged circuit on disk: DamagedFileError now, or with rebuild removed (redone)
+        finished_circuit(out, unit, rebuild)
     connect()
     check_shared_outputs(run)
     logger = circuits_logger(run, settings, inputs)
@@ -65,7 +78,7 @@ def run_circuits(run: Path, settings: CircuitRunSettings) -> RunCircuits:
             for name in METRICS:
                 logger.metric(name, row[name], step=row["step"])
 
-    out, rows, computed = circuits_over_run(run, settings, on_result, units)
+    out, rows, computed = circuits_over_run(run, settings, on_result, units, rebuild)
     bar.close()
     logger.artifact(out, "circuits")
     logger.finish()

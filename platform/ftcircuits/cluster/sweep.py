@@ -81,7 +81,7 @@ def sweep_inputs(
 ) -> SweepInputs:
     """Return what every trial shares: the reference run (run now if needed) and its circuits, computed
     once."""
-    reference = reference_circuits(config.reference_run, reference_preset, config.circuits)
+    reference = reference_circuits(config.reference_run, reference_preset, config.circuits, config.rebuild)
     inputs = run_inputs(reference.run)
     return SweepInputs(config, preset, reference.run, reference.circuits, inputs.base_model, inputs.data)
 

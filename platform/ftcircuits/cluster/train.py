@@ -21,7 +21,7 @@ from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import DATA_DIR, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
-from ftcircuits.tasks.io import MANIFEST_FILE, read_manifest
+from ftcircuits.tasks.io import MANIFEST_FILE, read_items, read_manifest
 from ftcircuits.tasks.spec import PERTURB_RATIOS
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -133,6 +133,7 @@ def run_dataset(config: FinetuneConfig) -> Path:
     if not (data_dir / MANIFEST_FILE).is_file():
         tokenizer = load_tokenizer(config.model)
         make_task_dataset(config.task, tokenizer, config.model, Path(config.out) / DATA_DIR, PERTURB_RATIOS)
+    read_items(data_dir)  # checked here: a damaged file stops the run before Ray starts, not in a worker
     return data_dir
 
 

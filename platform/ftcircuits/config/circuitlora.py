@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from ftcircuits.config.data import PresetPath
-from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.config.discovery import CircuitRunSettings, RebuildOption
 from ftcircuits.options import CriticalRule, CriticalSource, LayerVariant, RankChoice
 from ftcircuits.schema import Strict
 
@@ -55,7 +55,7 @@ class RankSettings(Strict):
         return self
 
 
-class CircuitLoraConfig(Strict):
+class CircuitLoraConfig(RebuildOption):
     """``jobs.circuitlora``: Algorithm 1 end to end, from a reference run's circuits to the CircuitLoRA
     fine-tune."""
 

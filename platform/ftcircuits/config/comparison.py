@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.config.circuitlora import CriticalLayerRule, RankSettings
 from ftcircuits.config.data import PresetPath
-from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.config.discovery import CircuitRunSettings, RebuildOption
 from ftcircuits.schema import Strict
 from ftcircuits.tasks.spec import TaskSpec
 
@@ -43,7 +43,7 @@ class MethodArm(Strict):
         return name
 
 
-class CompareConfig(Strict):
+class CompareConfig(RebuildOption):
     """``jobs.compare_methods``: every arm on every task over several seeds, one table with spreads."""
 
     finetune_config: PresetPath = Field(

@@ -22,6 +22,17 @@ def _dataset_exists(data: Path) -> Path:
     return data
 
 
+class RebuildOption(Strict):
+    """``rebuild``, for the jobs whose circuits stage is cached: ``jobs.circuits --run``, the pipeline, the
+    dynamics, and the reference circuits of CircuitLoRA, the method comparison and the sweep."""
+
+    rebuild: bool = Field(
+        False,
+        description="redo the cached circuits whose files are damaged (checked before reuse; without "
+        "it a damaged file stops the job naming it); not in the cache key",
+    )
+
+
 class CircuitJobConfig(Strict):
     """``jobs.circuits --model --data``: discover a circuit of a model on a dataset split."""
 
@@ -80,7 +91,7 @@ class CircuitRunSettings(Strict):
         return self
 
 
-class CircuitRunConfig(CircuitRunSettings):
+class CircuitRunConfig(CircuitRunSettings, RebuildOption):
     """``jobs.circuits --run``: circuits of the base and every checkpoint of a fine-tuning run, on Ray."""
 
     run: Path

@@ -8,11 +8,10 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from ftcircuits.config.data import PresetPath
-from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
-from ftcircuits.schema import Strict
+from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings, RebuildOption
 
 
-class MultiSeedConfig(Strict):
+class MultiSeedConfig(RebuildOption):
     """``jobs.dynamics``: the dynamics stage (fine-tune, circuits over checkpoints, analysis) for several
     fine-tuning seeds, each cached, then every headline number as mean ± std over the seeds. Robustness
     circuits are of the base model, so only the first seed computes them (when ``circuits.robustness``

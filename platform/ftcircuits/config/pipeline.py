@@ -9,8 +9,12 @@ from pydantic import Field
 
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.data import PresetPath
-from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings, RobustnessSettings
-from ftcircuits.schema import Strict
+from ftcircuits.config.discovery import (
+    AnalysisSettings,
+    CircuitRunSettings,
+    RebuildOption,
+    RobustnessSettings,
+)
 from ftcircuits.tasks.spec import TaskSpec, all_paper_tasks
 
 PIPELINE_CIRCUITS = CircuitRunSettings(
@@ -19,7 +23,7 @@ PIPELINE_CIRCUITS = CircuitRunSettings(
 )
 
 
-class PipelineConfig(Strict):
+class PipelineConfig(RebuildOption):
     """``jobs.pipeline``: data and base accuracy on every task; one LoRA run (the comparison's
     ``dynamics_arm`` at its first seed on its first task) gives the accuracy after fine-tuning and the
     checkpoints whose circuits, dynamics and critical layers are studied; CircuitLoRA against it at

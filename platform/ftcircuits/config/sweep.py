@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.config.data import PresetPath
-from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.config.discovery import CircuitRunSettings, RebuildOption
 from ftcircuits.options import LayerVariant, SweepRanks
 from ftcircuits.schema import Strict
 
@@ -77,7 +77,7 @@ class SweepSpace(Strict):
         return self
 
 
-class SweepConfig(Strict):
+class SweepConfig(RebuildOption):
     """``tuning.sweep``: CircuitLoRA trials on Ray Tune (Optuna search, ASHA stopping), all planned on the
     circuits of one reference run."""
 

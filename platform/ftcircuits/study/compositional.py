@@ -141,7 +141,8 @@ def merged_subtask_circuit(config: CompositionalConfig) -> pl.DataFrame:
     edge count."""
     stems = {part: Path(config.out) / f"compositional-{part}" for part in SUBTASKS}
     if all(circuit_exists(stem) for stem in stems.values()):
-        circuits = {part: read_circuit(stem)[0] for part, stem in stems.items()}
+        rebuild = "delete it and rerun python -m jobs.compositional (a missing part's circuit is discovered)"
+        circuits = {part: read_circuit(stem, rebuild)[0] for part, stem in stems.items()}
     else:
         loaded = load_model(config.model)
         circuits = part_circuits(config, loaded, part_items(config, loaded, SUBTASKS))

@@ -13,20 +13,23 @@ import polars as pl
 
 from ftcircuits.circuits.compare import circuit_similarity, critical_layers, edge_changes, layer_scores
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.circuits.io import circuit_mask, edges_table, read_circuit
+from ftcircuits.circuits.io import circuit_mask, edges_table
 from ftcircuits.circuits.selection import edge_count, select_circuit
+from ftcircuits.integrity import read_parquet_checked
 from ftcircuits.options import LayerVariant, choices
-from ftcircuits.study.over_run import SUMMARY_FILE
+from ftcircuits.study.over_run import SUMMARY_FILE, read_run_circuit
 
 HEADLINE_FILE = "headline.json"
 
 
 def read_summary(out: Path) -> pl.DataFrame:
-    """Return the summary table of a run's circuits (one row per unit)."""
+    """Return the summary table of a run's circuits (one row per unit), checked (DamagedFileError)."""
     path = Path(out) / SUMMARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run jobs.circuits --run first (with the same settings)")
-    return pl.read_parquet(path)
+    run = Path(out).parent.parent
+    rebuild = f"python -m jobs.circuits --run {run} (with the same --set settings) writes it again"
+    return read_parquet_checked(path, rebuild, {"key": pl.String, "model": pl.String, "ratio": pl.Float64})
 
 
 def checkpoint_circuits(out: Path, summary: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
@@ -34,7 +37,7 @@ def checkpoint_circuits(out: Path, summary: pl.DataFrame) -> list[tuple[int, pl.
     rows = summary.filter(pl.col("model") == "checkpoint").sort("step")
     if rows.height < 2:
         raise ValueError(f"dynamics need at least 2 checkpoint circuits, found {rows.height}")
-    return [(step, read_circuit(Path(out) / key)[0]) for key, step in rows.select("key", "step").iter_rows()]
+    return [(step, read_run_circuit(out, key)[0]) for key, step in rows.select("key", "step").iter_rows()]
 
 
 def similarity_over_steps(circuits: list[tuple[int, pl.DataFrame]], summary: pl.DataFrame) -> pl.DataFrame:
@@ -100,9 +103,9 @@ def robustness(out: Path, summary: pl.DataFrame) -> pl.DataFrame:
         keys = dict(group.select("ratio", "key").iter_rows())
         if 0.0 not in keys:
             raise ValueError(f"no unperturbed circuit of the {model} model")
-        reference = read_circuit(Path(out) / keys[0.0])[0]
+        reference = read_run_circuit(out, keys[0.0])[0]
         for ratio in sorted(r for r in keys if r > 0):
-            similarity = circuit_similarity(reference, read_circuit(Path(out) / keys[ratio])[0])
+            similarity = circuit_similarity(reference, read_run_circuit(out, keys[ratio])[0])
             accuracy = group.filter(pl.col("ratio") == ratio)["model_accuracy"][0]
             rows.append({"model": model, "ratio": ratio, "node_jaccard": similarity["node_jaccard"],
                          "edge_jaccard": similarity["edge_jaccard"], "model_accuracy": accuracy})  # fmt: skip
@@ -197,7 +200,7 @@ def faithfulness_by_checkpoint(out: Path, summary: pl.DataFrame) -> pl.DataFrame
     its circuit was discovered with ``curve``; empty when none was."""
     rows = []
     for key, step in summary.filter(pl.col("model") == "checkpoint").select("key", "step").iter_rows():
-        curve = read_circuit(Path(out) / key)[1].get("curve")
+        curve = read_run_circuit(out, key)[1].get("curve")
         if curve:
             rows += [{"step": step, "budget": b, "faithfulness": f}
                      for b, f in zip(curve["budgets"], curve["faithfulness"], strict=True)]  # fmt: skip

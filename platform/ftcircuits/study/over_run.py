@@ -4,7 +4,10 @@ Plain Python, no Ray: ``CircuitRunner`` holds the base model once and swaps in
 each unit's weights; ``cluster.circuit_pool`` runs it inside long-lived actors,
 and a sequential loop over the same runner gives the same circuits. Every
 circuit is written to ``<run>/circuits/<settings hash>/<key>`` (JSON last), so a
-finished unit is recognised and skipped by a rerun.
+finished unit is recognised and skipped by a rerun. A finished unit is checked
+before reuse (``finished_circuit``): a damaged one stops the stage with
+``DamagedFileError``, or with ``rebuild`` is redone; a unit whose JSON or edges
+file was deleted is redone.
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ import polars as pl
 import torch
 
 from ftcircuits.circuits.discover import circuit_metadata, discover_circuit
-from ftcircuits.circuits.io import META_SUFFIX, edges_table, write_circuit
+from ftcircuits.circuits.io import (
+    checked_circuit_meta,
+    circuit_exists,
+    circuit_files,
+    edges_table,
+    read_circuit,
+    write_circuit,
+)
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import ModelSourceError, check_model_files, load_model, resolve_model_source
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.options import Baseline, ModelKind
@@ -177,12 +188,60 @@ def run_units(
     )
 
 
-def finished_circuit(out: Path, unit: CircuitUnit) -> dict | None:
-    """Return the summary row of a unit whose circuit is already on disk, else None."""
-    meta_path = Path(out) / f"{unit.key}{META_SUFFIX}"
-    if not meta_path.is_file():
+def circuit_rebuild_hint(out: Path, damaged: Path) -> str:
+    """Return how to redo a run's damaged circuit file ``damaged`` (in ``out``, ``<run>/circuits/<hash>``)."""
+    run = Path(out).parent.parent
+    return (
+        f"rerun with --set rebuild=true, or delete {damaged}: python -m jobs.circuits --run {run} "
+        "(with the same --set settings; every job that runs this stage takes --set rebuild=true)"
+    )
+
+
+def _with_hint(out: Path, error: DamagedFileError) -> DamagedFileError:
+    return DamagedFileError(error.path, error.problem, circuit_rebuild_hint(out, error.path))
+
+
+def finished_circuit(out: Path, unit: CircuitUnit, rebuild: bool = False) -> dict | None:
+    """Return the summary row of a unit whose circuit is already on disk, checked, else None (to do).
+
+    A unit with its JSON or edges file missing (deleted) is to do. A damaged one (``checked_circuit_meta``)
+    raises DamagedFileError naming the file and how to redo it, or with ``rebuild`` has its files removed
+    and is to do."""
+    stem = Path(out) / unit.key
+    if not circuit_exists(stem):
         return None
-    return summary_row(unit, json.loads(meta_path.read_text()))
+    try:
+        meta = checked_circuit_meta(stem)
+        try:
+            return summary_row(unit, meta)
+        except (KeyError, TypeError, ValueError) as error:
+            meta_path = circuit_files(stem)[1]
+            raise DamagedFileError(
+                meta_path, f"its faithfulness metrics are missing or malformed ({error!r})", ""
+            ) from None
+    except DamagedFileError as error:
+        if not rebuild:
+            raise _with_hint(out, error) from None
+        for path in circuit_files(stem):
+            path.unlink(missing_ok=True)
+        return None
+
+
+def check_unit_data(data: Path, units: list[CircuitUnit], split: str) -> None:
+    """Read, checked, the dataset files ``units`` use (the split, each perturbed ratio), so that a damaged one
+    stops the stage with DamagedFileError before any actor starts."""
+    read_items(data, split)
+    for ratio in sorted({unit.ratio for unit in units} - {0.0}):
+        read_perturbed(data, ratio)
+
+
+def read_run_circuit(out: Path, key: str) -> tuple[pl.DataFrame, dict]:
+    """Return the edges table and metadata of a run's circuit ``key`` in ``out``, checked
+    (``circuits.io.read_circuit``; a damaged file names how to redo it)."""
+    try:
+        return read_circuit(Path(out) / key)
+    except DamagedFileError as error:
+        raise _with_hint(out, error) from None
 
 
 def summary_row(unit: CircuitUnit, meta: dict) -> dict:

@@ -51,6 +51,7 @@ def make_task_dataset(
         "tokenizer": {"name": tokenizer_name, "vocab_size": len(tokenizer)},
         "counts": counts.as_dict(),
         "summary": dataset_summary(items),
+        "spec": spec.model_dump(mode="json", exclude_none=True),  # with the tokenizer: how to rebuild it
     }
     directory = write_dataset(Path(out) / spec.dataset_name(), items, manifest, perturbed)
     return directory, manifest
