@@ -20,6 +20,7 @@ from ftcircuits.cluster.comparison_trials import ComparisonRuns, run_comparison
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
+from ftcircuits.console import say
 from ftcircuits.finetune.run_identity import check_run_schedule
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
@@ -76,9 +77,9 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
             plan = plan_circuitlora(circuitlora, reference.base_model, reference.run, reference.circuits)
             write_plan(arm_dir(config, tasks[name], arm), plan)
             pair = f"({plan.ranks['other']}, {plan.ranks['critical']})"
-            print(f"== {name} {arm.name}: critical layers {plan.critical_layers} ({plan.variant}), "
-                  f"(r_o, r_c) = {pair}, {plan.params:,} LoRA parameters vs {plan.matched_params:,} "
-                  "uniform", flush=True)  # fmt: skip
+            say(f"== {name} {arm.name}: critical layers {plan.critical_layers} ({plan.variant}), "
+                f"(r_o, r_c) = {pair}, {plan.params:,} LoRA parameters vs {plan.matched_params:,} "
+                "uniform")  # fmt: skip
             planned[name, arm.name] = (plan, circuitlora)
     return [circuitlora_run(run, *planned[run.task, run.method]) if run.method in arms else run
             for run in runs]  # fmt: skip
@@ -124,7 +125,7 @@ def compare_methods(config: CompareConfig) -> Comparison:
     except ValueError as error:  # ConfigError included
         raise ConfigError(str(error)) from None
     sizes = f"{len(config.tasks)} tasks x {len(config.arms)} methods x {len(config.seeds)} seeds"
-    print(f"== {len(runs)} runs: {sizes}", flush=True)
+    say(f"== {len(runs)} runs: {sizes}")
     data_dirs = task_datasets(config, config.tasks, runs[0].config.model)
     for run in runs:
         try:

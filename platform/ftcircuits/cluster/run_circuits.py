@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-from tqdm import tqdm
 
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.console import progress
 from ftcircuits.study.over_run import METRICS, RunInputs, run_inputs, run_units
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -51,16 +51,16 @@ def run_circuits(run: Path, settings: CircuitRunSettings) -> RunCircuits:
     inputs = run_inputs(run)
     robustness = settings.robustness
     training = robustness.enabled and "briefly-trained" in robustness.baselines
-    with tqdm(total=robustness.brief_steps, desc="briefly-trained baseline", disable=not training) as brief:
+    with progress(robustness.brief_steps, "briefly-trained baseline", "step", disable=not training) as brief:
         units = run_units(run, settings, inputs, lambda step, loss: brief.update())
     connect()
     check_shared_outputs(run)
     logger = circuits_logger(run, settings, inputs)
-    bar = tqdm(total=len(units), desc="circuits", unit="circuit")
+    bar = progress(len(units), "circuits", "circuit")
 
     def on_result(row: dict) -> None:
+        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}", refresh=False)
         bar.update(1)
-        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}")
         if row["step"] is not None:
             for name in METRICS:
                 logger.metric(name, row[name], step=row["step"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +69,18 @@ def resolve_model_source(source: str) -> str:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+"""transformers 5's FutureWarning at PEFT's every wrapping of a model: PEFT reads the deprecated property
+(``peft_model.py``: ``getattr(model, "is_gradient_checkpointing", True)``); ours has nothing to change."""
+
+
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Wrap a model in PEFT (``get_peft_model``, ``PeftModel.from_pretrained``) inside: without the
+    FutureWarning PEFT's own call raises (PEFT_DEPRECATION), once per process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        yield
 
 
 def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -76,7 +91,8 @@ def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
 
     base_source = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(resolve_model_source(base_source), dtype=dtype)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
 
 
 def model_skeleton(source: str) -> tuple[PreTrainedModel, Architecture]:

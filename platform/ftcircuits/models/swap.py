@@ -19,7 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME
 
-from ftcircuits.models.loader import ADAPTER_CONFIG, LoadedModel, ModelSourceError, resolve_model_source
+from ftcircuits.models.loader import (
+    ADAPTER_CONFIG,
+    LoadedModel,
+    ModelSourceError,
+    peft_wrapping,
+    resolve_model_source,
+)
 
 BASE = "base"
 RANDOM_PREFIX = "random:"
@@ -76,7 +82,8 @@ class CheckpointWeights:
                 f"not on the loaded base {self.loaded.source!r}"
             )
         # merge_and_unload writes the merged weights into the wrapped modules and puts them back
-        PeftModel.from_pretrained(self.loaded.model, str(path)).merge_and_unload()
+        with peft_wrapping():
+            PeftModel.from_pretrained(self.loaded.model, str(path)).merge_and_unload()
 
     def _random_state(self, seed: int) -> dict[str, torch.Tensor]:
         model = self.loaded.model

@@ -46,9 +46,31 @@ class RunAnalysis:
             parts.append(str(self.tables["similarity_by_budget"]))
             if "smallest_faithful_budget" in self.tables:
                 parts.append(str(self.tables["smallest_faithful_budget"]))
-        parts.append(json.dumps(self.headline, indent=1))
+        parts.append(headline_text(self.headline))
         parts.append(f"tables and figures: {self.directory} ({', '.join(p.name for p in self.figures)})")
         return "\n".join(parts)
+
+
+HEADLINE_TABLES = ("jaccard_final_vs_base_by_budget", "smallest_faithful_budget_by_step")
+"""Headline entries the stage's description shows as tables already (similarity_by_budget,
+smallest_faithful_budget)."""
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def headline_text(headline: dict) -> str:
+    """Return the headline as one line per entry (compact JSON values, 4 decimals), leaving out what the
+    description shows as tables (HEADLINE_TABLES); the headline file holds it all."""
+    return "\n".join(f"{key}: {json.dumps(_rounded(value))}" for key, value in headline.items()
+                     if key not in HEADLINE_TABLES)  # fmt: skip
 
 
 def analysis_dir(run: Path, settings: CircuitRunSettings) -> Path:

@@ -8,11 +8,22 @@ the driver (``create_run``) and only one process (rank 0) logs into it by id
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 _PARAM_NAME = re.compile(r"[\w\-. :/]+")  # what MLflow accepts in a param name
+MIGRATION_LOGGERS = ("alembic", "mlflow.store.db.utils")
+"""The loggers of a SQLite store's schema creation and migration, which say at INFO, in every process
+that opens the store, "Creating initial MLflow database tables...", "Updating database tables" and
+alembic's "Context impl SQLiteImpl", "Will assume non-transactional DDL", "Running upgrade ..."."""
+
+
+def quiet_store_migrations() -> None:
+    """Keep the store's schema creation and migration (MIGRATION_LOGGERS) to warnings and errors."""
+    for name in MIGRATION_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def tracking_uri(out: Path) -> str:
@@ -50,6 +61,7 @@ def create_run(out: Path, experiment: str, run_name: str, params: dict) -> tuple
 
     Path(out).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(out)
+    quiet_store_migrations()
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -68,6 +80,7 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        quiet_store_migrations()
         self.client, self.run_id = MlflowClient(uri), run_id
 
     def metric(self, key: str, value: float, step: int) -> None:

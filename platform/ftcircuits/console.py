@@ -1,0 +1,139 @@
+"""What a job shows a person: ``say`` for stage lines and results, ``progress`` for a long stage's bar.
+
+Outside a job's console both write where they always did (``say`` to stdout, a bar to stderr). A job's
+quiet console (``jobs.console.job_console``) points them at the terminal, with a copy of each line in the
+driver log, while everything else the process writes (libraries' logs and warnings, Ray's lines) goes to
+that log only. Off a terminal (a pipe, a file, CI's log) a bar prints whole lines, at most one a minute
+and its last state, instead of hundreds of carriage-return updates.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TextIO
+
+from tqdm import tqdm
+
+PIPE_INTERVAL_S = 60.0
+"""Off a terminal, a bar prints a line at most this often (and its last state when it closes)."""
+
+
+@dataclass
+class _Console:
+    terminal: TextIO | None = None  # set while a job's quiet console owns the process's output
+    log: TextIO | None = None  # the driver log: a copy of every line said
+
+
+_console = _Console()
+_lock = threading.Lock()
+
+
+def attach(terminal: TextIO, log: TextIO) -> None:
+    """Send ``say`` and bars to ``terminal`` (a copy of each line to ``log``): a job's quiet console."""
+    _console.terminal, _console.log = terminal, log
+
+
+def detach() -> None:
+    _console.terminal = _console.log = None
+
+
+def quiet() -> bool:
+    """True while a job's quiet console is attached: Ray's and Tune's own console output stays off."""
+    return _console.terminal is not None
+
+
+def say(*parts: object, sep: str = " ", end: str = "\n") -> None:
+    """Print a line a person reads (a stage header, a result, where the outputs are): ``print``'s
+    arguments."""
+    text = sep.join(map(str, parts)) + end
+    with _lock:
+        if _console.terminal is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        _console.terminal.write(text)
+        _console.terminal.flush()
+        _console.log.write(text)
+        _console.log.flush()
+
+
+def say_error(text: str) -> None:
+    """Print an error a person must see: to the terminal when a console is attached, else stderr."""
+    with _lock:
+        stream = _console.terminal or sys.stderr
+        stream.write(text.rstrip("\n") + "\n")
+        stream.flush()
+        if _console.log is not None:
+            _console.log.write(text.rstrip("\n") + "\n")
+            _console.log.flush()
+
+
+class _Lines:
+    """A bar's stream off a terminal: each refresh as one whole line (no carriage returns), repeats
+    dropped; the log gets the same lines."""
+
+    def __init__(self, stream: TextIO, log: TextIO | None) -> None:
+        self.stream, self.log, self.last = stream, log, ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").replace("\x1b[A", "").rstrip()
+        if not line or line == self.last:
+            return
+        self.last = line
+        with _lock:
+            for stream in filter(None, (self.stream, self.log)):
+                stream.write(line + "\n")
+                stream.flush()
+
+    def flush(self) -> None:
+        pass
+
+
+class _TerminalBar(tqdm):
+    """A live bar on a terminal whose last state also goes to the driver log when it closes."""
+
+    def __init__(self, *args, log: TextIO | None = None, **kwargs) -> None:
+        self._log = log
+        super().__init__(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._log is not None and not self.disable and not getattr(self, "_logged", False):
+            self._logged = True
+            with _lock:
+                self._log.write(str(self).rstrip() + "\n")
+                self._log.flush()
+        super().close()
+
+
+class _LineBar(tqdm):
+    """A bar off a terminal: a new metric waits for the next line rather than printing one of its own,
+    and a state already printed (count and metric) is not printed again when the bar closes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._shown = None
+        super().__init__(*args, **kwargs)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        super().set_postfix_str(s, refresh=False)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        state = (self.n, self.postfix)
+        if msg is None and state == self._shown:
+            return True
+        self._shown = state
+        return super().display(msg, pos)
+
+
+def progress(total: int | None, desc: str, unit: str = "it", disable: bool = False) -> tqdm:
+    """Return a tqdm bar for a long stage (``total`` units; its newest metric by ``set_postfix_str``):
+    live on a terminal, whole lines at most once a minute elsewhere (``PIPE_INTERVAL_S``)."""
+    terminal = _console.terminal
+    stream = terminal if terminal is not None else sys.stderr
+    if stream.isatty():
+        return _TerminalBar(total=total, desc=desc, unit=unit, file=stream, disable=disable, log=_console.log,
+                            dynamic_ncols=True)  # fmt: skip
+    lines = _Lines(stream, _console.log)
+    return _LineBar(total=total, desc=desc, unit=unit, file=lines, disable=disable,
+                    mininterval=PIPE_INTERVAL_S, maxinterval=PIPE_INTERVAL_S)  # fmt: skip
