@@ -87,7 +87,7 @@ def job_console(out: Path, verbose: bool = False) -> Iterator[JobLogs]:
     log = open(logs / DRIVER_LOG, "a", buffering=1, encoding="utf-8")
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved, streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
     tee = None
     if verbose:
         read_fd, write_fd = os.pipe()
@@ -98,9 +98,13 @@ def job_console(out: Path, verbose: bool = False) -> Iterator[JobLogs]:
         os.close(write_fd)
     else:
         terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8")
+        errors = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8")
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        console.attach(terminal, log)
+        console.attach(terminal, log, errors)
+    # Python's own streams onto the new descriptors too, whatever they were (a test's capture, a notebook)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
     job = JobLogs(logs)
     try:
         yield job
@@ -116,16 +120,16 @@ def job_console(out: Path, verbose: bool = False) -> Iterator[JobLogs]:
         job.note_ray()
         sys.stdout.flush()
         sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
+        if tee is not None:
+            tee.join(timeout=5.0)  # it ends when the pipe drains (unless a child process holds it open)
         for fd in saved:
             os.close(fd)
         if not verbose:
-            terminal = console._console.terminal
             console.detach()
             terminal.close()
+            errors.close()
         copy_ray_logs(job.ray_session_logs, logs)
-        log.flush()
-        if tee is not None:
-            tee.join(timeout=1.0)
         log.close()

@@ -24,19 +24,21 @@ PIPE_INTERVAL_S = 60.0
 class _Console:
     terminal: TextIO | None = None  # set while a job's quiet console owns the process's output
     log: TextIO | None = None  # the driver log: a copy of every line said
+    errors: TextIO | None = None  # the terminal's error stream
 
 
 _console = _Console()
 _lock = threading.Lock()
 
 
-def attach(terminal: TextIO, log: TextIO) -> None:
-    """Send ``say`` and bars to ``terminal`` (a copy of each line to ``log``): a job's quiet console."""
-    _console.terminal, _console.log = terminal, log
+def attach(terminal: TextIO, log: TextIO, errors: TextIO | None = None) -> None:
+    """Send ``say`` and bars to ``terminal``, ``say_error`` to ``errors`` (default: ``terminal``), a copy
+    of each line to ``log``: a job's quiet console."""
+    _console.terminal, _console.log, _console.errors = terminal, log, errors or terminal
 
 
 def detach() -> None:
-    _console.terminal = _console.log = None
+    _console.terminal = _console.log = _console.errors = None
 
 
 def quiet() -> bool:
@@ -62,7 +64,7 @@ def say(*parts: object, sep: str = " ", end: str = "\n") -> None:
 def say_error(text: str) -> None:
     """Print an error a person must see: to the terminal when a console is attached, else stderr."""
     with _lock:
-        stream = _console.terminal or sys.stderr
+        stream = _console.errors or sys.stderr
         stream.write(text.rstrip("\n") + "\n")
         stream.flush()
         if _console.log is not None:
