@@ -7,6 +7,25 @@ warnings, Ray's driver lines, anything a native library prints) are redirected t
 its bars write to the terminal. Ray's workers keep their output in their own log files
 (``log_to_driver=False``, see ``cluster.connection``), which are copied into ``<out>/logs/ray/`` at the end.
 ``--verbose`` leaves everything on the terminal as it comes, and still writes the driver log.
+
+What the pipeline's console printed before (issue 19), and where each went:
+
+- Ray Tune's trial table every 30 s, its configuration box and trial lines: ``verbose=0`` on the Tune
+  runs under a quiet console (``cluster.comparison_trials.TUNE_VERBOSITY``); a bar of runs instead.
+- every Ray worker's and actor's lines, prefixed ``(RayTrainWorker pid=...)``, among them the
+  ``core_worker.cc`` "PreemptionWatcher ... max_restarts > 0" error of Ray Train's controller and raylet's
+  "PYTHON worker processes have been started" warning: ``log_to_driver=False``
+  (``cluster.connection.connect``); they stay in the session's logs, copied into ``<out>/logs/ray``.
+- transformers' "FutureWarning: `is_gradient_checkpointing` is deprecated", once per process that wraps a
+  model in PEFT: PEFT reads the property; filtered for that one warning around PEFT's calls
+  (``models.loader.peft_wrapping``).
+- DeepSpeed's "Setting accelerator to CPU": ``DS_ACCELERATOR=cpu`` without a GPU
+  (``finetune.deepspeed_strategy``); "deepspeed_shm_comm_op built successfully" (a print, no setting): in
+  the worker's log.
+- MLflow's "Creating initial MLflow database tables" and alembic's migration INFO lines: those loggers at
+  WARNING (``tracking.mlflow_runs.quiet_store_migrations``).
+- Ray's own driver lines ("Started a local Ray instance", the token-authentication warning),
+  transformers' "Loading weights" bars, Tune's "View detailed results here": the driver log.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from ftcircuits import console
+from ftcircuits.cluster.train import ProgressFile, read_progress, watch_progress
 from ftcircuits.console import progress, say
 from jobs.console import DRIVER_LOG, LOGS_DIR, job_console
 
@@ -80,3 +81,16 @@ def test_verbose_shows_everything_and_still_logs_it(tmp_path, capfd):
         say("== a stage")
     assert capfd.readouterr().out.splitlines() == ["a library's line", "== a stage"]
     assert "a library's line" in (tmp_path / LOGS_DIR / DRIVER_LOG).read_text()
+
+
+def test_the_fine_tuning_bar_follows_rank_0s_progress_file(attached, tmp_path):
+    terminal, _ = attached
+    tracker = ProgressFile(tmp_path)
+    with watch_progress(tmp_path, 10, "fine-tuning"):
+        tracker.update(step=3, train_loss=2.5)
+        tracker.update(step=4, train_loss=2.0)  # within PROGRESS_INTERVAL_S: kept for the next write
+        tracker.update(force=True, step=5, eval_accuracy=0.25)  # a checkpoint
+    assert read_progress(tmp_path) == {"step": 5, "train_loss": 2.0, "eval_accuracy": 0.25}
+    last = terminal.getvalue().splitlines()[-1]
+    assert last.startswith("fine-tuning:  50%") and "5/10" in last
+    assert "train loss 2.000, eval accuracy 0.250" in last
