@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import TextIO
 
+import polars as pl
 from tqdm import tqdm
 
 PIPE_INTERVAL_S = 60.0
@@ -44,6 +46,13 @@ def detach() -> None:
 def quiet() -> bool:
     """True while a job's quiet console is attached: Ray's and Tune's own console output stays off."""
     return _console.terminal is not None
+
+
+def result_tables(**options: object) -> pl.Config:
+    """Return polars' table settings for results a person reads (``with result_tables(tbl_width_chars=200):
+    str(table)``): every row and column, no shape line and no dtype rows; ``options`` add to them."""
+    return pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                     tbl_hide_dtype_separator=True, **options)  # fmt: skip
 
 
 def say(*parts: object, sep: str = " ", end: str = "\n") -> None:
@@ -110,22 +119,29 @@ class _TerminalBar(tqdm):
 
 
 class _LineBar(tqdm):
-    """A bar off a terminal: a new metric waits for the next line rather than printing one of its own,
-    and a state already printed (count and metric) is not printed again when the bar closes."""
+    """A bar off a terminal: its first state, then a line at most every PIPE_INTERVAL_S, and its last state
+    when it closes unless that line is printed already; a new metric waits for the next line."""
+
+    monitor_interval = 0  # no monitor thread forcing refreshes of its own
 
     def __init__(self, *args, **kwargs) -> None:
-        self._shown = None
+        self._shown, self._shown_at, self._closing = None, 0.0, False
         super().__init__(*args, **kwargs)
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         super().set_postfix_str(s, refresh=False)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        state = (self.n, self.postfix)
-        if msg is None and state == self._shown:
-            return True
-        self._shown = state
+        state, now = (self.n, self.postfix), time.monotonic()
+        if msg is None and self._shown is not None:
+            if state == self._shown or (not self._closing and now - self._shown_at < PIPE_INTERVAL_S):
+                return True
+        self._shown, self._shown_at = state, now
         return super().display(msg, pos)
+
+    def close(self) -> None:
+        self._closing = True
+        super().close()
 
 
 def progress(total: int | None, desc: str, unit: str = "it", disable: bool = False) -> tqdm:

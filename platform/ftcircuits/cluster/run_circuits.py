@@ -11,7 +11,7 @@ import polars as pl
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.discovery import CircuitRunSettings
-from ftcircuits.console import progress
+from ftcircuits.console import progress, result_tables
 from ftcircuits.study.over_run import METRICS, RunInputs, run_inputs, run_units
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -26,7 +26,7 @@ class RunCircuits:
 
     def describe(self) -> str:
         """Return the summary table and counts a person reads at the end of the stage."""
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        with result_tables(tbl_width_chars=200, fmt_str_lengths=40):
             table = str(self.summary)
         done = self.summary.height - self.computed
         return f"{table}\n{self.computed} circuits computed, {done} already on disk: {self.directory}"

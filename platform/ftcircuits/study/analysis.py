@@ -12,6 +12,7 @@ import polars as pl
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
+from ftcircuits.console import result_tables
 from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
@@ -33,7 +34,7 @@ class RunAnalysis:
     def describe(self) -> str:
         """Return the tables and headline a person reads at the end of the stage."""
         parts = []
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+        with result_tables(tbl_width_chars=200):
             columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")
             parts.append(str(self.tables["similarity"].select(
                 "step", *columns, "abs_score_spearman_base", "accuracy"
