@@ -3,8 +3,8 @@
 Outside a job's console both write where they always did (``say`` to stdout, a bar to stderr). A job's
 quiet console (``jobs.console.job_console``) points them at the terminal, with a copy of each line in the
 driver log, while everything else the process writes (libraries' logs and warnings, Ray's lines) goes to
-that log only. Off a terminal (a pipe, a file, CI's log) a bar prints whole lines, at most one a minute
-and its last state, instead of hundreds of carriage-return updates.
+that log only. Off a terminal (a pipe, a file, CI's log) a bar prints a few whole lines (its start, each
+quarter, its end) instead of hundreds of carriage-return updates.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import TextIO
 import polars as pl
 from tqdm import tqdm
 
+QUARTERS = 4
+"""Off a terminal, a bar prints a line as it passes each 1/QUARTERS of its total (and its first and last)."""
 PIPE_INTERVAL_S = 60.0
-"""Off a terminal, a bar prints a line at most this often (and its last state when it closes)."""
+"""Off a terminal, a bar without a total prints a line at most this often."""
 
 
 @dataclass
@@ -50,9 +52,10 @@ def quiet() -> bool:
 
 def result_tables(**options: object) -> pl.Config:
     """Return polars' table settings for results a person reads (``with result_tables(tbl_width_chars=200):
-    str(table)``): every row and column, no shape line and no dtype rows; ``options`` add to them."""
-    return pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
-                     tbl_hide_dtype_separator=True, **options)  # fmt: skip
+    str(table)``): a markdown table of every row and column (its header, a rule and the rows: no borders,
+    shape or dtype lines); ``options`` add to them."""
+    return pl.Config(tbl_formatting="ASCII_MARKDOWN", tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True,
+                     tbl_hide_column_data_types=True, tbl_hide_dtype_separator=True, **options)  # fmt: skip
 
 
 def say(*parts: object, sep: str = " ", end: str = "\n") -> None:
@@ -119,8 +122,9 @@ class _TerminalBar(tqdm):
 
 
 class _LineBar(tqdm):
-    """A bar off a terminal: its first state, then a line at most every PIPE_INTERVAL_S, and its last state
-    when it closes unless that line is printed already; a new metric waits for the next line."""
+    """A bar off a terminal: its first state, a line when it passes each quarter of its total (at most every
+    PIPE_INTERVAL_S without a total), and its last state when it closes unless that line is printed
+    already; a new metric waits for the next line. Five or six lines however long the stage takes."""
 
     monitor_interval = 0  # no monitor thread forcing refreshes of its own
 
@@ -134,10 +138,16 @@ class _LineBar(tqdm):
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         state, now = (self.n, self.postfix), time.monotonic()
         if msg is None and self._shown is not None:
-            if state == self._shown or (not self._closing and now - self._shown_at < PIPE_INTERVAL_S):
+            if state == self._shown or (not self._closing and not self._due(now)):
                 return True
         self._shown, self._shown_at = state, now
         return super().display(msg, pos)
+
+    def _due(self, now: float) -> bool:
+        if not self.total:
+            return now - self._shown_at >= PIPE_INTERVAL_S
+        quarter = QUARTERS * self.n // self.total
+        return quarter > QUARTERS * self._shown[0] // self.total
 
     def close(self) -> None:
         self._closing = True
@@ -146,12 +156,12 @@ class _LineBar(tqdm):
 
 def progress(total: int | None, desc: str, unit: str = "it", disable: bool = False) -> tqdm:
     """Return a tqdm bar for a long stage (``total`` units; its newest metric by ``set_postfix_str``):
-    live on a terminal, whole lines at most once a minute elsewhere (``PIPE_INTERVAL_S``)."""
+    live on a terminal, a few whole lines elsewhere (``_LineBar``)."""
     terminal = _console.terminal
     stream = terminal if terminal is not None else sys.stderr
     if stream.isatty():
         return _TerminalBar(total=total, desc=desc, unit=unit, file=stream, disable=disable, log=_console.log,
                             dynamic_ncols=True)  # fmt: skip
     lines = _Lines(stream, _console.log)
-    return _LineBar(total=total, desc=desc, unit=unit, file=lines, disable=disable,
-                    mininterval=PIPE_INTERVAL_S, maxinterval=PIPE_INTERVAL_S)  # fmt: skip
+    return _LineBar(total=total, desc=desc, unit=unit, file=lines, disable=disable, mininterval=0,
+                    miniters=1)  # fmt: skip  # _LineBar.display decides

@@ -35,7 +35,7 @@ def test_a_bar_off_a_terminal_prints_a_few_whole_lines_with_its_newest_metric(at
         bar.update(1)
     bar.close()
     lines = terminal.getvalue().splitlines()
-    assert "\r" not in terminal.getvalue() and len(lines) <= 3, lines  # its start, its end; no updates
+    assert "\r" not in terminal.getvalue() and len(lines) == 5, lines  # its start and each quarter
     assert lines[-1].startswith("circuits: 100%") and "200/200" in lines[-1] and "unit 199" in lines[-1]
     assert log.getvalue() == terminal.getvalue()
 

@@ -20,7 +20,7 @@ from ftcircuits.cluster.comparison_trials import ComparisonRuns, run_comparison
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
-from ftcircuits.console import result_tables, say
+from ftcircuits.console import say
 from ftcircuits.finetune.run_identity import check_run_schedule
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
@@ -107,9 +107,9 @@ class Comparison:
     mlflow_uri: str
 
     def describe(self) -> str:
-        with result_tables(tbl_width_chars=200):
-            table = str(self.table)
-        return (f"{table}\n{self.markdown}\ntable: {self.out / 'comparison.parquet'}; figure: {self.figure}; "
+        """Return the summary (mean ± std per task and method) and where the per-run table, figure and
+        MLflow runs are."""
+        return (f"{self.markdown}\ntable: {self.out / 'comparison.parquet'}; figure: {self.figure}; "
                 f"MLflow: {self.mlflow_uri}")  # fmt: skip
 
 

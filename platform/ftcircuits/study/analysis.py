@@ -67,11 +67,19 @@ def _rounded(value: object) -> object:
     return value
 
 
-def headline_text(headline: dict) -> str:
-    """Return the headline as one line per entry (compact JSON values, 4 decimals), leaving out what the
-    description shows as tables (HEADLINE_TABLES); the headline file holds it all."""
-    return "\n".join(f"{key}: {json.dumps(_rounded(value))}" for key, value in headline.items()
-                     if key not in HEADLINE_TABLES)  # fmt: skip
+def headline_text(headline: dict, width: int = 110) -> str:
+    """Return the headline as ``key: value`` entries (compact JSON values, 4 decimals) joined by "; " into
+    lines of about ``width`` characters, leaving out what the description shows as tables
+    (HEADLINE_TABLES); the headline file holds it all."""
+    entries = [f"{key}: {json.dumps(_rounded(value))}" for key, value in headline.items()
+               if key not in HEADLINE_TABLES]  # fmt: skip
+    lines: list[str] = []
+    for entry in entries:
+        if lines and len(lines[-1]) + 2 + len(entry) <= width:
+            lines[-1] += f"; {entry}"
+        else:
+            lines.append(entry)
+    return "\n".join(lines)
 
 
 def analysis_dir(run: Path, settings: CircuitRunSettings) -> Path:
