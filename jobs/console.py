@@ -13,9 +13,12 @@ What the pipeline's console printed before (issue 19), and where each went:
 - Ray Tune's trial table every 30 s, its configuration box and trial lines: ``verbose=0`` on the Tune
   runs under a quiet console (``cluster.comparison_trials.TUNE_VERBOSITY``); a bar of runs instead.
 - every Ray worker's and actor's lines, prefixed ``(RayTrainWorker pid=...)``, among them the
-  ``core_worker.cc`` "PreemptionWatcher ... max_restarts > 0" error of Ray Train's controller and raylet's
-  "PYTHON worker processes have been started" warning: ``log_to_driver=False``
-  (``cluster.connection.connect``); they stay in the session's logs, copied into ``<out>/logs/ray``.
+  ``core_worker.cc`` "PreemptionWatcher ... max_restarts > 0" error of Ray Train's controller:
+  ``log_to_driver=False`` (``cluster.connection.connect``); they stay in the session's logs, copied into
+  ``<out>/logs/ray``.
+- raylet's "PYTHON worker processes have been started ... the maximum expected startup concurrency"
+  (Tune trials and circuit actors that ask for no CPU start more workers at once than the node has CPUs;
+  Ray pushes it to the driver as an error message, not a log line): the driver log.
 - transformers' "FutureWarning: `is_gradient_checkpointing` is deprecated", once per process that wraps a
   model in PEFT: PEFT reads the property; filtered for that one warning around PEFT's calls
   (``models.loader.peft_wrapping``).
