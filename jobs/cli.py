@@ -9,13 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ftcircuits.config.loading import ConfigError, Schema, load_config
+from ftcircuits.console import say_error
 from ftcircuits.integrity import DamagedFileError
 
 INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError,)
 """Errors in a job's inputs (a damaged file, an unreachable cluster): exit status 2, as a bad config."""
 
 
-def config_parser(description: str) -> argparse.ArgumentParser:
+def config_parser(description: str, console: bool = False) -> argparse.ArgumentParser:
+    """Return the jobs' parser: ``--config``, ``--set``, and with ``console`` (a job that runs under
+    ``jobs.console.job_console``) ``--verbose``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, help="YAML config file (defaults if omitted)")
     parser.add_argument(
@@ -26,6 +29,13 @@ def config_parser(description: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dotted override, e.g. --set finetune.lr=3e-4 (repeatable)",
     )
+    if console:
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="print everything (Ray's workers, libraries' logs) as it comes, not only stages, progress "
+            "and results; either way it is all in <out>/logs/",
+        )
     return parser
 
 
@@ -51,7 +61,7 @@ def exit_on(*errors: type[Exception]) -> Iterator[None]:
     try:
         yield
     except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_error(f"error: {error}")
         raise SystemExit(2) from None
     except errors as error:
         raise SystemExit(f"error: {error}") from None

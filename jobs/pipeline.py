@@ -2,11 +2,16 @@
 dynamics, CircuitLoRA against LoRA, and an HTML report.
 
     python -m jobs.pipeline [--config FILE] [--set out=runs/pipeline] [--set circuits.discovery.examples=64]
+                            [--verbose]
 
 With no arguments it runs the embedded default (the shipped tiny model, a local Ray of its own, SQLite
 MLflow in ``<out>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another store). One LoRA run (the
 comparison's ``dynamics_arm``) gives both the accuracy after fine-tuning and the checkpoints whose circuits
 are studied, and is CircuitLoRA's reference run. Every stage is cached: a rerun skips what is done.
+
+The console shows the stage headers, one progress bar per long stage, the result tables and where the
+report and MLflow store are; everything else (Ray's workers, libraries' logs) goes to ``<out>/logs/``
+(``jobs.console``), and ``--verbose`` prints it as it comes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ftcircuits.cluster.train import finetune
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.pipeline import PipelineConfig
+from ftcircuits.console import say
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.loader import load_model
 from ftcircuits.models.swap import CheckpointWeights
@@ -38,6 +44,7 @@ from ftcircuits.study.comparison import arm_config
 from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
 from jobs.cli import config_parser, exit_on, parse_config
+from jobs.console import JobLogs, job_console
 
 
 def comparison_config(config: PipelineConfig, out: Path) -> CompareConfig:
@@ -59,7 +66,7 @@ def dynamics_run_config(config: PipelineConfig, compare: CompareConfig) -> Finet
 
 
 def stage(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+    say(f"\n== {title}")
 
 
 @contextlib.contextmanager
@@ -76,19 +83,27 @@ def one_mlflow_store(out: Path) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(PipelineConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
+    args = config_parser(__doc__.splitlines()[0], console=True).parse_args(argv)
+    config = parse_config(PipelineConfig, args)
     out = Path(config.out).resolve()
-    with one_mlflow_store(out) as uri, exit_on(ConfigError, ClusterError, RuntimeError):
-        run_study(config, out, uri)
+    with (
+        job_console(out, args.verbose) as logs,
+        one_mlflow_store(out) as uri,
+        exit_on(ConfigError, ClusterError, RuntimeError),
+    ):
+        run_study(config, out, uri, logs)
 
 
-def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
-    """Run every stage of the study into ``out`` (each cached), then print where its report is."""
+def run_study(config: PipelineConfig, out: Path, mlflow_uri: str, logs: JobLogs | None = None) -> None:
+    """Run every stage of the study into ``out`` (each cached), then print where its report is (and its
+    logs, ``logs``)."""
     started = time.time()
     compare = comparison_config(config, out)
     run_config = dynamics_run_config(config, compare)
     run = Path(run_config.out)
     connect()  # before any work: the cluster, its package and its storage
+    if logs is not None:
+        logs.note_ray()
     check_shared_outputs(out, run)
     torch.set_num_threads(config.threads)
 
@@ -114,19 +129,19 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
     accuracy_bars(
         accuracy, out / "accuracy" / "accuracy.png", f"{run_config.model}: accuracy before and after"
     )
-    print(f"\n{'task (circuit split)':24s} {'base':>7s} {'tuned':>7s}")
+    say(f"\n{'task (circuit split)':24s} {'base':>7s} {'tuned':>7s}")
     for name in base:
-        print(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
+        say(f"{name:24s} {100 * base[name]:6.1f}% {100 * tuned[name]:6.1f}%")
 
     stage("circuits of every checkpoint (and robustness variants) on Ray actors")
-    print(run_circuits(run, config.circuits, config.rebuild).describe())
+    say(run_circuits(run, config.circuits, config.rebuild).describe())
     stage("circuit dynamics: similarity, faithfulness, robustness, critical layers")
     analysis = analyze_run(run, config.circuits, config.analysis)
-    print(analysis.describe())
+    say(analysis.describe())
 
     stage("CircuitLoRA against LoRA at matched parameter counts")
     reference = {run_config.task.dataset_name(): run}
-    print(compare_methods(compare.model_copy(update={"reference_runs": reference})).describe())
+    say(compare_methods(compare.model_copy(update={"reference_runs": reference})).describe())
 
     stage("report")
     outputs = StudyOutputs(
@@ -134,10 +149,12 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str) -> None:
         accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",
     )  # fmt: skip
     report = render_study_report(outputs, out / "report.html")
-    ray.shutdown()  # its workers' last lines arrive before the summary, not after
-    print(f"\nthe whole study took {(time.time() - started) / 60:.1f} min")
-    print(f"report: {report}")
-    print(f"MLflow: mlflow ui --backend-store-uri {mlflow_uri}")
+    ray.shutdown()  # with --verbose, its workers' last lines arrive before the summary, not after
+    say(f"\nthe whole study took {(time.time() - started) / 60:.1f} min")
+    say(f"report: {report}")
+    say(f"MLflow: mlflow ui --backend-store-uri {mlflow_uri}")
+    if logs is not None:
+        say(f"logs (driver and Ray workers): {logs.directory}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ RUN_CONFIG_FILE = "finetune.json"
 DATA_DIR = "data"
 CHECKPOINTS_DIR = "checkpoints"
 INDEX_FILE = "index.parquet"
+PROGRESS_FILE = "progress.json"  # rank 0's newest step, loss and held-out accuracy, for the driver's bar
 RAY_DIR = "ray"
 CIRCUITS_DIR = "circuits"
 ANALYSIS_DIR = "analysis"

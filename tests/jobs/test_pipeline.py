@@ -1,14 +1,19 @@
-"""jobs.pipeline end to end on a real local Ray with a small model: every stage's outputs, one MLflow store,
-a rerun that redoes nothing, the report rendering in headless Chromium with every figure loaded, and the
-MLflow UI over the store listing and charting the comparison's runs."""
+"""jobs.pipeline end to end on a real local Ray with a small model, run as a person runs it (a subprocess
+with a local Ray of its own): every stage's outputs, one MLflow store, a quiet console (stages, bars and
+results; everything else in ``<out>/logs``), a rerun that redoes nothing, and the report rendering in
+headless Chromium with every figure loaded, and the MLflow UI over the store listing and charting the
+comparison's runs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -21,20 +26,48 @@ from ftcircuits.run_layout import index_path
 from ftcircuits.tracking.mlflow_runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ui_path
 from ftcircuits.tracking.mlflow_ui import serve_ui
 from jobs import pipeline
-from tests.conftest import circuit_settings, small_pipeline_args
+from jobs.console import DRIVER_LOG, LOGS_DIR, RAY_LOGS_DIR
+from tests.conftest import RAY_ENVIRONMENT, circuit_settings, small_pipeline_args
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+NOISE = (
+    "╭", "╰", "├", "Trial status", "Current time:", "Logical resource usage", "Trial fit_compared",
+    "View detailed results here", "tensorboard --logdir", "(pid=", "RayTrainWorker", "TrainController",
+    "CircuitActor", "(raylet", "Started a local Ray instance", "Token authentication", "INFO", "WARNING",
+    "FutureWarning", "warnings.warn", "core_worker.cc", "PreemptionWatcher", "PYTHON worker processes",
+    "Setting accelerator to CPU", "deepspeed_shm_comm_op", "alembic", "mlflow.store.db.utils",
+    "Loading weights", "Writing model shards", "\x1b[36m",
+)  # fmt: skip
+"""What the console of ``python -m jobs.pipeline`` printed before it was made quiet (issue 19): Ray Tune's
+trial tables and trial lines, Ray's worker lines (prefixed with actor and pid) and its own INFO and
+warnings, transformers' deprecation and bars, DeepSpeed's and MLflow's logs."""
+MAX_CONSOLE_LINES = 120
+"""The issue's bound for the default pipeline's console (115 lines on a cached rerun of the full default,
+about 119 fresh); the small pipeline's comes to about 90 (before this console: 354)."""
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_run, ray_cluster, monkeypatch_module) -> tuple[Path, str, list[str]]:
-    """Run the pipeline once (LoRA and CircuitLoRA, 5 steps each); return (out, stdout, its argv)."""
+def study(tmp_path_factory, tiny_run, monkeypatch_module) -> tuple[Path, str, list[str]]:
+    """Run the pipeline once as a person does (LoRA and CircuitLoRA, 5 steps each): ``python -m
+    jobs.pipeline`` in a subprocess that starts a local Ray of its own (in a short temporary directory,
+    with its own auth token), stdout and stderr together; return (out, the console's text, its argv)."""
     root = tmp_path_factory.mktemp("pipeline")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
     circuits = circuit_settings(16, 8, baselines=["permuted"])
     argv = small_pipeline_args(root, tiny_run / "base", str(root / "study"), circuits)
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        pipeline.main(argv)
-    return root / "study", stdout.getvalue(), argv
+    temp = Path(tempfile.mkdtemp(prefix="pl", dir="/tmp"))  # Ray's unix sockets allow ~107 characters
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k not in RAY_ENVIRONMENT}
+    env |= {"RAY_TMPDIR": str(temp), "RAY_AUTH_TOKEN_PATH": str(token)}
+    try:
+        command = [sys.executable, "-m", "jobs.pipeline", *argv]
+        done = subprocess.run(command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=1800)  # fmt: skip
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-5000:]
+    return root / "study", done.stdout, argv
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +104,32 @@ def test_the_pipeline_writes_every_stage_and_one_mlflow_store(study):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_rerun_redoes_nothing(study):
+def test_the_console_shows_stages_progress_and_results_and_the_logs_hold_the_rest(study):
+    out, console, _ = study
+    lines = console.splitlines()
+    noisy = [line for line in lines if any(pattern in line for pattern in NOISE)]
+    assert not noisy, "\n".join(noisy[:20])
+    assert len(lines) <= MAX_CONSOLE_LINES, console
+    for header in ("== data and base accuracy", "== fine-tuning lora", "== circuits of every checkpoint (and",
+                   "== circuit dynamics", "== CircuitLoRA against LoRA", "== report"):  # fmt: skip
+        assert sum(line.startswith(header) for line in lines) == 1, header
+    bars = {"fine-tuning": "5/5", "circuits": "12/12", "comparison runs": "2/2"}
+    for bar, total in bars.items():  # a bar per long stage (the reference circuits' too), its newest metric
+        shown = [line for line in lines if line.startswith(f"{bar}:")]
+        assert any(f"100%|##########| {total}" in line for line in shown), (bar, shown)
+    assert "eval accuracy" in [line for line in lines if line.startswith("comparison runs:")][-1]
+    assert "faithfulness" in [line for line in lines if line.startswith("circuits:")][-1]
+    assert f"logs (driver and Ray workers): {out.resolve() / LOGS_DIR}" in lines
+
+    driver = (out / LOGS_DIR / DRIVER_LOG).read_text()
+    assert "Started a local Ray instance" in driver and "== CircuitLoRA against LoRA" in driver
+    workers = [path.read_text() for path in (out / LOGS_DIR / RAY_LOGS_DIR).glob("worker-*.out")]
+    assert any("seed-0: step 5" in text for text in workers)  # rank 0's line per checkpoint
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_rerun_redoes_nothing(study, ray_cluster):
     out, _, argv = study
     # checkpoints, indexes, circuits stay; tables rebuilt from them (summaries, analysis, comparison) may not
     rebuilt = ("summary.parquet", "comparison.parquet")

@@ -18,6 +18,7 @@ import ray
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.cluster.connection import check_shared_outputs
 from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.console import say
 from ftcircuits.study.over_run import (
     CircuitRunner,
     CircuitUnit,
@@ -89,8 +90,8 @@ def started_actors(
     for ref in pending:
         ray.kill(pings[ref])
     if pending:
-        print(f"{len(actors) - len(pending)} of {len(actors)} circuit actors started (the cluster had no "
-              "resources for the others); going on with them", flush=True)  # fmt: skip
+        say(f"{len(actors) - len(pending)} of {len(actors)} circuit actors started (the cluster had no "
+            "resources for the others); going on with them")  # fmt: skip
     return [pings[ref] for ref in (*first, *more)]
 
 

@@ -18,6 +18,7 @@ from ftcircuits.cluster.train import finetune
 from ftcircuits.config.circuitlora import CircuitLoraConfig
 from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.config.loading import ConfigError, load_config
+from ftcircuits.console import say
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.models.loader import model_skeleton
 from ftcircuits.run_layout import read_checkpoint_index
@@ -54,12 +55,12 @@ def reference_circuits(
     circuits under ``settings`` (computed on Ray unless already on disk; no robustness circuits)."""
     run = Path(reference_run or reference_preset.out).resolve()
     if reference_preset is not None:
-        print(f"== reference run: fine-tuning into {run}", flush=True)
+        say(f"== reference run: fine-tuning into {run}")
         finetune(reference_preset)
     robustness = settings.robustness.model_copy(update={"enabled": False})
-    print(f"== circuits of every checkpoint of {run}", flush=True)
+    say(f"== circuits of every checkpoint of {run}")
     found = run_circuits(run, settings.model_copy(update={"robustness": robustness}), rebuild)
-    print(f"{found.computed} circuits computed: {found.directory}", flush=True)
+    say(f"{found.computed} circuits computed: {found.directory}")
     return ReferenceCircuits(run, found.directory)
 
 

@@ -21,6 +21,7 @@ from ftcircuits.cluster.comparison_trials import ComparisonRuns, run_comparison
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
+from ftcircuits.console import say
 from ftcircuits.finetune.run_identity import check_run_schedule
 from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
@@ -78,9 +79,9 @@ def with_circuitlora_plans(config: CompareConfig, runs: list[ComparedRun]) -> li
             plan = plan_circuitlora(circuitlora, reference.base_model, reference.run, reference.circuits)
             write_plan(arm_dir(config, tasks[name], arm), plan)
             pair = f"({plan.ranks['other']}, {plan.ranks['critical']})"
-            print(f"== {name} {arm.name}: critical layers {plan.critical_layers} ({plan.variant}), "
-                  f"(r_o, r_c) = {pair}, {plan.params:,} LoRA parameters vs {plan.matched_params:,} "
-                  "uniform", flush=True)  # fmt: skip
+            say(f"== {name} {arm.name}: critical layers {plan.critical_layers} ({plan.variant}), "
+                f"(r_o, r_c) = {pair}, {plan.params:,} LoRA parameters vs {plan.matched_params:,} "
+                "uniform")  # fmt: skip
             planned[name, arm.name] = (plan, circuitlora)
     return [circuitlora_run(run, *planned[run.task, run.method]) if run.method in arms else run
             for run in runs]  # fmt: skip
@@ -111,10 +112,10 @@ class Comparison:
     mlflow_path: str = ""  # the MLflow UI's path of the comparison's runs, charted
 
     def describe(self) -> str:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
-            table = str(self.table)
+        """Return the summary (mean ± std per task and method) and where the per-run table, figure and
+        MLflow runs are."""
         ui = f" (in `mlflow ui`: {self.mlflow_path})" if self.mlflow_path else ""
-        return (f"{table}\n{self.markdown}\ntable: {self.out / 'comparison.parquet'}; figure: {self.figure}; "
+        return (f"{self.markdown}\ntable: {self.out / 'comparison.parquet'}; figure: {self.figure}; "
                 f"MLflow: {self.mlflow_uri}{ui}")  # fmt: skip
 
 
@@ -132,7 +133,7 @@ def compare_methods(config: CompareConfig) -> Comparison:
     except ValueError as error:  # ConfigError included
         raise ConfigError(str(error)) from None
     sizes = f"{len(config.tasks)} tasks x {len(config.arms)} methods x {len(config.seeds)} seeds"
-    print(f"== {len(runs)} runs: {sizes}", flush=True)
+    say(f"== {len(runs)} runs: {sizes}")
     data_dirs = task_datasets(config, config.tasks, runs[0].config.model)
     for run in runs:
         try:

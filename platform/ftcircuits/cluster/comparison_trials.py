@@ -20,8 +20,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from ftcircuits import console
 from ftcircuits.cluster.connection import check_shared_outputs
 from ftcircuits.cluster.train import finetune_trainer, record_run
+from ftcircuits.console import progress
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import read_checkpoint_index, run_finished
 from ftcircuits.study.comparison import ComparedRun
@@ -49,6 +51,9 @@ COMPARE_VIEW = {  # MLflow's shared view state: every child run, flat, their hel
 }  # fmt: skip
 RUNS_FILE = "mlflow_runs.json"  # MLflow run ids: each task's parent, each finished run's child
 TRIAL_DRIVER = {"CPU": 0, "memory": 1}  # the trial only drives its trainer, whose workers hold the CPUs
+TUNE_VERBOSITY = {True: 0, False: None}
+"""Tune's ``verbose`` under a quiet console (0: no trial table, every 30 s, nor trial lines) and else
+(None: Tune's default)."""
 
 
 def fit_compared(params: dict, runs: dict[str, ComparedRun], data_dirs: dict[str, Path]) -> dict:
@@ -134,6 +139,39 @@ class ComparisonRuns(tune.Callback):
             self.log_run(run)
 
 
+class TrialProgress(tune.Callback):
+    """The comparison's bar in the Tune driver: runs finished of all, and the newest held-out accuracy
+    a run reported (Tune's own trial table stays off under a quiet console)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.bar = total, None
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment; a bar stays here
+        return {"total": self.total, "bar": None}
+
+    def setup(self, **info) -> None:
+        self.bar = progress(self.total, "comparison runs", "run")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self.bar is not None and isinstance(result.get("eval_accuracy"), float):
+            step = f" step {result['step']}" if "step" in result else ""
+            accuracy = result["eval_accuracy"]
+            self.bar.set_postfix_str(f"{trial.config['run']}{step}: eval accuracy {accuracy:.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{trial.config['run']} failed")
+            self.bar.update(1)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_comparison(
     runs: list[ComparedRun], data_dirs: dict[str, Path], out: Path, callbacks: list
 ) -> tune.ResultGrid:
@@ -150,7 +188,10 @@ def run_comparison(
         param_space={"run": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
-            name="compare", storage_path=str(Path(out).resolve() / "tune"), callbacks=callbacks
+            name="compare",
+            storage_path=str(Path(out).resolve() / "tune"),
+            callbacks=[*callbacks, TrialProgress(len(runs))],
+            verbose=TUNE_VERBOSITY[console.quiet()],
         ),
     )
     return tuner.fit()

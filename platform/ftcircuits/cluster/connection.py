@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ray
 
+from ftcircuits import console
 from ftcircuits.run_layout import RAY_DIR
 from ftcircuits.storage import STORAGE_ENV, storage_root
 
@@ -123,20 +124,25 @@ def connect(num_cpus: int | None = None) -> None:
     starts its dashboard: it serves the State API, through which Ray Train's placement-group cleaner
     learns that a trainer's controller died (a Tune trial ASHA stopped) and frees its CPUs; without it
     the cleaner only warns, forever, and later trials wait for resources that never come back.
+
+    Under a job's quiet console (``ftcircuits.console.quiet()``) the workers' output stays in their log
+    files (``log_to_driver=False``; the job copies them into ``<out>/logs``), else every worker line is
+    printed by the driver, prefixed with its actor and pid.
     """
     if ray.is_initialized():
         return
     address = cluster_address()
+    to_driver = not console.quiet()
     if address == "local":
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=True)  # fmt: skip
+                 log_to_driver=to_driver)  # fmt: skip
         return
-    ray.init(address=address, runtime_env=joining_runtime_env(address), log_to_driver=True)
+    ray.init(address=address, runtime_env=joining_runtime_env(address), log_to_driver=to_driver)
     where = ray.get_runtime_context().gcs_address
     workers = check_package_on_workers(where)
     driver = Path(sys.modules["ftcircuits"].__path__[0])
-    print(f"Ray cluster {where}: the driver ({sys.executable}) imports ftcircuits from {driver}; "
-          f"its workers ({workers['python']}) from {workers['path']}", flush=True)  # fmt: skip
+    console.say(f"Ray cluster {where}: the driver ({sys.executable}) imports ftcircuits from {driver}; "
+                f"its workers ({workers['python']}) from {workers['path']}")  # fmt: skip
 
 
 RAY_STORAGE_ENV = "FTCIRCUITS_RAY_STORAGE"  # Ray Train's own storage (a shared path or s3:// URI)

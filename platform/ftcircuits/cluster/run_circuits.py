@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-from tqdm import tqdm
 
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.console import progress, result_tables
 from ftcircuits.study.over_run import (
     METRICS,
     RunInputs,
@@ -34,7 +34,7 @@ class RunCircuits:
 
     def describe(self) -> str:
         """Return the summary table and counts a person reads at the end of the stage."""
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        with result_tables(tbl_width_chars=200, fmt_str_lengths=40):
             table = str(self.summary)
         done = self.summary.height - self.computed
         return f"{table}\n{self.computed} circuits computed, {done} already on disk: {self.directory}"
@@ -60,7 +60,7 @@ def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False)
     inputs = run_inputs(run)
     robustness = settings.robustness
     training = robustness.enabled and "briefly-trained" in robustness.baselines
-    with tqdm(total=robustness.brief_steps, desc="briefly-trained baseline", disable=not training) as brief:
+    with progress(robustness.brief_steps, "briefly-trained baseline", "step", disable=not training) as brief:
         units = run_units(run, settings, inputs, lambda step, loss: brief.update())
     check_unit_data(inputs.data, units, settings.discovery.split)  # damaged inputs stop it before Ray starts
     out = circuits_dir(run, settings, inputs)
@@ -69,11 +69,11 @@ def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False)
     connect()
     check_shared_outputs(run)
     logger = circuits_logger(run, settings, inputs)
-    bar = tqdm(total=len(units), desc="circuits", unit="circuit")
+    bar = progress(len(units), "circuits", "circuit")
 
     def on_result(row: dict) -> None:
+        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}", refresh=False)
         bar.update(1)
-        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}")
         if row["step"] is not None:
             for name in METRICS:
                 logger.metric(name, row[name], step=row["step"])

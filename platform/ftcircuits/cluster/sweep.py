@@ -21,12 +21,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from ftcircuits import console
 from ftcircuits.cluster.circuitlora import reference_circuits
+from ftcircuits.cluster.comparison_trials import TUNE_VERBOSITY
 from ftcircuits.cluster.connection import check_shared_outputs, connect
 from ftcircuits.cluster.sweep_tracking import TrialRuns, stopped_early
 from ftcircuits.cluster.sweep_trial import TRIALS_DIR, SweepInputs, circuitlora_config, run_trial
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.sweep import SweepConfig, SweepSpace
+from ftcircuits.console import say
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import index_path, read_run_record
@@ -102,7 +105,7 @@ def build_tuner(config: SweepConfig, inputs: SweepInputs, out: Path, callbacks: 
     trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=inputs), TRIAL_DRIVER)
     path = out / TUNE_DIR / EXPERIMENT
     if tune.Tuner.can_restore(path):
-        print(f"== restoring the interrupted sweep in {path}")
+        say(f"== restoring the interrupted sweep in {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     per_trial = config.workers_per_trial * inputs.preset.scaling.cpus_per_worker
     concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
@@ -117,7 +120,8 @@ def build_tuner(config: SweepConfig, inputs: SweepInputs, out: Path, callbacks: 
     return tune.Tuner(
         trainable,
         tune_config=tune_config,
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / TUNE_DIR), callbacks=callbacks),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / TUNE_DIR), callbacks=callbacks,
+                                  verbose=TUNE_VERBOSITY[console.quiet()]),
     )  # fmt: skip
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -14,12 +18,13 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from ftcircuits.cluster.connection import check_shared_outputs, connect, ray_storage_path
-from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record
+from ftcircuits.console import progress, say
+from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record, run_steps
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.finetune.worker import WorkerContext, finetune_worker
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import DATA_DIR, read_run_record, run_config_path, run_finished
+from ftcircuits.run_layout import DATA_DIR, PROGRESS_FILE, read_run_record, run_config_path, run_finished
 from ftcircuits.tasks.dataset import make_task_dataset
 from ftcircuits.tasks.io import MANIFEST_FILE, read_items, read_manifest
 from ftcircuits.tasks.spec import PERTURB_RATIOS
@@ -37,6 +42,65 @@ def _quiet_train_reports() -> None:
     context.logger.setLevel(logging.WARNING)
 
 
+PROGRESS_INTERVAL_S = 2.0  # rank 0 writes its progress file at most this often (and at each checkpoint)
+WATCH_INTERVAL_S = 1.0  # the driver reads it this often
+
+
+class ProgressFile:
+    """Rank 0's newest step, training loss and held-out accuracy in ``<out>/progress.json``: written at
+    most every PROGRESS_INTERVAL_S and at each checkpoint; the driver's bar reads it (``watch_progress``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.latest, self.written = Path(out) / PROGRESS_FILE, {}, 0.0
+
+    def update(self, force: bool = False, **values: float) -> None:
+        self.latest |= values
+        if force or time.monotonic() - self.written >= PROGRESS_INTERVAL_S:
+            with atomic_file(self.path) as tmp:
+                tmp.write_text(json.dumps(self.latest))
+            self.written = time.monotonic()
+
+
+def read_progress(out: Path) -> dict:
+    """Return a run's progress file (``ProgressFile``), or {} when there is none (yet) or it is unreadable."""
+    try:
+        return json.loads((Path(out) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def watch_progress(out: Path, total: int, desc: str) -> Iterator[None]:
+    """Show a bar of a run's steps (``total``) with its newest loss and held-out accuracy while the body
+    runs, read from rank 0's progress file by a thread of the driver."""
+    bar = progress(total, desc, "step")
+    done = threading.Event()
+
+    def show() -> None:
+        latest = read_progress(out)
+        step = min(int(latest.get("step", 0)), total)
+        parts = [f"{name.replace('_', ' ')} {latest[name]:.3f}" for name in ("train_loss", "eval_accuracy")
+                 if isinstance(latest.get(name), float) and not math.isnan(latest[name])]  # fmt: skip
+        if parts:
+            bar.set_postfix_str(", ".join(parts))
+        if step > bar.n:
+            bar.update(step - bar.n)
+
+    def watch() -> None:
+        while not done.wait(WATCH_INTERVAL_S):
+            show()
+
+    watcher = threading.Thread(target=watch, daemon=True, name="finetune-progress")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        show()
+        bar.close()
+
+
 def _train_loop(payload: dict) -> None:
     import torch
 
@@ -46,9 +110,17 @@ def _train_loop(payload: dict) -> None:
     torch.set_num_threads(max(1, int(payload["config"].scaling.cpus_per_worker)))
 
     name = Path(payload["config"].out).name
+    tracker = ProgressFile(payload["config"].out) if rank == 0 else None
+
+    def on_step(step: int, loss: float) -> None:
+        if tracker is not None:
+            tracker.update(step=step, train_loss=loss)
 
     def report(metrics: dict, path: Path | None) -> None:
-        if rank == 0 and "step" in metrics:  # the run's progress, one line per checkpoint
+        if tracker is not None and "step" in metrics:
+            accuracy = {"eval_accuracy": metrics["eval_accuracy"]} if "eval_accuracy" in metrics else {}
+            tracker.update(force=True, step=metrics["step"], **accuracy)
+        if rank == 0 and "step" in metrics:  # the run's progress, one line per checkpoint (its worker log)
             shown = ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items() if k != "step" and isinstance(v, float)
             )
@@ -61,7 +133,7 @@ def _train_loop(payload: dict) -> None:
     resume = ray.train.get_checkpoint()  # set when Ray restarts the workers after a failure
     with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
         path = Path(resume_dir) if resume_dir else None
-        worker = WorkerContext(rank, context.get_world_size(), report, payload["mlflow"], path)
+        worker = WorkerContext(rank, context.get_world_size(), report, on_step, payload["mlflow"], path)
         finetune_worker(payload["config"], payload["data_dir"], worker)
 
 
@@ -120,7 +192,8 @@ def run_finetune(
     uri, run_id = create_run(out, "finetune", out.name, config.model_dump(mode="json"), "finetune")
     RunLogger(uri, run_id).dataset(data_dir, read_manifest(data_dir))  # before rank 0 logs into the run
     record_run(config, data_dir, run_id)
-    result = finetune_trainer(config, data_dir, (uri, run_id), max_failures).fit()
+    with watch_progress(out, run_steps(config, data_dir), "fine-tuning"):
+        result = finetune_trainer(config, data_dir, (uri, run_id), max_failures).fit()
     RunLogger(uri, run_id).finish("FINISHED" if result.error is None else "FAILED")
     return result, run_id
 
@@ -144,7 +217,7 @@ def finetune(config: FinetuneConfig) -> str | None:
     data_dir = run_dataset(config)
     check_run_schedule(config, data_dir)
     if run_finished(config.out):
-        print(f"fine-tuning run {config.out} is finished: reused")
+        say(f"fine-tuning run {config.out} is finished: reused")
         return read_run_record(config.out).get("mlflow_run")
     connect()
     check_shared_outputs(config.out)

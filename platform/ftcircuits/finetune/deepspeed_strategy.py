@@ -18,6 +18,8 @@ from ftcircuits.finetune.methods import attach_rank_reallocation
 from ftcircuits.finetune.schedule import TrainSettings, warmup_cosine
 from ftcircuits.options import Precision, ZeroStage, check_choice
 
+DS_ACCELERATOR_ENV = "DS_ACCELERATOR"  # DeepSpeed's own choice of accelerator, set to "cpu" without a GPU
+
 
 def single_process_environment(port: int = 29500) -> None:
     """Set the rendezvous variables of a one-process group unless a launcher already did."""
@@ -57,6 +59,10 @@ class DeepSpeedStrategy:
         precision: Precision = "fp32",
         param_groups: list[dict] | None = None,
     ) -> None:
+        if not torch.cuda.is_available():
+            # say so: DeepSpeed otherwise probes for accelerators and warns, in every worker, "Setting
+            # accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+            os.environ.setdefault(DS_ACCELERATOR_ENV, "cpu")
         import deepspeed
 
         if precision != "fp32" and not torch.cuda.is_available():

@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ftcircuits.finetune.settings import MethodConfig
 from ftcircuits.models.architecture import Architecture
+from ftcircuits.models.loader import peft_wrapping
 
 
 def target_modules(arch: Architecture) -> list[str]:
@@ -64,7 +65,8 @@ def apply_method(
         # trains (and is saved with the adapter), which its trainable-parameter count shows.
         embed = [arch.names.embed.rsplit(".", 1)[-1]] if token_ids else None
         config = IA3Config(target_modules=targets, feedforward_modules=[mlp_out], modules_to_save=embed)
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def check_schedule(method: MethodConfig, total_steps: int) -> None:

@@ -34,12 +34,13 @@ from ftcircuits.tracking.mlflow_runs import RunLogger
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """Where this worker sits, how it reports (metrics, checkpoint directory or None), and the
-    MLflow run rank 0 logs into ((tracking uri, run id), or None)."""
+    """Where this worker sits, how it reports (metrics, checkpoint directory or None; every step's loss
+    to ``progress``), and the MLflow run rank 0 logs into ((tracking uri, run id), or None)."""
 
     rank: int = 0
     world: int = 1
     report: Callable[[dict, Path | None], None] = lambda metrics, path: None
+    progress: Callable[[int, float], None] = lambda step, loss: None
     mlflow_run: tuple[str, str] | None = None
     resume_from: Path | None = None  # a checkpoint directory of this run, after a failure
 
@@ -128,6 +129,7 @@ def finetune_worker(config: FinetuneConfig, data_dir: Path, context: WorkerConte
 
     def on_step(step: int, loss: float) -> None:
         done = first_step + step + 1
+        context.progress(done, loss)
         if logger is not None:
             logger.metric("train_loss", loss, done)
         if done % config.train.checkpoint_every == 0 or done == total_steps:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +120,20 @@ def check_model_files(directory: Path, rebuild: str | None = None) -> None:
         check_safetensors(directory / name, rebuild)
 
 
+PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+"""transformers 5's FutureWarning at PEFT's every wrapping of a model: PEFT reads the deprecated property
+(``peft_model.py``: ``getattr(model, "is_gradient_checkpointing", True)``); ours has nothing to change."""
+
+
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Wrap a model in PEFT (``get_peft_model``, ``PeftModel.from_pretrained``) inside: without the
+    FutureWarning PEFT's own call raises (PEFT_DEPRECATION), once per process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        yield
+
+
 def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     """Load a PEFT adapter directory onto its base model and merge it (a plain model again)."""
     import json
@@ -128,7 +145,8 @@ def _merged_adapter(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     if Path(base_source).is_dir():
         check_model_files(Path(base_source))
     base = AutoModelForCausalLM.from_pretrained(base_source, dtype=dtype)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
 
 
 def model_skeleton(source: str) -> tuple[PreTrainedModel, Architecture]:

@@ -24,6 +24,7 @@ from ftcircuits.models.loader import (
     LoadedModel,
     ModelSourceError,
     check_model_files,
+    peft_wrapping,
     resolve_model_source,
 )
 
@@ -85,7 +86,8 @@ class CheckpointWeights:
                 f"not on the loaded base {self.loaded.source!r}"
             )
         # merge_and_unload writes the merged weights into the wrapped modules and puts them back
-        PeftModel.from_pretrained(self.loaded.model, str(path)).merge_and_unload()
+        with peft_wrapping():
+            PeftModel.from_pretrained(self.loaded.model, str(path)).merge_and_unload()
 
     def _random_state(self, seed: int) -> dict[str, torch.Tensor]:
         model = self.loaded.model

@@ -12,6 +12,7 @@ import polars as pl
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
+from ftcircuits.console import result_tables
 from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
@@ -33,7 +34,7 @@ class RunAnalysis:
     def describe(self) -> str:
         """Return the tables and headline a person reads at the end of the stage."""
         parts = []
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+        with result_tables(tbl_width_chars=200):
             columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")
             parts.append(str(self.tables["similarity"].select(
                 "step", *columns, "abs_score_spearman_base", "accuracy"
@@ -46,9 +47,39 @@ class RunAnalysis:
             parts.append(str(self.tables["similarity_by_budget"]))
             if "smallest_faithful_budget" in self.tables:
                 parts.append(str(self.tables["smallest_faithful_budget"]))
-        parts.append(json.dumps(self.headline, indent=1))
+        parts.append(headline_text(self.headline))
         parts.append(f"tables and figures: {self.directory} ({', '.join(p.name for p in self.figures)})")
         return "\n".join(parts)
+
+
+HEADLINE_TABLES = ("jaccard_final_vs_base_by_budget", "smallest_faithful_budget_by_step")
+"""Headline entries the stage's description shows as tables already (similarity_by_budget,
+smallest_faithful_budget)."""
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def headline_text(headline: dict, width: int = 110) -> str:
+    """Return the headline as ``key: value`` entries (compact JSON values, 4 decimals) joined by "; " into
+    lines of about ``width`` characters, leaving out what the description shows as tables
+    (HEADLINE_TABLES); the headline file holds it all."""
+    entries = [f"{key}: {json.dumps(_rounded(value))}" for key, value in headline.items()
+               if key not in HEADLINE_TABLES]  # fmt: skip
+    lines: list[str] = []
+    for entry in entries:
+        if lines and len(lines[-1]) + 2 + len(entry) <= width:
+            lines[-1] += f"; {entry}"
+        else:
+            lines.append(entry)
+    return "\n".join(lines)
 
 
 def analysis_dir(run: Path, settings: CircuitRunSettings) -> Path:

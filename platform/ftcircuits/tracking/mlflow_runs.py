@@ -15,6 +15,7 @@ experiment's runs (filter, sort, columns, charts) is kept on the experiment as a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,16 @@ ROLE_TAG = "role"
 UI_QUERY = "workflowType=machine_learning"  # MLflow 3.17's UI: open an experiment on its runs
 DIGEST_CHARS = 36  # the longest dataset digest MLflow stores
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a runs view the UI opens as ?viewStateShareKey=key
+MIGRATION_LOGGERS = ("alembic", "mlflow.store.db.utils")
+"""The loggers of a SQLite store's schema creation and migration, which say at INFO, in every process
+that opens the store, "Creating initial MLflow database tables...", "Updating database tables" and
+alembic's "Context impl SQLiteImpl", "Will assume non-transactional DDL", "Running upgrade ..."."""
+
+
+def quiet_store_migrations() -> None:
+    """Keep the store's schema creation and migration (MIGRATION_LOGGERS) to warnings and errors."""
+    for name in MIGRATION_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def tracking_uri(out: Path) -> str:
@@ -97,6 +108,7 @@ def create_run(
 
     Path(out).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(out)
+    quiet_store_migrations()
     client = MlflowClient(uri)
     run_tags = {ROLE_TAG: role or experiment} | (tags or {})
     run = client.create_run(experiment_id(client, experiment, out), run_name=run_name, tags=run_tags)
@@ -111,6 +123,7 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        quiet_store_migrations()
         self.client, self.run_id = MlflowClient(uri), run_id
 
     def metric(self, key: str, value: float, step: int) -> None:
