@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ftcircuits.cluster.address import ClusterUnreachableError
 from ftcircuits.config.loading import ConfigError, Schema, load_config
 from ftcircuits.integrity import DamagedFileError
 
-INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError,)
+INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError, ClusterUnreachableError)
 """Errors in a job's inputs (a damaged file, an unreachable cluster): exit status 2, as a bad config."""
 
 

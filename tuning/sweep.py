@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
+from ftcircuits.cluster.address import ClusterUnreachableError
 from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.cluster.sweep import sweep
 from ftcircuits.config.loading import ConfigError, load_config
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ())
         raise SystemExit(2) from None
     try:
         print(sweep(config, callbacks).describe())
+    except ClusterUnreachableError as error:  # an input error, as a bad config
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ConfigError, ClusterError) as error:
         raise SystemExit(f"error: {error}") from None
 
