@@ -14,6 +14,7 @@ from ftcircuits.integrity import DamagedFileError
 
 INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError, ClusterUnreachableError)
 """Errors in a job's inputs (a damaged file, an unreachable cluster): exit status 2, as a bad config."""
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
@@ -56,3 +57,14 @@ def exit_on(*errors: type[Exception]) -> Iterator[None]:
         raise SystemExit(2) from None
     except errors as error:
         raise SystemExit(f"error: {error}") from None
+
+
+@contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Turn Ctrl-C (KeyboardInterrupt) inside into one line on stderr and exit status 130 (128 + SIGINT, as
+    a shell reports it), not a traceback: for a job whose finished work is cached, so a rerun resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

@@ -37,7 +37,7 @@ from ftcircuits.study.analysis import analyze_run
 from ftcircuits.study.comparison import arm_config
 from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
-from jobs.cli import config_parser, exit_on, parse_config
+from jobs.cli import config_parser, exit_on, exit_on_interrupt, parse_config
 
 
 def comparison_config(config: PipelineConfig, out: Path) -> CompareConfig:
@@ -78,7 +78,7 @@ def one_mlflow_store(out: Path) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(PipelineConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
     out = Path(config.out).resolve()
-    with one_mlflow_store(out) as uri, exit_on(ConfigError, ClusterError, RuntimeError):
+    with exit_on_interrupt(), one_mlflow_store(out) as uri, exit_on(ConfigError, ClusterError, RuntimeError):
         run_study(config, out, uri)
 
 
