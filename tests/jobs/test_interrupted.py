@@ -2,24 +2,23 @@
 finished is redone (the files of finished checkpoints, circuits and accuracy tables keep their mtimes),
 nothing half-written is used, and the last rerun completes the study.
 
-Each driver is ``python -m jobs.pipeline`` in a session of its own, with a local Ray of its own (the
-default a user runs) in a temporary directory of the test's. Ray fate-shares the processes ``ray.init``
-starts with the driver; whatever outlives a killed driver is killed here, by the PIDs seen under it.
+Each driver is ``python -m jobs.pipeline`` in a session of its own that joins the test session's Ray
+cluster through ``RAY_ADDRESS`` (as a job joins a running cluster), which outlives each driver and ends
+the actors and Ray Train runs of a killed one. (A driver with a local Ray of its own would start one per
+rerun, which a loaded machine does not always finish within Ray's 30 s.) Whatever process outlives a
+driver is killed here, by the PIDs seen under it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +141,7 @@ class Driver:
 
 @dataclass
 class Study:
-    """A small pipeline's arguments and environment: a local Ray of each driver's own, in ``ray_root``."""
+    """A small pipeline's arguments, output directory and environment."""
 
     argv: list[str]
     out: Path
@@ -160,19 +159,16 @@ class Study:
 
 
 @pytest.fixture()
-def study(tmp_path, tiny_run) -> Iterator[Study]:
-    ray_root = Path(tempfile.mkdtemp(prefix="ri", dir="/tmp"))  # Ray's sockets need a short path
-    token = ray_root / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+def study(tmp_path, tiny_run, ray_cluster) -> Study:
+    """The drivers join the session's cluster, which outlives each of them (as a cluster does a job's)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the fixture's token path
     path = os.pathsep.join(filter(None, [str(ROOT / "platform"), str(ROOT), env.get("PYTHONPATH")]))
-    env |= {"RAY_TMPDIR": str(ray_root), "RAY_AUTH_TOKEN_PATH": str(token), "PYTHONPATH": path}
+    env |= {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": path}
     circuits = circuit_settings(8, 8, baselines=["permuted"], actors=1)
     argv = small_pipeline_args(tmp_path, tiny_run / "base", str(tmp_path / "study"), circuits)
-    try:
-        yield Study(argv, tmp_path / "study", env)
-    finally:
-        shutil.rmtree(ray_root, ignore_errors=True)
+    return Study(argv, tmp_path / "study", env)
 
 
 # -- the scenario ----------------------------------------------------------------------------------------
