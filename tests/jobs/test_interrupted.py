@@ -29,12 +29,10 @@ import pytest
 from ftcircuits.circuits.io import EDGES_SUFFIX
 from ftcircuits.finetune.deepspeed_strategy import DeepSpeedStrategy
 from ftcircuits.run_layout import CHECKPOINTS_DIR, INDEX_FILE
+from jobs.cli import INTERRUPTED, exit_on_interrupt
 from tests.conftest import circuit_settings, small_pipeline_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
 ROOT = Path(__file__).resolve().parents[2]
-INTERRUPTED_LINE = "interrupted; rerun the same command to resume"
 DRIVER_TIMEOUT_S = 900  # a wait for one driver's stage or end, not a timing assertion
 FATE_SHARING_S = 20  # how long Ray's processes may take to follow a killed driver
 
@@ -215,6 +213,15 @@ def changed(before: dict[Path, int], out: Path) -> list[str]:
             for p, stamp in before.items() if after.get(p) != stamp]  # fmt: skip
 
 
+def test_ctrl_c_ends_a_job_with_one_line_and_status_130(capsys):
+    with pytest.raises(SystemExit) as exit_, exit_on_interrupt():
+        raise KeyboardInterrupt
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [INTERRUPTED]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_a_driver_interrupted_in_each_stage_resumes_without_redoing_or_using_half_written_work(study, signum):
     """One chain: interrupt in stage 1, rerun and interrupt in stage 2, ... , then rerun to the end."""
@@ -238,7 +245,7 @@ def test_a_driver_interrupted_in_each_stage_resumes_without_redoing_or_using_hal
         assert not redone, f"{signum.name} in {STAGES[stage]!r}: finished work redone: {redone}"
         if signum == signal.SIGINT:
             assert code == 130, f"exit {code} after SIGINT:\n{after_signal[-3000:]}"
-            assert INTERRUPTED_LINE in after_signal
+            assert INTERRUPTED in after_signal
             assert "Traceback" not in after_signal, after_signal[-3000:]
         else:
             assert code == -signal.SIGKILL
