@@ -8,12 +8,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ftcircuits.cluster.address import ClusterUnreachableError
 from ftcircuits.config.loading import ConfigError, Schema, load_config
 from ftcircuits.console import say_error
 from ftcircuits.integrity import DamagedFileError
 
-INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError,)
+INPUT_ERRORS: tuple[type[Exception], ...] = (DamagedFileError, ClusterUnreachableError)
 """Errors in a job's inputs (a damaged file, an unreachable cluster): exit status 2, as a bad config."""
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 def config_parser(description: str, console: bool = False) -> argparse.ArgumentParser:
@@ -65,3 +67,14 @@ def exit_on(*errors: type[Exception]) -> Iterator[None]:
         raise SystemExit(2) from None
     except errors as error:
         raise SystemExit(f"error: {error}") from None
+
+
+@contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Turn Ctrl-C (KeyboardInterrupt) inside into one line on stderr and exit status 130 (128 + SIGINT, as
+    a shell reports it), not a traceback: for a job whose finished work is cached, so a rerun resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say_error(INTERRUPTED)
+        raise SystemExit(130) from None

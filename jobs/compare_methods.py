@@ -14,12 +14,12 @@ from ftcircuits.cluster.comparison import compare_methods
 from ftcircuits.cluster.connection import ClusterError
 from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import ConfigError
-from jobs.cli import config_parser, exit_on, parse_config
+from jobs.cli import config_parser, exit_on, exit_on_interrupt, parse_config
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(CompareConfig, config_parser(__doc__.splitlines()[0]).parse_args(argv))
-    with exit_on(ConfigError, ClusterError, RuntimeError):
+    with exit_on_interrupt(), exit_on(ConfigError, ClusterError, RuntimeError):
         print(compare_methods(config).describe())
 
 

@@ -43,7 +43,7 @@ from ftcircuits.study.analysis import analyze_run
 from ftcircuits.study.comparison import arm_config
 from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
-from jobs.cli import config_parser, exit_on, parse_config
+from jobs.cli import config_parser, exit_on, exit_on_interrupt, parse_config
 from jobs.console import JobLogs, job_console
 
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     with (
         job_console(out, args.verbose) as logs,
         one_mlflow_store(out) as uri,
+        exit_on_interrupt(),
         exit_on(ConfigError, ClusterError, RuntimeError),
     ):
         run_study(config, out, uri, logs)

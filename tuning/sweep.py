@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[tune.Callback] = ())
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    with exit_on(ConfigError, ClusterError):  # a damaged input file: exit 2
+    with exit_on(ConfigError, ClusterError):  # a damaged input file, an unreachable cluster: exit 2
         print(sweep(config, callbacks).describe())
 
 

@@ -82,15 +82,15 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path, ray_cluster, m
     index = read_checkpoint_index(out)
     assert index["step"].to_list() == [0, 4, 8, 12, 16, 20]  # planned steps, each once
     assert index["train_loss"][-1] < index["train_loss"][1]
-    # resumed, not restarted: the base (step 0) was evaluated once, and the steps between the last
-    # checkpoint Ray registered (it registers them asynchronously, so it may be before step 8) and the
-    # kill ran twice
+    # resumed, not restarted: the base (step 0) was evaluated once, and only the steps between the run's
+    # newest indexed checkpoint (step 8 or later; Ray's registered one may lag it) and the kill ran twice
     client = MlflowClient(tracking_uri(out))
     accuracy_steps = [m.step for m in client.get_metric_history(run_id, "eval_accuracy")]
     assert accuracy_steps.count(0) == 1
     losses = Counter(m.step for m in client.get_metric_history(run_id, "train_loss"))
-    assert set(losses) == set(range(1, 21)) and set(losses.values()) == {1, 2}, losses
+    assert set(losses) == set(range(1, 21)) and set(losses.values()) <= {1, 2}, losses
     rerun = sorted(step for step, count in losses.items() if count == 2)
-    resumed_at = rerun[0] - 1
-    assert resumed_at % 4 == 0 and registered <= resumed_at <= 16, (registered, rerun)  # a checkpoint
-    assert rerun == list(range(resumed_at + 1, resumed_at + 1 + len(rerun)))  # from there to the kill
+    if rerun:  # none when the kill came right after a checkpoint
+        resumed_at = rerun[0] - 1
+        assert resumed_at % 4 == 0 and max(registered, 8) <= resumed_at <= 16, (registered, rerun)
+        assert rerun == list(range(resumed_at + 1, resumed_at + 1 + len(rerun)))  # from there to the kill

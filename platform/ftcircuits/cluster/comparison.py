@@ -27,6 +27,7 @@ from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report.figures import method_comparison
+from ftcircuits.run_layout import run_finished
 from ftcircuits.study.circuitlora import check_plannable, plan_circuitlora, write_plan
 from ftcircuits.study.comparison import (
     ComparedRun,
@@ -150,6 +151,10 @@ def compare_methods(config: CompareConfig) -> Comparison:
     failed = [result.error for result in results if result.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} runs failed; first: {failed[0]}")
+    unfinished = [run.key for run in runs if not run_finished(run.config.out)]
+    if unfinished:  # a stopped experiment returns its unfinished trials without an error
+        raise RuntimeError(f"{len(unfinished)} runs did not finish ({', '.join(unfinished)}): run the "
+                           "comparison again to resume them")  # fmt: skip
     comparison = write_comparison(config, runs, mlflow.uri)
     mlflow.log_summary(comparison_summary(comparison.table), config.out)
     return replace(comparison, mlflow_path=mlflow.ui_path())

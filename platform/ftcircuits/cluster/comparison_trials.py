@@ -12,6 +12,7 @@ best ``eval_accuracy`` first, charted per checkpoint (``ComparisonRuns.ui_path``
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -172,10 +173,17 @@ class TrialProgress(tune.Callback):
             self.bar.close()
 
 
+TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
+
+
 def run_comparison(
     runs: list[ComparedRun], data_dirs: dict[str, Path], out: Path, callbacks: list
 ) -> tune.ResultGrid:
-    """Fit every run as a Tune trial, as many at a time as the cluster's CPUs hold; return Tune's results."""
+    """Fit every run as a Tune trial, as many at a time as the cluster's CPUs hold; return Tune's results.
+
+    Ctrl-C is a KeyboardInterrupt here, not Tune's graceful stop (which returns the unfinished trials as
+    results): every run resumes on its own when the comparison runs again, not through Tune's state.
+    """
     check_shared_outputs(out, *(run.config.out for run in runs))
     by_key = {run.key: run for run in runs}
     per_run = max(run.config.scaling.workers * run.config.scaling.cpus_per_worker for run in runs)
@@ -194,4 +202,12 @@ def run_comparison(
             verbose=TUNE_VERBOSITY[console.quiet()],
         ),
     )
-    return tuner.fit()
+    given = os.environ.get(TUNE_SIGINT_ENV)
+    os.environ[TUNE_SIGINT_ENV] = "1"
+    try:
+        return tuner.fit()
+    finally:
+        if given is None:
+            os.environ.pop(TUNE_SIGINT_ENV)
+        else:
+            os.environ[TUNE_SIGINT_ENV] = given

@@ -4,7 +4,8 @@ A driver that joins a cluster ships its own copy of ``ftcircuits`` (and of ``job
 it has imported them) to the workers as ``py_modules``, unless the job was submitted with them already
 (``ray job submit`` with ``py_modules`` in its runtime environment, which tasks inherit). It then runs
 one tiny task that imports ``ftcircuits`` on a worker, so a cluster that cannot run the package stops
-the job with one message before any work.
+the job with one message before any work. Before ``ray.init`` it checks that the address answers at all
+(``cluster.address``): Ray itself would retry an address where nothing listens for minutes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import ray
 
 from ftcircuits import console
+from ftcircuits.cluster.address import ClusterError, check_address_answers
 from ftcircuits.run_layout import RAY_DIR
 from ftcircuits.storage import STORAGE_ENV, storage_root
 
@@ -29,10 +31,6 @@ SHIPPING_EXCLUDES = (
 """What never travels with a runtime environment (anchored ``/`` patterns: the working directory's top)."""
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted driver
 RAY_PACKAGE_CHECK_TIMEOUT_S = 300.0
-
-
-class ClusterError(RuntimeError):
-    """The cluster cannot run this package; the message says which cluster and what to do."""
 
 
 def submitted_runtime_env() -> dict:
@@ -118,7 +116,8 @@ def check_package_on_workers(where: str, runtime_env: dict | None = None) -> dic
 def connect(num_cpus: int | None = None) -> None:
     """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one of our own.
 
-    Joining ships the package (``joining_runtime_env``) and checks that the workers import it (else
+    Joining first checks that the address answers (``check_address_answers``: ClusterUnreachableError),
+    then ships the package (``joining_runtime_env``) and checks that the workers import it (else
     ClusterError). Without ``RAY_ADDRESS`` a plain ``ray.init()`` would join any cluster already running
     on the machine (whose workers cannot import this package); ``address="local"`` never does. A local Ray
     starts its dashboard: it serves the State API, through which Ray Train's placement-group cleaner
@@ -137,6 +136,7 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=to_driver)  # fmt: skip
         return
+    check_address_answers(address)
     ray.init(address=address, runtime_env=joining_runtime_env(address), log_to_driver=to_driver)
     where = ray.get_runtime_context().gcs_address
     workers = check_package_on_workers(where)

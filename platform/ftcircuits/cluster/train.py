@@ -21,7 +21,7 @@ from ftcircuits.cluster.connection import check_shared_outputs, connect, ray_sto
 from ftcircuits.console import progress, say
 from ftcircuits.finetune.run_identity import check_run_directory, check_run_schedule, run_record, run_steps
 from ftcircuits.finetune.settings import FinetuneConfig
-from ftcircuits.finetune.worker import WorkerContext, finetune_worker
+from ftcircuits.finetune.worker import WorkerContext, finetune_worker, resumable_checkpoint
 from ftcircuits.models.loader import load_tokenizer
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import DATA_DIR, PROGRESS_FILE, read_run_record, run_config_path, run_finished
@@ -130,11 +130,28 @@ def _train_loop(payload: dict) -> None:
         ckpt = Checkpoint.from_directory(str(path)) if path is not None and rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    resume = ray.train.get_checkpoint()  # set when Ray restarts the workers after a failure
-    with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
+    # the run's own newest checkpoint (a rerun after the driver stopped, or a restart after a worker
+    # failure), else the newest Ray registered: Ray restores its own record of a stopped run, but that
+    # record can lag the run's index, and resuming from it would redo finished checkpoints
+    own = resumable_checkpoint(payload["config"].out)
+    resume = None if own is not None else ray.train.get_checkpoint()
+    with resume.as_directory() if resume is not None else contextlib.nullcontext(own) as resume_dir:
         path = Path(resume_dir) if resume_dir else None
         worker = WorkerContext(rank, context.get_world_size(), report, on_step, payload["mlflow"], path)
         finetune_worker(payload["config"], payload["data_dir"], worker)
+
+
+class InterruptibleTrainer(TorchTrainer):
+    """A TorchTrainer whose ``fit`` leaves Ctrl-C alone: a KeyboardInterrupt, as anywhere else in a driver.
+
+    Ray Train's own SIGINT handler (installed by ``fit`` in a driver's main thread, and never removed)
+    aborts the run and then ends the driver with status 0 or 1, or, once the run is over, ends it at the
+    next Ctrl-C in any later stage. The run's outputs gain nothing from it (its workers are killed either
+    way; a rerun resumes from the newest checkpoint), and the driver's end stops the run's actors.
+    """
+
+    def _register_sigint_handler(self, controller) -> None:
+        return None
 
 
 def finetune_trainer(
@@ -153,7 +170,7 @@ def finetune_trainer(
     resources = {"CPU": scaling.cpus_per_worker} | (
         {"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}
     )
-    return TorchTrainer(
+    return InterruptibleTrainer(
         _train_loop,
         train_loop_config={"config": config, "data_dir": Path(data_dir).resolve(), "mlflow": mlflow_run},
         scaling_config=ScalingConfig(

@@ -32,6 +32,17 @@ from ftcircuits.tasks.io import read_items
 from ftcircuits.tracking.mlflow_runs import RunLogger
 
 
+def resumable_checkpoint(out: Path) -> Path | None:
+    """Return the newest checkpoint ``out``'s index lists, which holds the training state a restart
+    resumes from (written before the index names it, deleted from older ones only after); None before
+    the first. It is never older than the newest checkpoint Ray Train registered, which can lag it by
+    several when the driver is stopped."""
+    if not index_path(out).is_file():
+        return None
+    newest = Path(read_checkpoint_index(out)["path"][-1])
+    return newest if (newest / DeepSpeedStrategy.ENGINE_STATE).is_dir() else None
+
+
 @dataclass(frozen=True)
 class WorkerContext:
     """Where this worker sits, how it reports (metrics, checkpoint directory or None; every step's loss
@@ -42,7 +53,7 @@ class WorkerContext:
     report: Callable[[dict, Path | None], None] = lambda metrics, path: None
     progress: Callable[[int, float], None] = lambda step, loss: None
     mlflow_run: tuple[str, str] | None = None
-    resume_from: Path | None = None  # a checkpoint directory of this run, after a failure
+    resume_from: Path | None = None  # a checkpoint directory of this run, after a failure or a stop
 
 
 def sharded_batches(
@@ -117,11 +128,12 @@ def finetune_worker(config: FinetuneConfig, data_dir: Path, context: WorkerConte
         strategy.module.train()
         if context.rank == 0:
             tokenizer.save_pretrained(path)
-            for older in rows:  # resuming needs only the newest training state
-                shutil.rmtree(Path(older["path"]) / DeepSpeedStrategy.ENGINE_STATE, ignore_errors=True)
+            older = [Path(row["path"]) for row in rows]
             rows.append({"step": step, "path": str(path), "train_loss": loss, "eval_accuracy": held} | size)
             with atomic_file(index_path(config.out)) as tmp:
                 pl.DataFrame(rows).write_parquet(tmp)
+            for directory in older:  # resuming needs only the newest training state: the index's last
+                shutil.rmtree(directory / DeepSpeedStrategy.ENGINE_STATE, ignore_errors=True)
             if logger is not None:
                 logger.metric("eval_accuracy", held, step)
         latest["eval_accuracy"] = held
