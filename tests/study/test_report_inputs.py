@@ -146,18 +146,18 @@ def test_a_whole_png_passes(tmp_path):
     assert check_png(png(tmp_path / "a.png"), "r") == tmp_path / "a.png"
 
 
-def test_the_pipeline_job_exits_2_with_one_line_naming_a_damaged_report_input(outputs, tmp_path, capsys,
+def test_the_pipeline_job_exits_2_with_one_line_naming_a_damaged_report_input(outputs, tmp_path, capfd,
                                                                            monkeypatch):  # fmt: skip
     truncate(outputs.analysis / "headline.json")
 
-    def run_study(config, out, uri) -> None:  # the stages done: the report reads their outputs
+    def run_study(config, out, uri, logs) -> None:  # the stages done: the report reads their outputs
         render_study_report(outputs, out / "report.html")
 
     monkeypatch.setattr(pipeline_job, "run_study", run_study)
     with pytest.raises(SystemExit) as exited:
         pipeline_job.main(["--set", f"out={tmp_path / 'study'}"])
     assert exited.value.code == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the job's console writes to the terminal's descriptor
     assert "Traceback" not in err
     (line,) = err.splitlines()
     assert line.startswith(f"error: {outputs.analysis / 'headline.json'}: not valid JSON, truncated or ")
