@@ -1,0 +1,182 @@
+"""Exact edge scores: each edge patched on its own, many edges per forward pass.
+
+An edge's exact score is the metric's change when that edge alone carries the replaced value (the
+corrupted prompt's output, zero or the mean) and every other edge the clean one, summed over the
+batch: ``L(edge patched) - L(clean)``, the quantity EAP and EAP-IG approximate (same sign convention).
+
+With only edge (u, v) patched, everything before v is clean, so patching it means adding
+``delta_u = z_u(replaced) - z_u(clean)`` to v's input and nothing else. Two edges in one pass would
+not be exact (the first changes what flows into the second), so the batch is stacked into copies
+along the batch dimension, copy e patching edge e alone, and one forward pass scores many edges.
+
+Copies of edges into one layer run together, and the pass stacks them only from that layer on: the
+layers before it run once on the plain batch (every copy is clean there), and a pre-hook on the
+layer expands the residual and every batch-sized argument (attention mask, positions, rotary
+tables) to the copies. The unembedding sees only each prompt's last position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ftcircuits.circuits.attribution import AttributionConfig
+from ftcircuits.circuits.interventions import write_replacements
+from ftcircuits.circuits.memory import exact_copies
+from ftcircuits.circuits.metrics import metric_loss
+from ftcircuits.circuits.pairs import PairBatch
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.encoding import model_logits
+from ftcircuits.models.hooks import module_hooks
+
+
+@torch.no_grad()
+def exact_scores(
+    probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None,
+    copies: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Return exact edge scores ``[n_sources, n_destinations]`` summed over the batch's examples.
+
+    ``copies``: edges per forward pass (default: as many as the batch's planned memory holds,
+    ``memory.exact_copies``; 1 is one pass per edge).
+    """
+    graph = probe.graph
+    shape = batch.clean.input_ids.shape
+    delta = probe.source_buffer(batch.clean, probe.score_dtype)
+    write_replacements(probe, batch, delta, config.intervention, means)
+    clean_logits = probe.write_sources(
+        batch.clean, batch.clean.input_ids, lambda s, out: delta[s : s + len(out)].sub_(out)
+    )
+    delta.mul_(batch.clean.attention_mask[:, :, None].to(delta.dtype))
+    if copies is None:
+        dtype = next(probe.model.parameters()).dtype
+        copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
+    clean_loss = _losses(config, batch, clean_logits, clean_logits, 1)[0]
+    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
+    sources, destinations = graph.edge_mask_on(delta.device).nonzero(as_tuple=True)
+    layer_of = destinations // graph.destinations_per_layer  # logits: layer L
+    for layer in range(probe.arch.layers + 1):
+        edges = (layer_of == layer).nonzero()[:, 0]
+        for chunk in edges.split(copies):
+            chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
+            logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations)
+            losses = _losses(config, batch, logits, clean_logits, len(chunk))
+            scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
+    return scores
+
+
+def _losses(
+    config: AttributionConfig, batch: PairBatch, logits: torch.Tensor, clean_logits: torch.Tensor, copies: int
+) -> torch.Tensor:
+    """Return the metric's loss per copy and example ``[copies, B]``."""
+    corrupted = None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(copies)
+    loss = metric_loss(
+        config.metric, logits, clean_logits.repeat(copies, 1), batch.answers.repeat(copies), corrupted
+    )
+    return loss.view(copies, -1)
+
+
+def _repeat_batch(value, batch: int, copies: int):
+    """Return ``value`` with every tensor of two or more dimensions and leading size ``batch`` repeated
+    ``copies`` times along it (copy-major), looking into tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == batch:
+            return value.repeat(copies, *[1] * (value.dim() - 1))
+        return value
+    if isinstance(value, tuple | list):
+        return type(value)(_repeat_batch(v, batch, copies) for v in value)
+    if isinstance(value, dict):
+        return {k: _repeat_batch(v, batch, copies) for k, v in value.items()}
+    return value
+
+
+def _patched_logits(
+    probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, layer: int, sources: torch.Tensor,
+    destinations: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """Return last-position logits ``[E*B, vocab]`` of E copies of the clean batch, copy e with edge
+    ``(sources[e], destinations[e])`` patched; every destination is in ``layer`` (``layers``: logits)."""
+    graph, arch = probe.graph, probe.arch
+    count = len(sources)
+    size, length = batch.clean.input_ids.shape
+    width = arch.d_model
+    stash: dict = {}
+    pre, pre_kwargs, forward = [], [], []
+
+    def added(x: torch.Tensor, rows: torch.Tensor, source_rows: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` (copies stacked) with ``delta[source]`` added to the copies ``rows``."""
+        x = x.clone()
+        view = x.view(count, size, length, width)
+        view[rows] += delta[source_rows].to(x.dtype)
+        return x
+
+    def expand(module, args, kwargs):
+        return _repeat_batch(args, size, count), _repeat_batch(kwargs, size, count)
+
+    if layer == arch.layers:  # logits: the final norm's input, expanded here
+        everyone = torch.arange(count, device=sources.device)
+
+        def logits_input(module, args):
+            x = args[0].repeat(count, *[1] * (args[0].dim() - 1))
+            return (added(x, everyone, sources), *args[1:])
+
+        pre.append((probe.final_norm, logits_input))
+    else:
+        for later in range(layer, arch.layers):
+            pre_kwargs.append((probe.blocks[later], expand))
+        offset = destinations - layer * graph.destinations_per_layer
+        mlp = offset == graph.destinations_per_layer - 1
+        if mlp.any():
+            rows, source_rows = mlp.nonzero()[:, 0], sources[mlp]
+
+            def mlp_input(module, args):
+                return (added(args[0], rows, source_rows), *args[1:])
+
+            pre.append((probe.mlp_norms[layer], mlp_input))
+        if not mlp.all():
+            pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
+            first = 0
+            for projection in probe.projections[layer]:
+                heads = projection.heads[0]
+                mine = ~mlp & (offset >= first) & (offset < first + len(projection.parts) * heads)
+                if mine.any():
+                    local = offset[mine] - first
+                    forward.append(
+                        (projection.module, _projection_patch(probe, layer, projection, mine.nonzero()[:, 0],
+                                                              local // heads, local % heads, sources[mine],
+                                                              delta, stash, count))  # fmt: skip
+                    )
+                first += len(projection.parts) * heads
+    last = batch.clean.last_index.repeat(count)
+
+    def last_positions(module, args):
+        hidden = args[0]
+        return (hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None], *args[1:])
+
+    pre.append((probe.unembed, last_positions))
+    with module_hooks(forward, pre, pre_kwargs):
+        return model_logits(probe.model, batch.clean)[:, 0]
+
+
+def _projection_patch(
+    probe: ModelProbe, layer: int, projection, rows: torch.Tensor, parts: torch.Tensor, heads: torch.Tensor,
+    sources: torch.Tensor, delta: torch.Tensor, stash: dict, count: int,
+):  # fmt: skip
+    """Return a forward hook that recomputes, for each copy in ``rows``, its one patched head input: the
+    head's q, k or v from ``norm(x + delta[source])``."""
+    norm = probe.attention_norms[layer]
+
+    def hook(module, inputs, output):
+        x = stash["x"]
+        size, length = x.shape[0] // count, x.shape[1]
+        patched = x.view(count, size, length, -1)[rows] + delta[sources].to(x.dtype)  # [n, B, T, d]
+        weight = projection.weight()[parts, heads]  # [n, dh, d]
+        values = torch.einsum("nbtd,nkd->nbtk", norm.forward(patched), weight)
+        bias = projection.bias()
+        if bias is not None:
+            values = values + bias[parts, heads][:, None, None, :]
+        out = output.clone()
+        split = projection.split_output(out.view(count, size, length, -1))  # [E, B, T, parts, heads, dh]
+        split[rows, :, :, parts, heads] = values.to(out.dtype)
+        return out
+
+    return hook
