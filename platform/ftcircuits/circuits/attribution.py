@@ -101,7 +101,10 @@ class SourceDifference:
 
 
 def source_difference(
-    probe: ModelProbe, batch: PairBatch, intervention: Intervention = "patching", means: torch.Tensor | None = None
+    probe: ModelProbe,
+    batch: PairBatch,
+    intervention: Intervention = "patching",
+    means: torch.Tensor | None = None,
 ) -> SourceDifference:
     """Return the sources' replaced-minus-clean outputs, written into one buffer by (at most) two forwards.
 

@@ -17,6 +17,8 @@ tables) to the copies. The unembedding sees only each prompt's last position.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ftcircuits.circuits.attribution import AttributionConfig
@@ -32,12 +34,13 @@ from ftcircuits.models.hooks import module_hooks
 @torch.no_grad()
 def exact_scores(
     probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None,
-    copies: int | None = None,
+    copies: int | None = None, edges: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Return exact edge scores ``[n_sources, n_destinations]`` summed over the batch's examples.
 
     ``copies``: edges per forward pass (default: as many as the batch's planned memory holds,
-    ``memory.exact_copies``; 1 is one pass per edge).
+    ``memory.exact_copies``; 1 is one pass per edge). ``edges``: a boolean mask of the edges to score
+    (default: all; the others score 0).
     """
     graph = probe.graph
     shape = batch.clean.input_ids.shape
@@ -52,7 +55,10 @@ def exact_scores(
         copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
     clean_loss = _losses(config, batch, clean_logits, clean_logits, 1)[0]
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
-    sources, destinations = graph.edge_mask_on(delta.device).nonzero(as_tuple=True)
+    scored = graph.edge_mask_on(delta.device)
+    if edges is not None:
+        scored = scored & edges.to(scored.device)
+    sources, destinations = scored.nonzero(as_tuple=True)
     layer_of = destinations // graph.destinations_per_layer  # logits: layer L
     for layer in range(probe.arch.layers + 1):
         edges = (layer_of == layer).nonzero()[:, 0]
@@ -126,10 +132,10 @@ def _patched_logits(
         offset = destinations - layer * graph.destinations_per_layer
         mlp = offset == graph.destinations_per_layer - 1
         if mlp.any():
-            rows, source_rows = mlp.nonzero()[:, 0], sources[mlp]
+            mlp_copies, mlp_sources = mlp.nonzero()[:, 0], sources[mlp]
 
             def mlp_input(module, args):
-                return (added(args[0], rows, source_rows), *args[1:])
+                return (added(args[0], mlp_copies, mlp_sources), *args[1:])
 
             pre.append((probe.mlp_norms[layer], mlp_input))
         if not mlp.all():
@@ -140,11 +146,11 @@ def _patched_logits(
                 mine = ~mlp & (offset >= first) & (offset < first + len(projection.parts) * heads)
                 if mine.any():
                     local = offset[mine] - first
-                    forward.append(
-                        (projection.module, _projection_patch(probe, layer, projection, mine.nonzero()[:, 0],
-                                                              local // heads, local % heads, sources[mine],
-                                                              delta, stash, count))  # fmt: skip
+                    copies_of, parts, heads_of = mine.nonzero()[:, 0], local // heads, local % heads
+                    patch = _projection_patch(
+                        probe, layer, projection, copies_of, parts, heads_of, sources[mine]
                     )
+                    forward.append((projection.module, partial(patch, delta=delta, stash=stash, count=count)))
                 first += len(projection.parts) * heads
     last = batch.clean.last_index.repeat(count)
 
@@ -159,13 +165,13 @@ def _patched_logits(
 
 def _projection_patch(
     probe: ModelProbe, layer: int, projection, rows: torch.Tensor, parts: torch.Tensor, heads: torch.Tensor,
-    sources: torch.Tensor, delta: torch.Tensor, stash: dict, count: int,
+    sources: torch.Tensor,
 ):  # fmt: skip
-    """Return a forward hook that recomputes, for each copy in ``rows``, its one patched head input: the
-    head's q, k or v from ``norm(x + delta[source])``."""
+    """Return a forward hook (given ``delta``, ``stash`` and ``count``) that recomputes, for each copy in
+    ``rows``, its one patched head input: the head's q, k or v from ``norm(x + delta[source])``."""
     norm = probe.attention_norms[layer]
 
-    def hook(module, inputs, output):
+    def hook(module, inputs, output, *, delta, stash, count):
         x = stash["x"]
         size, length = x.shape[0] // count, x.shape[1]
         patched = x.view(count, size, length, -1)[rows] + delta[sources].to(x.dtype)  # [n, B, T, d]

@@ -22,7 +22,11 @@ from ftcircuits.options import Metric
 
 
 def reference_gradients(
-    probe: ModelProbe, batch: PairBatch, embed: torch.Tensor, clean_logits: torch.Tensor, metric: Metric,
+    probe: ModelProbe,
+    batch: PairBatch,
+    embed: torch.Tensor,
+    clean_logits: torch.Tensor,
+    metric: Metric,
     replaced: list | None = None,
 ) -> torch.Tensor:
     """Give every destination its own copy of the residual; return d loss / d copy ``[B, T, n_dst, d]``.
@@ -66,7 +70,8 @@ def reference_gradients(
     with module_hooks(forward, pre):
         logits = probe.run(batch.clean)
         loss = metric_loss(metric, logits, clean_logits, batch.answers, batch.corrupted_answers).sum()
-        grads = torch.autograd.grad(loss, copies, allow_unused=True, materialize_grads=True)  # destination order
+        # in destination order; a copy the loss cannot reach (behind a replaced output) gets zeros
+        grads = torch.autograd.grad(loss, copies, allow_unused=True, materialize_grads=True)
     return torch.stack([g.reshape(*batch.clean.input_ids.shape, -1) for g in grads], dim=2)
 
 
@@ -128,7 +133,9 @@ def reference_activation_scores(
                 return value.reshape(output.shape).to(output.dtype)
 
             grads.append(
-                reference_gradients(probe, batch, clean_z[:, :, 0], clean_logits, config.metric, [(module, replace)])
+                reference_gradients(
+                    probe, batch, clean_z[:, :, 0], clean_logits, config.metric, [(module, replace)]
+                )
             )
         mean = torch.stack(grads).mean(dim=0)
         delta = replaced_z[:, :, rows] - clean_z[:, :, rows]
@@ -168,8 +175,20 @@ def reference_exact_scores(
                 if 0 <= offset < size:
                     part, head = divmod(offset, projection.heads[0])
 
-                    def patch(m, i, output, projection=projection, part=part, head=head, stash=stash, add=add):
-                        normed = probe.attention_norms[layer].forward(stash["x"] + add.to(stash["x"].dtype))
+                    norm = probe.attention_norms[layer]
+
+                    def patch(
+                        m,
+                        i,
+                        output,
+                        projection=projection,
+                        part=part,
+                        head=head,
+                        norm=norm,
+                        add=add,
+                        stash=stash,
+                    ):
+                        normed = norm.forward(stash["x"] + add.to(stash["x"].dtype))
                         value = normed @ projection.weight()[part, head].T
                         if projection.bias() is not None:
                             value = value + projection.bias()[part, head]
