@@ -83,8 +83,9 @@ def replaced_outputs(
     if config.intervention == "patching":
         return probe.source_outputs(batch.clean, batch.corrupted_ids)[0]
     mask = batch.clean.attention_mask[:, :, None, None].to(probe.score_dtype)
-    value = torch.zeros_like(means) if config.intervention == "zero" else means
-    return value.to(probe.score_dtype) * mask
+    if config.intervention == "zero":
+        return torch.zeros_like(mask).expand(-1, -1, probe.graph.n_sources, probe.arch.d_model).clone()
+    return means.to(probe.score_dtype) * mask
 
 
 def reference_scores(
