@@ -12,7 +12,9 @@ along the batch dimension, copy e patching edge e alone, and one forward pass sc
 Copies of edges into one layer run together, and the pass stacks them only from that layer on: the
 layers before it run once on the plain batch (every copy is clean there), and a pre-hook on the
 layer expands the residual and every batch-sized argument (attention mask, positions, rotary
-tables) to the copies. The unembedding sees only each prompt's last position.
+tables) to the copies. Only each prompt's last position reaches the logits, so the last layer's MLP
+and the unembedding see only that position (the MLP's output broadcasts over the positions in the
+residual sum, wrongly but harmlessly at the others; OPT's flattened MLP input keeps every position).
 """
 
 from __future__ import annotations
@@ -107,6 +109,14 @@ def _patched_logits(
     width = arch.d_model
     stash: dict = {}
     pre, pre_kwargs, forward = [], [], []
+    last = batch.clean.last_index.repeat(count)
+
+    def last_positions(hidden: torch.Tensor) -> torch.Tensor:
+        """Return each copy's last real position ``[E*B, 1, d]`` of ``[E*B, T, d]`` (as it is if already
+        gathered, or flattened to ``[E*B*T, d]`` as OPT's MLP input is)."""
+        if hidden.dim() != 3 or hidden.shape[1] == 1:
+            return hidden
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
 
     def added(x: torch.Tensor, rows: torch.Tensor, source_rows: torch.Tensor) -> torch.Tensor:
         """Return ``x`` (copies stacked) with ``delta[source]`` added to the copies ``rows``."""
@@ -135,9 +145,12 @@ def _patched_logits(
             mlp_copies, mlp_sources = mlp.nonzero()[:, 0], sources[mlp]
 
             def mlp_input(module, args):
-                return (added(args[0], mlp_copies, mlp_sources), *args[1:])
+                x = added(args[0], mlp_copies, mlp_sources)
+                return (last_positions(x) if layer == arch.layers - 1 else x, *args[1:])
 
             pre.append((probe.mlp_norms[layer], mlp_input))
+        if layer < arch.layers - 1 or not mlp.any():
+            pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
         if not mlp.all():
             pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
             first = 0
@@ -152,13 +165,7 @@ def _patched_logits(
                     )
                     forward.append((projection.module, partial(patch, delta=delta, stash=stash, count=count)))
                 first += len(projection.parts) * heads
-    last = batch.clean.last_index.repeat(count)
-
-    def last_positions(module, args):
-        hidden = args[0]
-        return (hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None], *args[1:])
-
-    pre.append((probe.unembed, last_positions))
+    pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
     with module_hooks(forward, pre, pre_kwargs):
         return model_logits(probe.model, batch.clean)[:, 0]
 
