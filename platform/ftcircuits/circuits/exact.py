@@ -12,16 +12,21 @@ along the batch dimension, copy e patching edge e alone, and one forward pass sc
 Copies of edges into one layer run together, and the pass stacks them only from that layer on: the
 layers before it run once on the plain batch (every copy is clean there), and a pre-hook on the
 layer expands the residual and every batch-sized argument (attention mask, positions, rotary
-tables) to the copies. Only each prompt's last position reaches the logits, so the last layer's MLP
-and the unembedding see only that position (the MLP's output broadcasts over the positions in the
-residual sum, wrongly but harmlessly at the others; OPT's flattened MLP input keeps every position).
+tables) to the copies. With patching, every position before the first one where a clean and a
+corrupted prompt differ is clean in every copy (causal attention): the copies run only the positions
+after it, on the clean run's keys and values there (a key/value cache). Only each prompt's last
+position reaches the logits, so the last layer's MLP and the unembedding see only that position
+(the MLP's output broadcasts over the positions in the residual sum, wrongly but harmlessly at the
+others; OPT's flattened MLP input keeps every position).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+from transformers import DynamicCache
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.interventions import write_replacements
@@ -62,14 +67,52 @@ def exact_scores(
         scored = scored & edges.to(scored.device)
     sources, destinations = scored.nonzero(as_tuple=True)
     layer_of = destinations // graph.destinations_per_layer  # logits: layer L
+    prefix = _clean_prefix(probe, batch) if config.intervention == "patching" else None
     for layer in range(probe.arch.layers + 1):
         edges = (layer_of == layer).nonzero()[:, 0]
         for chunk in edges.split(copies):
             chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
-            logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations)
+            logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix)
             losses = _losses(config, batch, logits, clean_logits, len(chunk))
             scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
     return scores
+
+
+@dataclass
+class _Prefix:
+    """The positions every copy shares with the clean run, and the clean keys and values there."""
+
+    length: int
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [B, kv heads, length, d_head]
+
+    def cache(self, from_layer: int, copies: int) -> DynamicCache:
+        """Return a cache of the prefix, repeated ``copies`` times from ``from_layer`` on."""
+        return DynamicCache(
+            [
+                (k, v) if layer < from_layer else (k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1))
+                for layer, (k, v) in enumerate(self.keys_values)
+            ]
+        )
+
+
+def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
+    """Return the clean run's keys and values before the first position where a clean and a corrupted
+    prompt differ (and before every prompt's last token), or None when that is position 0."""
+    differs = (batch.clean.input_ids != batch.corrupted_ids).any(dim=0).nonzero()
+    first = int(differs[0, 0]) if len(differs) else batch.clean.input_ids.shape[1]
+    length = min(first, int(batch.clean.last_index.min()))
+    if length == 0:
+        return None
+    cache = DynamicCache()
+    clean = batch.clean
+    probe.model(
+        input_ids=clean.input_ids, attention_mask=clean.attention_mask, position_ids=clean.position_ids,
+        cache=cache, use_cache=True,
+    )  # fmt: skip
+    keys_values = [
+        (layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone()) for layer in cache.layers
+    ]
+    return _Prefix(length, keys_values)
 
 
 def _losses(
@@ -99,17 +142,23 @@ def _repeat_batch(value, batch: int, copies: int):
 
 def _patched_logits(
     probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, layer: int, sources: torch.Tensor,
-    destinations: torch.Tensor,
+    destinations: torch.Tensor, prefix: _Prefix | None,
 ) -> torch.Tensor:  # fmt: skip
     """Return last-position logits ``[E*B, vocab]`` of E copies of the clean batch, copy e with edge
-    ``(sources[e], destinations[e])`` patched; every destination is in ``layer`` (``layers``: logits)."""
+    ``(sources[e], destinations[e])`` patched; every destination is in ``layer`` (``layers``: logits).
+
+    With a ``prefix``, only the positions after it run, on the prefix's clean keys and values.
+    """
     graph, arch = probe.graph, probe.arch
     count = len(sources)
+    start = 0 if prefix is None else prefix.length
     size, length = batch.clean.input_ids.shape
+    length -= start
+    delta = delta[:, :, start:]
     width = arch.d_model
     stash: dict = {}
     pre, pre_kwargs, forward = [], [], []
-    last = batch.clean.last_index.repeat(count)
+    last = (batch.clean.last_index - start).repeat(count)
 
     def last_positions(hidden: torch.Tensor) -> torch.Tensor:
         """Return each copy's last real position ``[E*B, 1, d]`` of ``[E*B, T, d]`` (as it is if already
@@ -167,7 +216,13 @@ def _patched_logits(
                 first += len(projection.parts) * heads
     pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
     with module_hooks(forward, pre, pre_kwargs):
-        return model_logits(probe.model, batch.clean)[:, 0]
+        if prefix is None:
+            return model_logits(probe.model, batch.clean)[:, 0]
+        clean = batch.clean
+        return probe.model(
+            input_ids=clean.input_ids[:, start:], attention_mask=clean.attention_mask,
+            position_ids=clean.position_ids[:, start:], cache=prefix.cache(layer, count), use_cache=True,
+        ).logits[:, 0]  # fmt: skip
 
 
 def _projection_patch(
