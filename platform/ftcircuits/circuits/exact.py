@@ -60,7 +60,6 @@ def exact_scores(
     if copies is None:
         dtype = next(probe.model.parameters()).dtype
         copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
-    clean_loss = _losses(config, batch, clean_logits, clean_logits, 1)[0]
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
     scored = graph.edge_mask_on(delta.device)
     if edges is not None:
@@ -68,9 +67,12 @@ def exact_scores(
     sources, destinations = scored.nonzero(as_tuple=True)
     layer_of = destinations // graph.destinations_per_layer  # logits: layer L
     prefix = _clean_prefix(probe, batch) if config.intervention == "patching" else None
+    # the unpatched loss along the same path as the copies' (float32 rounds a cached run differently)
+    unpatched = clean_logits if prefix is None else _suffix_logits(probe, batch, prefix, probe.arch.layers, 1)
+    clean_loss = _losses(config, batch, unpatched, clean_logits, 1)[0]
     for layer in range(probe.arch.layers + 1):
-        edges = (layer_of == layer).nonzero()[:, 0]
-        for chunk in edges.split(copies):
+        into_layer = (layer_of == layer).nonzero()[:, 0]
+        for chunk in into_layer.split(copies) if len(into_layer) else ():
             chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
             logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix)
             losses = _losses(config, batch, logits, clean_logits, len(chunk))
@@ -218,11 +220,22 @@ def _patched_logits(
     with module_hooks(forward, pre, pre_kwargs):
         if prefix is None:
             return model_logits(probe.model, batch.clean)[:, 0]
-        clean = batch.clean
-        return probe.model(
-            input_ids=clean.input_ids[:, start:], attention_mask=clean.attention_mask,
-            position_ids=clean.position_ids[:, start:], cache=prefix.cache(layer, count), use_cache=True,
-        ).logits[:, 0]  # fmt: skip
+        return _suffix_logits(probe, batch, prefix, layer, count)
+
+
+def _suffix_logits(
+    probe: ModelProbe, batch: PairBatch, prefix: _Prefix, layer: int, count: int
+) -> torch.Tensor:
+    """Run the positions after ``prefix`` on its cache (repeated ``count`` times from ``layer`` on); return
+    the logits at each prompt's last position."""
+    clean, start = batch.clean, prefix.length
+    logits = probe.model(
+        input_ids=clean.input_ids[:, start:], attention_mask=clean.attention_mask,
+        position_ids=clean.position_ids[:, start:], cache=prefix.cache(layer, count), use_cache=True,
+    ).logits  # fmt: skip
+    if logits.shape[1] == 1:  # the unembedding saw the last positions only
+        return logits[:, 0]
+    return logits[torch.arange(len(logits), device=logits.device), clean.last_index - start]
 
 
 def _projection_patch(
