@@ -24,7 +24,15 @@ ZeroStage = Literal[0, 1, 2, 3]
 Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["cpu", "cuda"]
 
-AttributionMethod = Literal["eap", "clean-corrupted", "eap-ig-inputs"]
+# eap: one gradient at the clean input; clean-corrupted: the mean of the clean and corrupted gradients;
+# eap-ig-inputs: integrated gradients along the input embeddings; eap-ig-activations: integrated gradients
+# along each source group's own output (the input, a layer's heads, a layer's MLP); exact: each edge
+# patched on its own (the metric's change: the ground truth the others approximate).
+AttributionMethod = Literal["eap", "clean-corrupted", "eap-ig-inputs", "eap-ig-activations", "exact"]
+# What replaces a source's output where an edge is scored or left out of a circuit: its output on the
+# corrupted prompt (patching), zeros, or its mean over the discovery's items (one d-vector per source,
+# over every real token: prompts of different lengths have no common positions).
+Intervention = Literal["patching", "zero", "mean"]
 # "k=1..m": alpha = k/m for k = 1..m (the paper-era reference: includes the clean input);
 # "k=0..m-1": alpha = k/m for k = 0..m-1 (later reference versions: includes the corrupted input).
 StepConvention = Literal["k=1..m", "k=0..m-1"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.evaluation import circuit_evaluation, faithfulness_curve, patched_logits
+from ftcircuits.circuits.exact import exact_scores
+from ftcircuits.circuits.interventions import source_means
+from ftcircuits.circuits.metrics import metric_loss
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import select_circuit
 from ftcircuits.models.architecture import describe_architecture
@@ -83,3 +87,52 @@ def test_faithfulness_of_full_and_empty_and_the_curve():
     assert curve["area"] == pytest.approx(0.4 * (f1 + f2) / 2 + 0.5 * (f2 + f3) / 2, rel=1e-12)
     gap = 0.4 * (abs(1 - f1) + abs(1 - f2)) / 2 + 0.5 * (abs(1 - f2) + abs(1 - f3)) / 2
     assert curve["area_abs_gap"] == pytest.approx(gap, rel=1e-12)
+
+
+@pytest.mark.parametrize("intervention", ["zero", "mean"])
+def test_other_interventions_replace_a_removed_edge_and_keep_the_full_circuit_clean(intervention):
+    probe = probe_of("opt-6.7b")
+    batch = random_pairs(5)
+    graph = probe.graph
+    means = source_means(probe, [batch, random_pairs(8)])
+    clean_z, _ = probe.source_outputs(batch.clean, batch.clean.input_ids)
+    mask = batch.clean.attention_mask[:, :, None]
+    replaced = (
+        means[graph.mlp_source(0)] * mask if intervention == "mean" else torch.zeros_like(clean_z[:, :, 0])
+    )
+    with torch.no_grad():
+        clean = probe.run(batch.clean)
+    full = patched_logits(probe, batch, graph.edge_mask, intervention, means)
+    torch.testing.assert_close(full, clean, rtol=0, atol=0)
+    circuit = graph.edge_mask.clone()
+    circuit[graph.mlp_source(0), graph.logits_destination] = False
+    shift = replaced - clean_z[:, :, graph.mlp_source(0)]
+    expected = explicit_edit(probe, batch, probe.final_norm, shift)
+    got = patched_logits(probe, batch, circuit, intervention, means)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    result = circuit_evaluation(probe, [batch], torch.zeros_like(graph.edge_mask), "kl", intervention, means)
+    assert result["faithfulness"] == pytest.approx(0.0)
+
+
+def test_an_exact_score_is_the_loss_change_of_evaluating_without_that_edge():
+    """Two machineries agree: exact patching's stacked copies, and evaluation with one edge removed."""
+    probe = probe_of("tinyllama-1.1b")
+    batch = random_pairs(9)
+    graph = probe.graph
+    scores = exact_scores(probe, batch, AttributionConfig(method="exact", metric="kl"))
+    with torch.no_grad():
+        clean = probe.run(batch.clean)
+    for source, destination in [
+        (0, 0),
+        (2, graph.mlp_destination(1)),
+        (3, graph.attention_destinations(1).stop - 1),
+    ]:
+        circuit = graph.edge_mask.clone()
+        circuit[source, destination] = False
+        logits = patched_logits(probe, batch, circuit)
+        change = (
+            metric_loss("kl", logits, clean, batch.answers) - metric_loss("kl", clean, clean, batch.answers)
+        ).sum()
+        assert scores[source, destination].item() == pytest.approx(
+            change.item(), rel=1e-6, abs=1e-7 * scores.abs().max().item()
+        )

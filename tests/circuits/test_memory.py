@@ -96,7 +96,7 @@ def test_discovery_with_auto_runs_at_the_batch_it_picked(monkeypatch, tiny_items
     seen = []
     real = discover_module.attribute_batch
     monkeypatch.setattr(
-        discover_module, "attribute_batch", lambda p, b, c: seen.append(len(b.answers)) or real(p, b, c)
+        discover_module, "attribute_batch", lambda p, b, *c: seen.append(len(b.answers)) or real(p, b, *c)
     )
     found = discover_circuit(loaded, tiny_items, AttributionConfig(steps=2), Selection(budget=0.1), "auto")
     assert found.batch.batch == 5 and seen == [5, 5, 2]

@@ -25,7 +25,7 @@ from ftcircuits.study.over_run import RunInputs, settings_hash
 from ftcircuits.tasks.io import MANIFEST_FILE
 
 DISCOVERY_CHANGES = {
-    "split": "finetune", "examples": 7, "sample_seed": 3, "method": "eap", "steps": 3,
+    "split": "finetune", "examples": 7, "sample_seed": 3, "method": "eap", "intervention": "zero", "steps": 3,
     "step_convention": "k=0..m-1", "metric": "logit_diff", "batch_size": 4, "selection": "greedy",
     "budget": 0.1, "curve": False,
 }  # fmt: skip

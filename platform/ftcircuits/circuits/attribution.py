@@ -27,43 +27,67 @@ from dataclasses import dataclass
 
 import torch
 
+from ftcircuits.circuits.interventions import check_intervention, write_replacements
 from ftcircuits.circuits.memory import floor_bytes
 from ftcircuits.circuits.metrics import metric_loss
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.models.heads import QKVProjection
 from ftcircuits.models.hooks import module_hooks
-from ftcircuits.options import AttributionMethod, Metric, StepConvention, check_choice
+from ftcircuits.options import AttributionMethod, Intervention, Metric, StepConvention, check_choice
 
 # the gradients waiting for a product, and again one chunk of heads' temporaries, stay under this
 # share of (the floor's activations + the difference buffer): together well inside MEMORY_SLACK
 TEMPORARY_SHARE = 0.03
+PATCHING_ONLY = ("clean-corrupted", "eap-ig-inputs")  # methods that take the corrupted input itself
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """How edge scores are computed (``DiscoverySettings.attribution()`` builds it from a config)."""
+    """How edge scores are computed (``DiscoverySettings.attribution()`` builds it from a config).
+
+    ``intervention`` is what replaces a source's output in the scored difference ``z(replaced) - z(clean)``
+    (and, in discovery, in the circuit's evaluation). Input-embedding methods (``clean-corrupted``,
+    ``eap-ig-inputs``) interpolate towards the corrupted prompt and so take ``patching`` only, as in
+    the reference.
+    """
 
     method: AttributionMethod = "eap-ig-inputs"
     steps: int = 5
     step_convention: StepConvention = "k=1..m"
     metric: Metric = "kl"
+    intervention: Intervention = "patching"
 
     def __post_init__(self) -> None:
         check_choice(Metric, self.metric, "metric")
         check_choice(AttributionMethod, self.method, "method")
         check_choice(StepConvention, self.step_convention, "step convention")
+        check_choice(Intervention, self.intervention, "intervention")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.method in PATCHING_ONLY and self.intervention != "patching":
+            raise ValueError(
+                f"method {self.method!r} interpolates the input embeddings towards the corrupted prompt: "
+                f"intervention must be 'patching', got {self.intervention!r}"
+            )
 
     def alphas(self) -> list[float]:
-        """Return the interpolation weights of the clean input (1 = clean, 0 = corrupted)."""
+        """Return the interpolation weights of the clean value (1 = clean, 0 = replaced); none for exact."""
+        if self.method == "exact":
+            return []
         if self.method == "eap":
             return [1.0]
         if self.method == "clean-corrupted":
             return [1.0, 0.0]
         first = 1 if self.step_convention == "k=1..m" else 0
         return [(first + k) / self.steps for k in range(self.steps)]
+
+    @property
+    def stacked(self) -> int:
+        """Return how many copies of a batch one pass stacks, what the batch's memory is planned for:
+        the steps; for exact, ``steps`` copies' worth (its copies of the batch, each patching one edge,
+        take that memory and more copies run in chunks)."""
+        return len(self.alphas()) or self.steps
 
 
 @dataclass
@@ -76,53 +100,113 @@ class SourceDifference:
     clean_logits: torch.Tensor  # [B, vocab]
 
 
-def source_difference(probe: ModelProbe, batch: PairBatch) -> SourceDifference:
-    """Return the sources' corrupted-minus-clean outputs, written into one buffer by two forwards."""
+def source_difference(
+    probe: ModelProbe,
+    batch: PairBatch,
+    intervention: Intervention = "patching",
+    means: torch.Tensor | None = None,
+) -> SourceDifference:
+    """Return the sources' replaced-minus-clean outputs, written into one buffer by (at most) two forwards.
+
+    The replaced output is the corrupted prompt's (``patching``), zero, or the source's mean ``means``.
+    """
     delta = probe.source_buffer(batch.clean, probe.activation_dtype)
+    write_replacements(probe, batch, delta, intervention, means)
+    corrupted_embed = delta[0].clone()
     embeds: dict[str, torch.Tensor] = {}
 
-    def written(name: str, combine):
-        def write(first: int, outputs: torch.Tensor) -> None:
-            if first == 0:
-                embeds[name] = outputs[0].clone()
-            combine(delta[first : first + len(outputs)], outputs)
+    def subtract(first: int, outputs: torch.Tensor) -> None:
+        if first == 0:
+            embeds["clean"] = outputs[0].clone()
+        delta[first : first + len(outputs)].sub_(outputs)
 
-        return write
-
-    probe.write_sources(batch.clean, batch.corrupted_ids, written("corrupted", torch.Tensor.copy_))
-    clean_logits = probe.write_sources(
-        batch.clean, batch.clean.input_ids, written("clean", torch.Tensor.sub_)
-    )
+    clean_logits = probe.write_sources(batch.clean, batch.clean.input_ids, subtract)
     mask = batch.clean.attention_mask[:, :, None]
     delta.mul_(mask.to(delta.dtype))
     wide = mask.to(probe.score_dtype)  # the interpolation runs in float32 (or wider)
-    return SourceDifference(delta, embeds["clean"] * wide, embeds["corrupted"] * wide, clean_logits)
+    return SourceDifference(delta, embeds["clean"] * wide, corrupted_embed * wide, clean_logits)
 
 
-def attribute_batch(probe: ModelProbe, batch: PairBatch, config: AttributionConfig) -> torch.Tensor:
-    """Return the edge scores ``[n_sources, n_destinations]`` summed over the batch's examples."""
-    difference = source_difference(probe, batch)
+def attribute_batch(
+    probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the edge scores ``[n_sources, n_destinations]`` summed over the batch's examples.
+
+    ``means``: every source's mean output ``[n_sources, d]`` (``interventions.source_means``), for the
+    ``mean`` intervention.
+    """
+    check_intervention(config.intervention, means)
+    if config.method == "exact":
+        from ftcircuits.circuits.exact import exact_scores  # exact builds on this module's config
+
+        return exact_scores(probe, batch, config, means)
+    difference = source_difference(probe, batch, config.intervention, means)
     graph = probe.graph
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype,
                          device=difference.delta.device)  # fmt: skip
-    _score_in_backward(probe, batch, difference, config, scores)
+    if config.method == "eap-ig-activations":
+        for group in source_groups(probe):
+            _score_in_backward(probe, batch, difference, config, scores, group)
+    else:
+        _score_in_backward(probe, batch, difference, config, scores)
     return scores.mul_(graph.edge_mask_on(scores.device))
+
+
+@dataclass(frozen=True)
+class SourceGroup:
+    """Sources written by one module's output, interpolated together by ``eap-ig-activations``: the input
+    embedding, a layer's heads (the attention output projection), or a layer's MLP."""
+
+    module: torch.nn.Module
+    rows: slice  # their rows of the source-major buffer
+
+
+def source_groups(probe: ModelProbe) -> list[SourceGroup]:
+    """Return the input, then every layer's heads and MLP, in forward order."""
+    graph = probe.graph
+    groups = [SourceGroup(probe.embed, slice(0, 1))]
+    for layer in range(probe.arch.layers):
+        first = graph.head_source(layer, 0)
+        groups.append(SourceGroup(probe.attention_outs[layer], slice(first, first + probe.arch.heads)))
+        mlp = graph.mlp_source(layer)
+        groups.append(SourceGroup(probe.mlp_outs[layer], slice(mlp, mlp + 1)))
+    return groups
 
 
 def _score_in_backward(
     probe: ModelProbe, batch: PairBatch, difference: SourceDifference, config: AttributionConfig,
-    scores: torch.Tensor,
+    scores: torch.Tensor, group: SourceGroup | None = None,
 ) -> None:  # fmt: skip
-    """Run the interpolation steps stacked along the batch; score every destination in the backward."""
+    """Run the interpolation steps stacked along the batch; score every destination in the backward.
+
+    Without ``group``: the input embeddings are interpolated (every method but eap-ig-activations) and
+    every edge is scored. With ``group``: that group's output is set to ``clean + (1 - alpha) * delta``
+    (its clean output in this pass plus a share of the buffer's difference) and only its edges are
+    scored; the replaced output is a new leaf, so the backward pass stops there.
+    """
     alphas = config.alphas()
     steps = len(alphas)
     clean, corrupted = difference.clean_embed, difference.corrupted_embed
     weights = torch.tensor(alphas, dtype=probe.score_dtype, device=clean.device).view(-1, 1, 1, 1)
-    interpolated = corrupted + weights * (clean - corrupted)
     model_dtype = next(probe.model.parameters()).dtype
-    interpolated = interpolated.flatten(0, 1).to(model_dtype).requires_grad_(True)
+    leaves: list[torch.Tensor] = []
+    if group is None:
+        interpolated = corrupted + weights * (clean - corrupted)
+        leaves.append(interpolated.flatten(0, 1).to(model_dtype).requires_grad_(True))
+        replace = (probe.embed, lambda m, i, o: leaves[0])
+    else:
+        share = difference.delta[group.rows].sum(dim=0).to(probe.score_dtype)  # [B, T, d]
+        shift = ((1 - weights) * share).flatten(0, 1)  # [m*B, T, d]: (1 - alpha_k) delta, step-major
+
+        def interpolated_output(module, inputs, output):
+            leaf = (output.detach() + shift.view(output.shape).to(output.dtype)).requires_grad_(True)
+            leaves.append(leaf)
+            return leaf
+
+        replace = (group.module, interpolated_output)
     stacked = batch.clean.repeat(steps)
-    scorer = _BackwardScorer(probe, difference.delta, scores, steps)
+    rows = slice(0, probe.graph.n_sources) if group is None else group.rows
+    scorer = _BackwardScorer(probe, difference.delta, scores, steps, rows)
 
     def cloned_input(on_grad):
         def hook(module, args):
@@ -141,7 +225,7 @@ def _score_in_backward(
 
         return hook
 
-    forward = [(probe.embed, lambda m, i, o: interpolated)]
+    forward = [replace]
     pre = []
     for layer in range(probe.arch.layers):
         pre.append((probe.attention_norms[layer], keep_input(layer)))
@@ -160,7 +244,7 @@ def _score_in_backward(
             batch.answers.repeat(steps),
             None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(steps),
         ).sum()
-        torch.autograd.grad(loss, interpolated)
+        torch.autograd.grad(loss, leaves[0])
     scorer.check_done()
 
 
@@ -182,8 +266,11 @@ class _BackwardScorer:
     when it holds as many gradients as its memory share allows; scores never depend on the grouping.
     """
 
-    def __init__(self, probe: ModelProbe, delta: torch.Tensor, scores: torch.Tensor, steps: int) -> None:
+    def __init__(
+        self, probe: ModelProbe, delta: torch.Tensor, scores: torch.Tensor, steps: int, sources: slice
+    ) -> None:
         self.probe, self.delta, self.scores, self.steps = probe, delta, scores, steps
+        self.sources = sources  # the rows scored: all, or one group's (eap-ig-activations)
         self.graph = probe.graph
         self.batch, self.length, self.width = delta.shape[1], delta.shape[2], delta.shape[3]
         self.norm_inputs: dict[int, torch.Tensor] = {}
@@ -223,6 +310,8 @@ class _BackwardScorer:
     def _add(self, rows: int, destination: int, gradient: torch.Tensor) -> None:
         """Queue the gradient rows ``[k, B*T*d]`` of destinations ``destination .. + k`` for a product
         with the buffer's first ``rows`` sources (cast to the model's dtype on the way)."""
+        if rows <= self.sources.start:  # the destination reads none of the scored sources
+            return
         gradient = gradient.reshape(-1, self.delta[0].numel())
         done = 0
         while done < len(gradient):
@@ -242,10 +331,11 @@ class _BackwardScorer:
         group, self.group = self.group, None
         if group is None or not group.columns:
             return
-        rows = self.delta[: group.rows].view(group.rows, -1)
+        scored = slice(self.sources.start, min(group.rows, self.sources.stop))
+        rows = self.delta[scored].view(scored.stop - scored.start, -1)
         product = rows @ group.gradients[: len(group.columns)].T  # [rows, filled], the model's dtype
         columns = torch.tensor(group.columns, device=self.scores.device)
-        self.scores[: group.rows].index_add_(1, columns, product.to(self.scores.dtype))
+        self.scores[scored].index_add_(1, columns, product.to(self.scores.dtype))
 
     def _mean_over_steps(self, grad: torch.Tensor) -> torch.Tensor:
         """Return a destination's gradient averaged over the steps, flat ``[B*T*d]``, in the score dtype."""

@@ -11,6 +11,7 @@ import torch
 from ftcircuits.circuits.attribution import AttributionConfig, attribute_batch
 from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS, circuit_evaluation, faithfulness_curve
 from ftcircuits.circuits.graph import Graph
+from ftcircuits.circuits.interventions import source_means
 from ftcircuits.circuits.memory import BatchChoice, circuit_batch
 from ftcircuits.circuits.pairs import PairBatch, longest_prompt, pair_batches
 from ftcircuits.circuits.probe import ModelProbe
@@ -43,8 +44,9 @@ def discovery_batches(
     device = next(loaded.model.parameters()).device
     dtype = next(loaded.model.parameters()).dtype
     length = longest_prompt(loaded.tokenizer, items)
-    steps = len(attribution.alphas())
-    choice = circuit_batch(loaded.architecture, batch_size, length, steps, dtype, device, items.height)
+    choice = circuit_batch(
+        loaded.architecture, batch_size, length, attribution.stacked, dtype, device, items.height
+    )
     need_corrupted = attribution.metric == "logit_diff"
     return pair_batches(loaded.tokenizer, items, choice.batch, device, need_corrupted), choice
 
@@ -61,20 +63,23 @@ def discover_circuit(
     """Score every edge on ``items`` (mean over examples), select a circuit, evaluate it.
 
     With ``curve``, also the faithfulness curve over edge budgets 0.1%..100%. ``batch_size`` is a
-    number of pairs or ``"auto"`` (see ``discovery_batches``).
+    number of pairs or ``"auto"`` (see ``discovery_batches``). The attribution's intervention is also the
+    evaluation's; for ``mean`` the sources' means over ``items`` are computed once, first.
     """
     device = next(loaded.model.parameters()).device
     batches, choice = discovery_batches(loaded, items, attribution, batch_size)
     probe = ModelProbe(loaded.model, loaded.architecture)
     graph = probe.graph
+    intervention = attribution.intervention
+    means = source_means(probe, batches) if intervention == "mean" else None
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=device)
     for index, batch in enumerate(batches):
-        scores += attribute_batch(probe, batch, attribution).to(device)
+        scores += attribute_batch(probe, batch, attribution, means).to(device)
         if on_batch is not None:
             on_batch(index + 1, len(batches))
     scores /= items.height
     circuit = select_circuit(scores, graph, selection.method, budget=selection.budget, prune=selection.prune)
-    metrics = circuit_evaluation(probe, batches, circuit, attribution.metric)
+    metrics = circuit_evaluation(probe, batches, circuit, attribution.metric, intervention, means)
     nodes = sorted(nodes_in_circuit(circuit, graph))
     metrics |= {
         "score_std": float(scores[graph.edge_mask_on(device)].std()),  # the spread (0: input-blind)
@@ -85,7 +90,7 @@ def discover_circuit(
     budget_curve = None
     if curve:
         budget_curve = faithfulness_curve(
-            probe, batches, scores, attribution.metric, DEFAULT_BUDGETS, selection.method
+            probe, batches, scores, attribution.metric, DEFAULT_BUDGETS, selection.method, intervention, means
         )
     return DiscoveredCircuit(graph, scores, circuit, metrics, nodes, budget_curve, choice)
 
@@ -93,7 +98,8 @@ def discover_circuit(
 def circuit_metadata(
     loaded: LoadedModel, attribution: AttributionConfig, selection: Selection, **extra
 ) -> dict:
-    """Return the JSON metadata of a circuit file."""
+    """Return the JSON metadata of a circuit file (the attribution's fields include the intervention, which
+    scored the edges and evaluated the circuit)."""
     return {
         "model": loaded.source,
         "architecture": loaded.architecture.family,

@@ -1,9 +1,10 @@
-"""Evaluating a circuit: every non-circuit edge patched with corrupted activations, in one pass.
+"""Evaluating a circuit: every non-circuit edge patched with replaced activations, in one pass.
 
 In a clean forward pass each destination v reads its input plus
-``sum over removed edges (u, v) of z_u(corrupted) - z_u(current)``, where
+``sum over removed edges (u, v) of z_u(replaced) - z_u(current)``, where
 z_u(current) is u's output in this very (patched) pass. So the full circuit
-reproduces the clean model exactly and the empty circuit the corrupted one.
+reproduces the clean model exactly and, with ``patching`` (replaced = corrupted), the empty circuit the
+corrupted one. The intervention (``interventions``) may also replace with zeros or the sources' means.
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from ftcircuits.circuits.interventions import check_intervention, write_replacements
 from ftcircuits.circuits.metrics import kl_divergence, metric_loss
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import select_circuit
 from ftcircuits.models.hooks import module_hooks
-from ftcircuits.options import Metric, SelectionMethod
+from ftcircuits.options import Intervention, Metric, SelectionMethod
 
 
 @torch.no_grad()
-def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -> torch.Tensor:
-    """Return last-position logits of the clean input with every non-circuit edge patched.
+def patched_logits(
+    probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor, intervention: Intervention = "patching",
+    means: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Return last-position logits of the clean input with every non-circuit edge intervened on.
 
-    One source-major buffer holds the corrupted outputs; as the patched pass produces each source's
-    output, it is subtracted in place, so when a destination reads, the buffer's prefix holds
-    ``z(corrupted) - z(current)`` of every source before it. The buffer is in the score dtype.
+    One source-major buffer holds the replaced outputs (``write_replacements``); as the patched pass
+    produces each source's output, it is subtracted in place, so when a destination reads, the buffer's
+    prefix holds ``z(replaced) - z(current)`` of every source before it. The buffer is in the score dtype.
     """
     graph, arch = probe.graph, probe.arch
     buffer = probe.source_buffer(batch.clean, probe.score_dtype)
-    probe.write_sources(batch.clean, batch.corrupted_ids, lambda s, out: buffer[s : s + len(out)].copy_(out))
+    write_replacements(probe, batch, buffer, intervention, means)
     removed = (graph.edge_mask_on(buffer.device) & ~circuit.to(buffer.device)).to(buffer)
     if not removed.any():
         return probe.run(batch.clean)
@@ -88,8 +93,9 @@ def patched_logits(probe: ModelProbe, batch: PairBatch, circuit: torch.Tensor) -
 
 @torch.no_grad()
 def circuit_evaluation(
-    probe: ModelProbe, batches: Iterable[PairBatch], circuit: torch.Tensor, metric: Metric = "kl"
-) -> dict[str, float]:
+    probe: ModelProbe, batches: Iterable[PairBatch], circuit: torch.Tensor, metric: Metric = "kl",
+    intervention: Intervention = "patching", means: torch.Tensor | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Return faithfulness (normalized and the paper's form), circuit accuracy, model accuracy, and
     ``input_kl``: the mean KL between the model's clean and corrupted next-token distributions (near 0:
     the model's output barely depends on the input, and its circuit means little).
@@ -97,14 +103,21 @@ def circuit_evaluation(
     normalized: (L(C) - L(empty)) / (L(full) - L(empty)) with L the metric's
     loss, summed over examples. paper: 100 * (1 - |KL(full||corrupt) -
     KL(circuit||corrupt)| / KL(full||corrupt)), the authors' form. The circuit may be on any device.
+    "empty" and "corrupt" are the model with every edge intervened on (``patching``: the corrupted run).
     """
+    check_intervention(intervention, means)
     totals = dict.fromkeys(
         ("full", "empty", "circuit", "kl_full", "kl_circuit", "hits", "model_hits", "n"), 0.0
     )
     for batch in batches:
         full = probe.run(batch.clean)
-        empty = probe.run(batch.clean, batch.corrupted_ids)
-        patched = patched_logits(probe, batch, circuit)
+        if intervention == "patching":
+            empty = probe.run(batch.clean, batch.corrupted_ids)
+        else:
+            empty = patched_logits(
+                probe, batch, torch.zeros_like(circuit, dtype=torch.bool), intervention, means
+            )
+        patched = patched_logits(probe, batch, circuit, intervention, means)
         args = (batch.answers, batch.corrupted_answers)
         totals["full"] += metric_loss(metric, full, full, *args).sum().item()
         totals["empty"] += metric_loss(metric, empty, full, *args).sum().item()
@@ -136,6 +149,8 @@ def faithfulness_curve(
     metric: Metric = "kl",
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     method: SelectionMethod = "top",
+    intervention: Intervention = "patching",
+    means: torch.Tensor | None = None,
 ) -> dict:
     """Return normalized faithfulness per edge budget and the curve's areas (trapezoid over budgets):
     ``area`` (MIB's CPR) and ``area_abs_gap`` (CMD, the area of |1 - f|), all Python floats.
@@ -145,7 +160,9 @@ def faithfulness_curve(
     points = []
     for budget in budgets:
         circuit = select_circuit(scores, probe.graph, method, budget=budget)
-        points.append(circuit_evaluation(probe, batches, circuit, metric)["faithfulness"])
+        points.append(
+            circuit_evaluation(probe, batches, circuit, metric, intervention, means)["faithfulness"]
+        )
     xs = torch.tensor(list(budgets), dtype=torch.float64, device="cpu")  # Python numbers: host arithmetic
     ys = torch.tensor(points, dtype=torch.float64, device="cpu")
     return {

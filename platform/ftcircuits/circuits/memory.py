@@ -125,6 +125,22 @@ def circuit_memory(
     )  # fmt: skip
 
 
+def exact_copies(arch: Architecture, batch: int, length: int, steps: int, dtype: torch.dtype) -> int:
+    """Return how many copies of a batch one exact-patching pass stacks (each copy patches one edge).
+
+    Exact patching keeps no gradients: its copies get the memory the batch was planned for (the
+    attribution bound of ``steps`` stacked steps) less its one source buffer in the score dtype, each
+    copy costing one layer's forward temporaries per token (MLP hidden and its activation, a few
+    residual-wide tensors, attention scores and probabilities) and its last-position logits.
+    """
+    score = torch.promote_types(dtype, torch.float32)
+    budget = circuit_memory(arch, batch, length, steps, dtype).attribution
+    budget -= Graph.of(arch).n_sources * batch * length * arch.d_model * _itemsize(score)
+    per_token = 2 * arch.d_mlp + 6 * arch.d_model + 2 * arch.heads * length
+    per_copy = batch * (length * per_token + 2 * arch.vocab) * _itemsize(score)
+    return max(1, int(budget // per_copy))
+
+
 def largest_batch(arch: Architecture, length: int, steps: int, dtype: torch.dtype, available: int) -> int:
     """Return the largest batch whose circuit memory fits ``available`` bytes (0 if not even one)."""
     per_example = circuit_memory(arch, 1, length, steps, dtype).peak  # every part is linear in the batch

@@ -31,6 +31,8 @@ class ModelProbe:
         names = arch.names
         layers = range(arch.layers)
         self.embed = modules[names.embed]
+        self.unembed = modules[names.unembed]
+        self.blocks = [modules[names.layer.format(i=i)] for i in layers]  # the decoder layers
         self.final_norm = modules[names.final_norm]
         self.attention_norms = [modules[names.attention_norm.format(i=i)] for i in layers]
         self.mlp_norms = [modules[names.mlp_norm.format(i=i)] for i in layers]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.selection import Selection
-from ftcircuits.options import AttributionMethod, Metric, SelectionMethod, Split, StepConvention
+from ftcircuits.options import AttributionMethod, Intervention, Metric, SelectionMethod, Split, StepConvention
 from ftcircuits.schema import Strict
 
 if TYPE_CHECKING:
@@ -33,6 +33,12 @@ class DiscoverySettings(Strict):
         "which in a dataset ordered by kind may all be of one kind)",
     )
     method: AttributionMethod = "eap-ig-inputs"
+    intervention: Intervention = Field(
+        "patching",
+        description="what replaces a source's output, in the scores and in the circuit's evaluation: its "
+        "output on the corrupted prompt (patching), zeros, or its mean over the discovered items (mean); "
+        "eap-ig-inputs and clean-corrupted take patching only",
+    )
     steps: int = Field(5, ge=1)
     step_convention: StepConvention = "k=1..m"
     metric: Metric = "kl"
@@ -45,9 +51,16 @@ class DiscoverySettings(Strict):
     budget: float = Field(0.05, gt=0, le=1, description="the circuit's share of the graph's edges")
     curve: bool = Field(False, description="also its faithfulness against budget (ten budgets, 0.1%..100%)")
 
+    @model_validator(mode="after")
+    def _check_attribution(self) -> DiscoverySettings:
+        self.attribution_config()  # an intervention the method cannot take is refused here, by name
+        return self
+
     def attribution_config(self) -> AttributionConfig:
         """Return the attribution engine's config of these settings."""
-        return AttributionConfig(self.method, self.steps, self.step_convention, self.metric)
+        return AttributionConfig(
+            self.method, self.steps, self.step_convention, self.metric, self.intervention
+        )
 
     def selection_config(self) -> Selection:
         """Return the circuit selection of these settings."""

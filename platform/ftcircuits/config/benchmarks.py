@@ -54,6 +54,17 @@ class BenchEapConfig(Strict):
     layers: int | None = Field(None, ge=1, description="the shapes' layer count (default: per shape)")
 
 
+class BenchExactConfig(Strict):
+    """``jobs.bench_exact``: exact patching of the shipped tiny model's edges, stacked copies against one
+    pass per edge."""
+
+    batch: int = Field(128, ge=1, description="prompt pairs (addsub, range 100)")
+    sample: int = Field(200, ge=1, description="edges both ways score (one pass per edge is slow)")
+    full: bool = Field(True, description="also time the stacked way on every edge")
+    threads: int = Field(2, ge=1)
+    seed: int = 0
+
+
 PAPER_PRESETS = [Path(f"jobs/configs/finetune-{m}.yaml") for m in ("pythia-1.4b", "gpt-neo-2.7b", "opt-6.7b")]
 
 

@@ -1,0 +1,263 @@
+"""Exact edge scores: each edge patched on its own, many edges per forward pass.
+
+An edge's exact score is the metric's change when that edge alone carries the replaced value (the
+corrupted prompt's output, zero or the mean) and every other edge the clean one, summed over the
+batch: ``L(edge patched) - L(clean)``, the quantity EAP and EAP-IG approximate (same sign convention).
+
+With only edge (u, v) patched, everything before v is clean, so patching it means adding
+``delta_u = z_u(replaced) - z_u(clean)`` to v's input and nothing else. Two edges in one pass would
+not be exact (the first changes what flows into the second), so the batch is stacked into copies
+along the batch dimension, copy e patching edge e alone, and one forward pass scores many edges.
+
+Copies of edges into one layer run together, and the pass stacks them only from that layer on: the
+layers before it run once on the plain batch (every copy is clean there), and a pre-hook on the
+layer expands the residual and every batch-sized argument (attention mask, positions, rotary
+tables) to the copies. With patching, every position before the first one where a clean and a
+corrupted prompt differ is clean in every copy (causal attention): the copies run only the positions
+after it, on the clean run's keys and values there (a key/value cache). Only each prompt's last
+position reaches the logits, so the last layer's MLP and the unembedding see only that position
+(the MLP's output broadcasts over the positions in the residual sum, wrongly but harmlessly at the
+others; OPT's flattened MLP input keeps every position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from transformers import DynamicCache
+
+from ftcircuits.circuits.attribution import AttributionConfig
+from ftcircuits.circuits.interventions import write_replacements
+from ftcircuits.circuits.memory import exact_copies
+from ftcircuits.circuits.metrics import metric_loss
+from ftcircuits.circuits.pairs import PairBatch
+from ftcircuits.circuits.probe import ModelProbe
+from ftcircuits.encoding import model_logits
+from ftcircuits.models.hooks import module_hooks
+
+
+@torch.no_grad()
+def exact_scores(
+    probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None,
+    copies: int | None = None, edges: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Return exact edge scores ``[n_sources, n_destinations]`` summed over the batch's examples.
+
+    ``copies``: edges per forward pass (default: as many as the batch's planned memory holds,
+    ``memory.exact_copies``; 1 is one pass per edge). ``edges``: a boolean mask of the edges to score
+    (default: all; the others score 0).
+    """
+    graph = probe.graph
+    shape = batch.clean.input_ids.shape
+    delta = probe.source_buffer(batch.clean, probe.score_dtype)
+    write_replacements(probe, batch, delta, config.intervention, means)
+    clean_logits = probe.write_sources(
+        batch.clean, batch.clean.input_ids, lambda s, out: delta[s : s + len(out)].sub_(out)
+    )
+    delta.mul_(batch.clean.attention_mask[:, :, None].to(delta.dtype))
+    if copies is None:
+        dtype = next(probe.model.parameters()).dtype
+        copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
+    scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
+    scored = graph.edge_mask_on(delta.device)
+    if edges is not None:
+        scored = scored & edges.to(scored.device)
+    sources, destinations = scored.nonzero(as_tuple=True)
+    layer_of = destinations // graph.destinations_per_layer  # logits: layer L
+    prefix = _clean_prefix(probe, batch) if config.intervention == "patching" else None
+    # the unpatched loss along the same path as the copies' (float32 rounds a cached run differently)
+    unpatched = clean_logits if prefix is None else _suffix_logits(probe, batch, prefix, probe.arch.layers, 1)
+    clean_loss = _losses(config, batch, unpatched, clean_logits, 1)[0]
+    for layer in range(probe.arch.layers + 1):
+        into_layer = (layer_of == layer).nonzero()[:, 0]
+        for chunk in into_layer.split(copies) if len(into_layer) else ():
+            chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
+            logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix)
+            losses = _losses(config, batch, logits, clean_logits, len(chunk))
+            scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
+    return scores
+
+
+@dataclass
+class _Prefix:
+    """The positions every copy shares with the clean run, and the clean keys and values there."""
+
+    length: int
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [B, kv heads, length, d_head]
+
+    def cache(self, from_layer: int, copies: int) -> DynamicCache:
+        """Return a cache of the prefix, repeated ``copies`` times from ``from_layer`` on."""
+        return DynamicCache(
+            [
+                (k, v) if layer < from_layer else (k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1))
+                for layer, (k, v) in enumerate(self.keys_values)
+            ]
+        )
+
+
+def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
+    """Return the clean run's keys and values before the first position where a clean and a corrupted
+    prompt differ (and before every prompt's last token), or None when that is position 0."""
+    differs = (batch.clean.input_ids != batch.corrupted_ids).any(dim=0).nonzero()
+    first = int(differs[0, 0]) if len(differs) else batch.clean.input_ids.shape[1]
+    length = min(first, int(batch.clean.last_index.min()))
+    if length == 0:
+        return None
+    cache = DynamicCache()
+    clean = batch.clean
+    probe.model(
+        input_ids=clean.input_ids, attention_mask=clean.attention_mask, position_ids=clean.position_ids,
+        cache=cache, use_cache=True,
+    )  # fmt: skip
+    keys_values = [
+        (layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone()) for layer in cache.layers
+    ]
+    return _Prefix(length, keys_values)
+
+
+def _losses(
+    config: AttributionConfig, batch: PairBatch, logits: torch.Tensor, clean_logits: torch.Tensor, copies: int
+) -> torch.Tensor:
+    """Return the metric's loss per copy and example ``[copies, B]``."""
+    corrupted = None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(copies)
+    loss = metric_loss(
+        config.metric, logits, clean_logits.repeat(copies, 1), batch.answers.repeat(copies), corrupted
+    )
+    return loss.view(copies, -1)
+
+
+def _repeat_batch(value, batch: int, copies: int):
+    """Return ``value`` with every tensor of two or more dimensions and leading size ``batch`` repeated
+    ``copies`` times along it (copy-major), looking into tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == batch:
+            return value.repeat(copies, *[1] * (value.dim() - 1))
+        return value
+    if isinstance(value, tuple | list):
+        return type(value)(_repeat_batch(v, batch, copies) for v in value)
+    if isinstance(value, dict):
+        return {k: _repeat_batch(v, batch, copies) for k, v in value.items()}
+    return value
+
+
+def _patched_logits(
+    probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, layer: int, sources: torch.Tensor,
+    destinations: torch.Tensor, prefix: _Prefix | None,
+) -> torch.Tensor:  # fmt: skip
+    """Return last-position logits ``[E*B, vocab]`` of E copies of the clean batch, copy e with edge
+    ``(sources[e], destinations[e])`` patched; every destination is in ``layer`` (``layers``: logits).
+
+    With a ``prefix``, only the positions after it run, on the prefix's clean keys and values.
+    """
+    graph, arch = probe.graph, probe.arch
+    count = len(sources)
+    start = 0 if prefix is None else prefix.length
+    size, length = batch.clean.input_ids.shape
+    length -= start
+    delta = delta[:, :, start:]
+    width = arch.d_model
+    stash: dict = {}
+    pre, pre_kwargs, forward = [], [], []
+    last = (batch.clean.last_index - start).repeat(count)
+
+    def last_positions(hidden: torch.Tensor) -> torch.Tensor:
+        """Return each copy's last real position ``[E*B, 1, d]`` of ``[E*B, T, d]`` (as it is if already
+        gathered, or flattened to ``[E*B*T, d]`` as OPT's MLP input is)."""
+        if hidden.dim() != 3 or hidden.shape[1] == 1:
+            return hidden
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+
+    def added(x: torch.Tensor, rows: torch.Tensor, source_rows: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` (copies stacked) with ``delta[source]`` added to the copies ``rows``."""
+        x = x.clone()
+        view = x.view(count, size, length, width)
+        view[rows] += delta[source_rows].to(x.dtype)
+        return x
+
+    def expand(module, args, kwargs):
+        return _repeat_batch(args, size, count), _repeat_batch(kwargs, size, count)
+
+    if layer == arch.layers:  # logits: the final norm's input, expanded here
+        everyone = torch.arange(count, device=sources.device)
+
+        def logits_input(module, args):
+            x = args[0].repeat(count, *[1] * (args[0].dim() - 1))
+            return (added(x, everyone, sources), *args[1:])
+
+        pre.append((probe.final_norm, logits_input))
+    else:
+        for later in range(layer, arch.layers):
+            pre_kwargs.append((probe.blocks[later], expand))
+        offset = destinations - layer * graph.destinations_per_layer
+        mlp = offset == graph.destinations_per_layer - 1
+        if mlp.any():
+            mlp_copies, mlp_sources = mlp.nonzero()[:, 0], sources[mlp]
+
+            def mlp_input(module, args):
+                x = added(args[0], mlp_copies, mlp_sources)
+                return (last_positions(x) if layer == arch.layers - 1 else x, *args[1:])
+
+            pre.append((probe.mlp_norms[layer], mlp_input))
+        if layer < arch.layers - 1 or not mlp.any():
+            pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
+        if not mlp.all():
+            pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
+            first = 0
+            for projection in probe.projections[layer]:
+                heads = projection.heads[0]
+                mine = ~mlp & (offset >= first) & (offset < first + len(projection.parts) * heads)
+                if mine.any():
+                    local = offset[mine] - first
+                    copies_of, parts, heads_of = mine.nonzero()[:, 0], local // heads, local % heads
+                    patch = _projection_patch(
+                        probe, layer, projection, copies_of, parts, heads_of, sources[mine]
+                    )
+                    forward.append((projection.module, partial(patch, delta=delta, stash=stash, count=count)))
+                first += len(projection.parts) * heads
+    pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
+    with module_hooks(forward, pre, pre_kwargs):
+        if prefix is None:
+            return model_logits(probe.model, batch.clean)[:, 0]
+        return _suffix_logits(probe, batch, prefix, layer, count)
+
+
+def _suffix_logits(
+    probe: ModelProbe, batch: PairBatch, prefix: _Prefix, layer: int, count: int
+) -> torch.Tensor:
+    """Run the positions after ``prefix`` on its cache (repeated ``count`` times from ``layer`` on); return
+    the logits at each prompt's last position."""
+    clean, start = batch.clean, prefix.length
+    logits = probe.model(
+        input_ids=clean.input_ids[:, start:], attention_mask=clean.attention_mask,
+        position_ids=clean.position_ids[:, start:], cache=prefix.cache(layer, count), use_cache=True,
+    ).logits  # fmt: skip
+    if logits.shape[1] == 1:  # the unembedding saw the last positions only
+        return logits[:, 0]
+    return logits[torch.arange(len(logits), device=logits.device), clean.last_index - start]
+
+
+def _projection_patch(
+    probe: ModelProbe, layer: int, projection, rows: torch.Tensor, parts: torch.Tensor, heads: torch.Tensor,
+    sources: torch.Tensor,
+):  # fmt: skip
+    """Return a forward hook (given ``delta``, ``stash`` and ``count``) that recomputes, for each copy in
+    ``rows``, its one patched head input: the head's q, k or v from ``norm(x + delta[source])``."""
+    norm = probe.attention_norms[layer]
+
+    def hook(module, inputs, output, *, delta, stash, count):
+        x = stash["x"]
+        size, length = x.shape[0] // count, x.shape[1]
+        patched = x.view(count, size, length, -1)[rows] + delta[sources].to(x.dtype)  # [n, B, T, d]
+        weight = projection.weight()[parts, heads]  # [n, dh, d]
+        values = torch.einsum("nbtd,nkd->nbtk", norm.forward(patched), weight)
+        bias = projection.bias()
+        if bias is not None:
+            values = values + bias[parts, heads][:, None, None, :]
+        out = output.clone()
+        split = projection.split_output(out.view(count, size, length, -1))  # [E, B, T, parts, heads, dh]
+        split[rows, :, :, parts, heads] = values.to(out.dtype)
+        return out
+
+    return hook
