@@ -16,6 +16,7 @@ from ftcircuits.cluster import circuit_pool
 from ftcircuits.cluster.circuit_pool import circuits_over_run, run_on_actors, start_actors, started_actors
 from ftcircuits.config.discovery import CircuitRunConfig
 from ftcircuits.config.loading import ConfigError, load_config
+from ftcircuits.integrity import DamagedFileError
 from ftcircuits.run_layout import RUN_CONFIG_FILE, index_path
 from ftcircuits.study.over_run import SUMMARY_FILE, CircuitRunner, circuit_units, run_inputs
 
@@ -126,8 +127,8 @@ def test_a_bad_run_directory_fails_before_any_actor_starts(
     assert exit_.value.code == 2
     assert f"{RUN_CONFIG_FILE} is missing" in capsys.readouterr().err
     assert connected == []
-    # checkpoints listed in the index but gone: the config refuses it, and the pool itself refuses such
-    # a run before it starts any actor
+    # checkpoints listed in the index but gone: the config leaves the damaged index to the stage, and the
+    # pool itself names it before it starts any actor
     gone = tmp_path / "gone"
     (gone / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_run / RUN_CONFIG_FILE, gone / RUN_CONFIG_FILE)
@@ -135,10 +136,11 @@ def test_a_bad_run_directory_fails_before_any_actor_starts(
     index.with_columns(path=pl.col("path").str.replace(str(tiny_run), str(gone), literal=True)).write_parquet(
         index_path(gone)
     )
-    with pytest.raises(ConfigError, match="checkpoints listed in the index are missing"):
-        run_config(gone)
-    with pytest.raises(FileNotFoundError, match="checkpoints listed in the index are missing"):
-        circuits_over_run(gone, run_config(tiny_run))
+    with pytest.raises(
+        DamagedFileError, match="lists checkpoints whose directories are missing: step 0"
+    ) as damaged:
+        circuits_over_run(gone, run_config(gone))
+    assert damaged.value.path == index_path(gone)
     assert started == [] and connected == [] and actors_ever_started() == before
     assert not (gone / "circuits").exists()
 

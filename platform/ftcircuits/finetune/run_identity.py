@@ -8,7 +8,7 @@ from ftcircuits.finetune.methods import check_schedule
 from ftcircuits.finetune.schedule import optimizer_steps
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.run_layout import read_run_record, run_config_path
-from ftcircuits.tasks.io import read_manifest
+from ftcircuits.tasks.io import read_items, read_manifest
 
 
 def run_record(config: FinetuneConfig, data_dir: Path) -> dict:
@@ -49,8 +49,10 @@ def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
 
 
 def run_steps(config: FinetuneConfig, data_dir: Path) -> int:
-    """Return the optimiser steps of a run on the dataset in ``data_dir``."""
-    examples = read_manifest(data_dir)["summary"]["splits"]["finetune"]
+    """Return the optimiser steps of a run on the dataset in ``data_dir`` (its manifest's count of the
+    fine-tuning split, or the split's rows where the manifest holds no summary)."""
+    summary = read_manifest(data_dir).get("summary")
+    examples = summary["splits"]["finetune"] if summary else read_items(data_dir, "finetune").height
     train = config.train
     return optimizer_steps(examples, train.epochs, train.micro_batch_size, config.scaling.workers,
                            train.grad_accumulation)  # fmt: skip
