@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import polars as pl
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import polars as pl
 
 QUARTERS = 4
 """Off a terminal, a bar prints a line as it passes each 1/QUARTERS of its total (and its first and last)."""
@@ -54,6 +56,8 @@ def result_tables(**options: object) -> pl.Config:
     """Return polars' table settings for results a person reads (``with result_tables(tbl_width_chars=200):
     str(table)``): a markdown table of every row and column (its header, a rule and the rows: no borders,
     shape or dtype lines); ``options`` add to them."""
+    import polars as pl  # here: jobs.cli (and so bench_gpu, which runs without polars) imports this module
+
     return pl.Config(tbl_formatting="ASCII_MARKDOWN", tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True,
                      tbl_hide_column_data_types=True, tbl_hide_dtype_separator=True, **options)  # fmt: skip
 

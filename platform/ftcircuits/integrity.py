@@ -1,13 +1,18 @@
 """Files checked before use: a damaged file stops the job with one line naming it, what is wrong, and how
-to rebuild it (``DamagedFileError``; the jobs exit 2 on it, without a traceback)."""
+to rebuild it (``DamagedFileError``; the jobs exit 2 on it, without a traceback).
+
+polars is imported where a parquet file is read, not here: the GPU cores (``jobs.bench_gpu``) load models,
+whose checks live here, on machines without polars."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class DamagedFileError(ValueError):
@@ -43,6 +48,8 @@ def read_parquet_checked(
 ) -> pl.DataFrame:
     """Return a parquet file's table; DamagedFileError when it is missing, empty, unreadable (truncated,
     not parquet) or lacks a column of ``schema`` (name to dtype) or holds one of another dtype."""
+    import polars as pl
+
     path = checked_size(path, rebuild)
     try:
         frame = pl.read_parquet(path)

@@ -23,7 +23,6 @@ from ftcircuits.integrity import DamagedFileError, check_safetensors, read_json_
 from ftcircuits.models.architecture import Architecture, describe_architecture
 from ftcircuits.models.shapes import build_same_shape, known_shapes
 from ftcircuits.paths import TINY_BASE_DIR
-from ftcircuits.run_layout import CHECKPOINTS_DIR, finetune_rebuild, run_config_path
 
 TINY = "tiny"
 SHAPE_PREFIX = "shape:"
@@ -81,6 +80,8 @@ def model_rebuild(directory: Path) -> str:
     shipped tiny model by git or its pre-training job, any other directory by saving it again."""
     directory = Path(directory)
     run = directory.parent.parent
+    from ftcircuits.run_layout import CHECKPOINTS_DIR, finetune_rebuild, run_config_path  # polars: not at top
+
     if directory.parent.name == CHECKPOINTS_DIR and run_config_path(run).is_file():
         return finetune_rebuild(run)
     if directory.resolve() == TINY_BASE_DIR.resolve():
