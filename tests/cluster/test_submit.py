@@ -228,7 +228,7 @@ def test_a_driver_joining_by_address_ships_the_package_to_workers_that_lack_it(s
     )
     assert plain.returncode == 1
     assert plain.stderr.strip().splitlines()[-1] == (
-        f"ftcircuits.cluster.connection.ClusterError: the workers of the Ray cluster at {state.gcs_address} "
+        f"ftcircuits.cluster.address.ClusterError: the workers of the Ray cluster at {state.gcs_address} "
         f"cannot import ftcircuits (ImportError: {STALE_PACKAGE_ERROR}): ship the package with the job "
         "(python -m jobs.local_cluster submit MODULE ..., or ray job submit --working-dir . "
         """--runtime-env-json '{"py_modules": ["platform/ftcircuits"]}' -- ...), or install ftcircuits """
