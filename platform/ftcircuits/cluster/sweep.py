@@ -32,7 +32,7 @@ from ftcircuits.config.sweep import SweepConfig, SweepSpace
 from ftcircuits.console import say
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.paths import atomic_file
-from ftcircuits.run_layout import index_path, read_run_record
+from ftcircuits.run_layout import index_path, read_checkpoint_index, read_run_record
 from ftcircuits.study.circuitlora import PLAN_FILE, check_plannable
 from ftcircuits.study.over_run import run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run, tracking_uri
@@ -136,8 +136,8 @@ def trials_table(results: tune.ResultGrid, out: Path) -> pl.DataFrame:
         plan_path = out / TRIALS_DIR / trial_id / PLAN_FILE
         plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
         ranks = plan.get("ranks", {})
-        index = index_path(out / TRIALS_DIR / trial_id)
-        size = pl.read_parquet(index).row(-1, named=True) if index.is_file() else {}
+        trial = out / TRIALS_DIR / trial_id
+        size = read_checkpoint_index(trial).row(-1, named=True) if index_path(trial).is_file() else {}
         rows.append({
             "trial_id": trial_id, **{k: result.config.get(k) for k in sorted(result.config)},
             "critical_layers": plan.get("critical_layers"), "r_other": ranks.get("other"),

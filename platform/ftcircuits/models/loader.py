@@ -78,10 +78,10 @@ WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"  # a sharded model's map of ten
 def model_rebuild(directory: Path) -> str:
     """Return how a model directory's files are rebuilt: a fine-tuning run's checkpoint by its run, the
     shipped tiny model by git or its pre-training job, any other directory by saving it again."""
-    directory = Path(directory)
-    run = directory.parent.parent
     from ftcircuits.run_layout import CHECKPOINTS_DIR, finetune_rebuild, run_config_path  # polars: not at top
 
+    directory = Path(directory)
+    run = directory.parent.parent
     if directory.parent.name == CHECKPOINTS_DIR and run_config_path(run).is_file():
         return finetune_rebuild(run)
     if directory.resolve() == TINY_BASE_DIR.resolve():
