@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -159,3 +160,27 @@ def test_critical_layers_mean_std_uses_population_std():
     scores = scores_frame([0.0, 6.0, 0.0, 4.25, 0.0, 0.0])
     assert critical_layers(scores, rule="mean_std") == [1, 3]
     assert critical_layers(scores_frame([1.0, 1.0]), rule="mean_std") == []
+
+
+def test_score_agreement_gives_the_correlations_and_the_top_overlap_of_two_score_tables():
+    from ftcircuits.circuits.compare import score_agreement
+
+    names = [("input", f"a0.h{i}<q>") for i in range(10)]
+    truth = pl.DataFrame({
+        "source": [s for s, _ in names], "destination": [d for _, d in names],
+        "score": [10.0, -9, 8, 7, 6, 5, 4, 3, 2, 1], "in_circuit": [False] * 10,
+    })  # fmt: skip
+    # the same ranks but the two largest swapped in magnitude, and one sign flipped
+    method = truth.with_columns(score=pl.Series([9.0, -10, 8, 7, 6, 5, 4, 3, 2, -1])).reverse()
+    agreement = score_agreement(method, truth, top=0.2)
+    joined = truth.join(method, on=["source", "destination"])
+    expected_pearson = np.corrcoef(joined["score"], joined["score_right"])[0, 1]
+    assert agreement["pearson"] == pytest.approx(expected_pearson, rel=1e-12)
+    ranks = [joined[c].rank("average").to_numpy() for c in ("score", "score_right")]
+    assert agreement["spearman"] == pytest.approx(np.corrcoef(*ranks)[0, 1], rel=1e-12)
+    assert agreement["top_overlap"] == 1.0  # the top 2 by |score| are the same two edges
+    assert score_agreement(method, truth, top=0.3)["top_overlap"] == 1.0
+    flipped = truth.with_columns(score=pl.Series([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
+    assert score_agreement(flipped, truth, top=0.2)["top_overlap"] == 0.0
+    with pytest.raises(ValueError, match="top"):
+        score_agreement(method, truth, top=0)

@@ -113,6 +113,31 @@ def circuit_similarity(before: pl.DataFrame, after: pl.DataFrame) -> dict:
     }
 
 
+# --- agreement with a ground truth ---------------------------------------------------------
+AGREEMENT_TOP = 0.05  # the top share of edges whose overlap measures agreement (the default circuit's size)
+
+
+def score_agreement(scores: pl.DataFrame, truth: pl.DataFrame, top: float = AGREEMENT_TOP) -> dict:
+    """Return how closely one edges table's scores follow another's (the ground truth, e.g. exact patching),
+    over all edges: ``pearson`` and ``spearman`` of the signed scores, and ``top_overlap``: the share of the
+    truth's top ``top`` edges by |score| that are also among the scores' top ``top`` (ties: table order)."""
+    if not 0 < top <= 1:
+        raise ValueError(f"top (a share of edges) must be in (0, 1], got {top}")
+    table = _aligned(scores, truth)
+    method, exact = (pl.col(c).cast(pl.Float64) for c in ("score_before", "score_after"))
+    count = max(1, round(top * table.height))
+    chosen = [set(table.select(KEY, m=c.abs()).sort("m", descending=True, maintain_order=True)
+                  .head(count).select(KEY).iter_rows()) for c in (method, exact)]  # fmt: skip
+    correlations = table.select(
+        pearson=pl.corr(method, exact), spearman=pl.corr(method, exact, method="spearman")
+    ).row(0, named=True)
+    return {
+        "pearson": float(correlations["pearson"]),
+        "spearman": float(correlations["spearman"]),
+        "top_overlap": len(chosen[0] & chosen[1]) / count,
+    }
+
+
 # --- Algorithm 1 ---------------------------------------------------------------------------
 def edge_changes(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
     """Return source, destination, status (kept/added/removed) and delta for every edge in either circuit.
