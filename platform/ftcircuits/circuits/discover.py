@@ -13,6 +13,13 @@ from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS, circuit_evaluation, 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.interventions import source_means
 from ftcircuits.circuits.memory import BatchChoice, circuit_batch
+from ftcircuits.circuits.nodes import (
+    DEFAULT_NODE_BUDGETS,
+    exact_node_scores,
+    node_faithfulness_curve,
+    node_score_names,
+    outgoing_sums,
+)
 from ftcircuits.circuits.pairs import PairBatch, longest_prompt, pair_batches
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import Selection, nodes_in_circuit, select_circuit
@@ -21,9 +28,11 @@ from ftcircuits.models.loader import LoadedModel
 
 @dataclass
 class DiscoveredCircuit:
-    """Edge scores (mean over examples), the selected circuit, its metrics and nodes.
+    """Edge scores (mean over examples), the selected circuit, its metrics and nodes; node scores (each
+    source node's total effect, mean over examples, ``circuits.nodes``) and the node-level curve.
 
-    ``scores`` and ``circuit`` are on the model's device (``edges_table`` writes them from any device).
+    ``scores``, ``circuit`` and ``node_scores`` are on the model's device (``edges_table`` writes them from
+    any device).
     """
 
     graph: Graph
@@ -33,6 +42,8 @@ class DiscoveredCircuit:
     nodes: list[str]
     curve: dict | None = None
     batch: BatchChoice | None = None  # the batch it ran at, and the memory arithmetic behind it
+    node_scores: torch.Tensor | None = None  # [n_sources]
+    node_curve: dict | None = None
 
 
 def discovery_batches(
@@ -62,7 +73,9 @@ def discover_circuit(
 ) -> DiscoveredCircuit:
     """Score every edge on ``items`` (mean over examples), select a circuit, evaluate it.
 
-    With ``curve``, also the faithfulness curve over edge budgets 0.1%..100%. ``batch_size`` is a
+    Node scores come with every circuit: the edge scores' row sums for the gradient methods, one more
+    pass per node for ``exact``. With ``curve``, also the faithfulness curves over edge budgets 0.1%..100%
+    and over node budgets 2%..100% (``DEFAULT_NODE_BUDGETS``). ``batch_size`` is a
     number of pairs or ``"auto"`` (see ``discovery_batches``). The attribution's intervention is also the
     evaluation's; for ``mean`` the sources' means over ``items`` are computed once, first.
     """
@@ -73,11 +86,16 @@ def discover_circuit(
     intervention = attribution.intervention
     means = source_means(probe, batches) if intervention == "mean" else None
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=device)
+    exact = attribution.method == "exact"
+    node_scores = torch.zeros(graph.n_sources, dtype=probe.score_dtype, device=device)
     for index, batch in enumerate(batches):
         scores += attribute_batch(probe, batch, attribution, means).to(device)
+        if exact:
+            node_scores += exact_node_scores(probe, batch, attribution, means).to(device)
         if on_batch is not None:
             on_batch(index + 1, len(batches))
     scores /= items.height
+    node_scores = node_scores / items.height if exact else outgoing_sums(scores, graph)
     circuit = select_circuit(scores, graph, selection.method, budget=selection.budget, prune=selection.prune)
     metrics = circuit_evaluation(probe, batches, circuit, attribution.metric, intervention, means)
     nodes = sorted(nodes_in_circuit(circuit, graph))
@@ -87,23 +105,36 @@ def discover_circuit(
         "edges_total": graph.n_edges,
         "nodes_in_circuit": len(nodes),
     }
-    budget_curve = None
+    budget_curve = node_curve = None
     if curve:
         budget_curve = faithfulness_curve(
             probe, batches, scores, attribution.metric, DEFAULT_BUDGETS, selection.method, intervention, means
         )
-    return DiscoveredCircuit(graph, scores, circuit, metrics, nodes, budget_curve, choice)
+        node_curve = node_faithfulness_curve(
+            probe, batches, node_scores, attribution.metric, DEFAULT_NODE_BUDGETS, intervention, means
+        )
+    return DiscoveredCircuit(
+        graph, scores, circuit, metrics, nodes, budget_curve, choice, node_scores, node_curve
+    )
 
 
 def circuit_metadata(
-    loaded: LoadedModel, attribution: AttributionConfig, selection: Selection, **extra
-) -> dict:
+    loaded: LoadedModel, attribution: AttributionConfig, selection: Selection,
+    found: DiscoveredCircuit | None = None, **extra,
+) -> dict:  # fmt: skip
     """Return the JSON metadata of a circuit file (the attribution's fields include the intervention, which
-    scored the edges and evaluated the circuit)."""
+    scored the edges and evaluated the circuit); with ``found``, its ``node_scores`` ({node: score}) and,
+    when computed, its ``node_curve``. Readers take files without them (``io.node_scores_of``)."""
+    nodes = {}
+    if found is not None and found.node_scores is not None:
+        nodes["node_scores"] = node_score_names(found.node_scores, found.graph)
+    if found is not None and found.node_curve is not None:
+        nodes["node_curve"] = found.node_curve
     return {
         "model": loaded.source,
         "architecture": loaded.architecture.family,
         "attribution": asdict(attribution),
         "selection": asdict(selection),
+        **nodes,
         **extra,
     }

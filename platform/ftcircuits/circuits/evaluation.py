@@ -157,12 +157,21 @@ def faithfulness_curve(
 
     The scores may be on any device; each budget's circuit is selected there and evaluated on the model's.
     """
-    points = []
-    for budget in budgets:
-        circuit = select_circuit(scores, probe.graph, method, budget=budget)
-        points.append(
-            circuit_evaluation(probe, batches, circuit, metric, intervention, means)["faithfulness"]
-        )
+    circuits = [select_circuit(scores, probe.graph, method, budget=budget) for budget in budgets]
+    return curve_of_circuits(probe, batches, budgets, circuits, metric, intervention, means)
+
+
+def curve_of_circuits(
+    probe: ModelProbe, batches: Sequence[PairBatch], budgets: Sequence[float],
+    circuits: Sequence[torch.Tensor], metric: Metric = "kl", intervention: Intervention = "patching",
+    means: torch.Tensor | None = None,
+) -> dict:  # fmt: skip
+    """Return the normalized faithfulness of each circuit (one per budget, of edges or of nodes) and the
+    curve's areas over ``budgets`` (``faithfulness_curve`` says which)."""
+    points = [
+        circuit_evaluation(probe, batches, circuit, metric, intervention, means)["faithfulness"]
+        for circuit in circuits
+    ]
     xs = torch.tensor(list(budgets), dtype=torch.float64, device="cpu")  # Python numbers: host arithmetic
     ys = torch.tensor(points, dtype=torch.float64, device="cpu")
     return {

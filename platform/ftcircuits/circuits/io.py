@@ -10,6 +10,10 @@ parquet file's bytes (``edges_sha256``). A damaged file is a ``DamagedFileError`
 A JSON written before the hash (no ``edges_sha256``) is still read, checked on
 the rest: such files were complete when written, and recomputing every old
 circuit for want of a hash would cost hours of GPU time for no gain.
+
+The JSON may also hold ``node_scores`` ({source node: total effect}) and ``node_curve`` (the node-level
+faithfulness curve, ``circuits.nodes``); files written before them lack them and stay valid:
+``node_scores_of`` reads the node scores of either.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ftcircuits.integrity import (
     read_json_checked,
     read_parquet_checked,
 )
+from ftcircuits.options import AttributionMethod, choices
 from ftcircuits.paths import atomic_file
 
 if TYPE_CHECKING:
@@ -42,6 +47,9 @@ EDGES_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float32,
     "in_circuit": pl.Boolean,
 }
+NODE_SCHEMA: dict[str, pl.DataType] = {"node": pl.String, "score": pl.Float64}
+# the methods whose node score is the sum of the node's edge scores (all but exact)
+GRADIENT_METHODS = tuple(method for method in choices(AttributionMethod) if method != "exact")
 REBUILD = "rerun the job that wrote it (python -m jobs.circuits ...), or delete it and rerun"
 
 
@@ -185,3 +193,22 @@ def read_circuit(
                 rebuild,
             )
     return edges, meta
+
+
+def node_scores_of(meta: dict, edges: pl.DataFrame) -> pl.DataFrame | None:
+    """Return a circuit's node scores as a table (``node``, ``score``; source nodes in graph order): the
+    JSON's ``node_scores``, or for a file written before them by a gradient method, each source's sum of
+    its edge scores (what those methods' node scores are, here from the table's float32 scores). None for
+    an older ``exact`` circuit: its node scores (whole-node patches) cannot be rebuilt from its edges."""
+    stored = meta.get("node_scores")
+    if stored is not None:
+        if not isinstance(stored, dict) or not all(isinstance(v, int | float) for v in stored.values()):
+            raise ValueError("the circuit's JSON 'node_scores' is not an object of node name: number")
+        return pl.DataFrame({"node": list(stored), "score": list(stored.values())}, schema=NODE_SCHEMA)
+    if meta.get("attribution", {}).get("method") not in GRADIENT_METHODS:
+        return None
+    return (
+        edges.group_by("source", maintain_order=True)
+        .agg(pl.col("score").cast(pl.Float64).sum())
+        .rename({"source": "node"})
+    )

@@ -203,3 +203,37 @@ def reference_exact_scores(
             logits = probe.run(batch.clean)
         scores[source, destination] = metric_loss(config.metric, logits, *args).sum() - clean_loss
     return scores
+
+
+@torch.no_grad()
+def reference_exact_node_scores(
+    probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Exact node scores the slow way: one pass per source node with its output *set* to its replaced
+    value (a head: the attention output less the head's write in this pass, plus its replaced write);
+    the loss change, summed ``[n_sources]``."""
+    graph = probe.graph
+    clean_z, clean_logits = probe.source_outputs(batch.clean, batch.clean.input_ids)
+    replaced = replaced_outputs(probe, batch, config, means)
+    args = (clean_logits, batch.answers, batch.corrupted_answers)
+    clean_loss = metric_loss(config.metric, clean_logits, *args).sum()
+    scores = torch.zeros(graph.n_sources, dtype=clean_z.dtype)
+    for source in range(graph.n_sources):
+        value = replaced[:, :, source]
+        if source == 0:
+            hook = (probe.embed, lambda m, i, out, value=value: value.reshape(out.shape).to(out.dtype))
+        else:
+            layer, head = divmod(source - 1, graph.heads + 1)
+            if head == graph.heads:
+                hook = (probe.mlp_outs[layer], lambda m, i, out, value=value: value.reshape(out.shape))
+            else:
+
+                def swap_head(m, inputs, out, layer=layer, head=head, value=value):
+                    own = probe.head_outputs(layer, inputs[0])[head]
+                    return out - own.reshape(out.shape) + value.reshape(out.shape).to(out.dtype)
+
+                hook = (probe.attention_outs[layer], swap_head)
+        with module_hooks([hook], []):
+            logits = probe.run(batch.clean)
+        scores[source] = metric_loss(config.metric, logits, *args).sum() - clean_loss
+    return scores

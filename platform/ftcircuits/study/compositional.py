@@ -67,7 +67,7 @@ def part_circuits(
     for part in items:
         found = discover_circuit(loaded, items[part], attribution, selection, discovery.batch_size)
         circuits[part] = edges_table(found.scores, found.circuit, found.graph)
-        meta = circuit_metadata(loaded, attribution, selection, task=f"compositional-{part}",
+        meta = circuit_metadata(loaded, attribution, selection, found, task=f"compositional-{part}",
                                 examples=items[part].height, faithfulness=found.metrics)  # fmt: skip
         write_circuit(config.out / f"compositional-{part}", circuits[part], meta)
         if on_part is not None:

@@ -49,7 +49,7 @@ def model_circuit(
         loaded, items, attribution, selection, discovery.batch_size, progress, discovery.curve
     )
     meta = circuit_metadata(
-        loaded, attribution, selection, task=manifest["task"], parameters=manifest["parameters"],
+        loaded, attribution, selection, found, task=manifest["task"], parameters=manifest["parameters"],
         split=discovery.split, examples=items.height, data=str(config.data), faithfulness=found.metrics,
         curve=found.curve, batch_size=found.batch.batch,
     )  # fmt: skip

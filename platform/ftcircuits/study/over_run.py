@@ -273,7 +273,7 @@ class CircuitRunner:
             loaded, items, self.attribution, self.selection, settings.batch_size, curve=curve
         )
         meta = circuit_metadata(
-            loaded, self.attribution, self.selection, unit=asdict(unit), split=self.settings.split,
+            loaded, self.attribution, self.selection, found, unit=asdict(unit), split=self.settings.split,
             examples=items.height, data=str(self.data), faithfulness=found.metrics, curve=found.curve,
             batch_size=found.batch.batch,
         )  # fmt: skip
