@@ -27,8 +27,10 @@ from ftcircuits.circuits.pairs import pair_batches
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.reference import reference_exact_node_scores
 from ftcircuits.circuits.selection import Selection, nodes_in_circuit, prune_dead_nodes
+from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.models.hooks import module_hooks
 from ftcircuits.models.loader import load_model
+from ftcircuits.study.over_run import CircuitRunner, circuit_units, run_inputs
 from ftcircuits.tasks import build_dataset, task_family
 from tests.circuits.test_attribution import random_pairs
 from tests.circuits.test_evaluation import probe_of
@@ -225,3 +227,17 @@ def test_discovery_writes_node_scores_and_curve_that_the_reader_returns(
 def test_reader_rejects_malformed_node_scores():
     with pytest.raises(ValueError, match="'node_scores' is not an object of node name: number"):
         node_scores_of({"node_scores": ["a0.h0", 1.0]}, pl.DataFrame())
+
+
+def test_circuit_runner_writes_node_scores_and_the_node_curve_of_a_checkpoint(tmp_path, tiny_run):
+    inputs = run_inputs(tiny_run)
+    settings = DiscoverySettings(examples=4, batch_size=4, steps=2, curve=True)
+    runner = CircuitRunner(inputs.base_model, inputs.data, settings, tmp_path)
+    unit = circuit_units(inputs, robustness=False)[-1]
+    runner.run(unit)
+    edges, meta = read_circuit(tmp_path / unit.key)
+    graph = ModelProbe(runner.weights.loaded.model, runner.weights.loaded.architecture).graph
+    assert list(meta["node_scores"]) == graph.source_names
+    assert meta["node_curve"]["budgets"] == list(DEFAULT_NODE_BUDGETS)
+    assert meta["node_curve"]["faithfulness"][-1] == 1.0
+    assert node_scores_of(meta, edges)["score"].to_list() == list(meta["node_scores"].values())
