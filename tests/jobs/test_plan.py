@@ -140,7 +140,8 @@ def test_circuit_hours_are_flops_at_the_measured_mfu(plans):
     attribution = (2 + 2 * m) * 2 * n + m * 2 * e * d
     evaluation = 8 * n + 2 * e * d
     mfu = 16 * 24 * attribution / (0.709 * 989e12)
-    units, evaluations = 11 + 40, 11 * 11 + 40  # checkpoints (each with a curve of 10 budgets), robustness
+    # checkpoints (each with an edge curve of 10 budgets and a node curve of 8), robustness
+    units, evaluations = 11 + 40, 11 * (1 + 10 + 8) + 40
     flops = 256 * 32 * (units * attribution + evaluations * evaluation)
     assert plan.stages[1].gpu_hours == pytest.approx(flops / (362e12 * mfu) / 3600, rel=1e-12)
     assert [t.choice for t in plan.stages[1].throughputs] == [

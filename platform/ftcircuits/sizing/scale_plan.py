@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS
+from ftcircuits.circuits.nodes import DEFAULT_NODE_BUDGETS
 from ftcircuits.finetune.settings import FinetuneConfig
 from ftcircuits.sizing.gpu_memory import (
     CircuitSettings,
@@ -140,11 +141,13 @@ def circuit_hours(
     tokens = batch * length
     attribution_s = attribution.seconds(tokens * attribution_flops_per_token(n, edges, d, m), node.gpu)
     evaluation_s = evaluation.seconds(tokens * evaluation_flops_per_token(n, edges, d), node.gpu)
-    evaluations = size.checkpoints * (1 + len(DEFAULT_BUDGETS)) + robustness_units
+    curve_points = len(DEFAULT_BUDGETS) + len(DEFAULT_NODE_BUDGETS)  # the edge and the node curve
+    evaluations = size.checkpoints * (1 + curve_points) + robustness_units
     units = size.checkpoints + robustness_units
     seconds = examples / batch * (units * attribution_s + evaluations * evaluation_s)
     detail = (
-        f"{size.checkpoints} checkpoint circuits with faithfulness curves ({len(DEFAULT_BUDGETS)} budgets) + "
+        f"{size.checkpoints} checkpoint circuits with faithfulness curves ({len(DEFAULT_BUDGETS)} edge and "
+        f"{len(DEFAULT_NODE_BUDGETS)} node budgets) + "
         f"{robustness_units} robustness circuits ((base + {settings.baselines} baselines) x "
         f"{1 + len(PERTURB_RATIOS)} splits), {examples} examples each, in batches of {batch} x {length} "
         "tokens: "
