@@ -38,6 +38,12 @@ from ftcircuits.circuits.evaluation import circuit_evaluation, faithfulness_curv
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.io import circuit_mask, edges_table, read_circuit, write_circuit
 from ftcircuits.circuits.merge import merge_circuits
+from ftcircuits.circuits.nodes import (
+    exact_node_scores,
+    node_faithfulness_curve,
+    outgoing_sums,
+    select_node_circuit,
+)
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.reference import reference_scores
@@ -60,6 +66,7 @@ SHAPES = sorted(TINY_OVERRIDES)
 BUDGETS = (0.2, 1.0)
 CONFIG = AttributionConfig(steps=2)
 EAP = AttributionConfig(method="eap")  # one gradient: the slow reference runs it fast enough
+EXACT = AttributionConfig(method="exact")
 
 
 # --- the patches -------------------------------------------------------------------------------
@@ -109,6 +116,12 @@ def batch_results(probe: ModelProbe, batches: list[PairBatch]) -> dict[str, obje
         "patched_logits": patched_logits(probe, batches[0], circuit),
         "circuit_evaluation": circuit_evaluation(probe, batches, circuit, "kl"),
         "faithfulness_curve": faithfulness_curve(probe, batches[:1], scores, "logit_diff", BUDGETS),
+        "outgoing_sums": outgoing_sums(scores, graph),
+        "exact_node_scores": exact_node_scores(probe, batches[0], EXACT, copies=3),
+        "select_node_circuit": select_node_circuit(outgoing_sums(scores, graph), graph, budget=0.3),
+        "node_faithfulness_curve": node_faithfulness_curve(
+            probe, batches[:1], outgoing_sums(scores, graph), "logit_diff", BUDGETS
+        ),
         "edges_table": table,
         "circuit_mask": circuit_mask(table, graph),
         "n_edges": graph.n_edges,
@@ -130,7 +143,15 @@ def discovery_results(loaded: LoadedModel, items: pl.DataFrame, out: Path) -> di
     changes = edge_changes(*tables)
     layers = layer_scores(changes, loaded.architecture.layers)
     return {
-        "found": (found.scores, found.circuit, found.metrics, found.nodes, found.curve),
+        "found": (
+            found.scores,
+            found.circuit,
+            found.metrics,
+            found.nodes,
+            found.curve,
+            found.node_scores,
+            found.node_curve,
+        ),
         "read_circuit": (edges, meta),
         "circuit_mask": circuit_mask(edges, found.graph),
         "circuit_similarity": circuit_similarity(*tables),
@@ -239,6 +260,12 @@ def test_shape_only_entry_points_run_on_meta(shape):
         assert scores.device.type == "meta" and scores.shape == (graph.n_sources, graph.n_destinations)
         chosen = select_circuit(scores, graph, "top", budget=0.2, prune=False)
         assert chosen.device.type == "meta" and chosen.shape == scores.shape and chosen.dtype == torch.bool
+        nodes = outgoing_sums(scores, graph)
+        assert nodes.device.type == "meta" and nodes.shape == (graph.n_sources,)
+        chosen = select_node_circuit(nodes, graph, budget=0.2)
+        assert chosen.device.type == "meta" and chosen.shape == scores.shape and chosen.dtype == torch.bool
+    nodes = exact_node_scores(probe, batch, EXACT)
+    assert nodes.device.type == "meta" and nodes.shape == (graph.n_sources,)
     # These need data, so the CPU tests above cover them: patched_logits (``removed.any()`` decides
     # whether to patch at all) and with it circuit_evaluation and faithfulness_curve (``.item()``),
     # greedy_edges (a Python heap of magnitudes), prune_dead_nodes (repeats until ``torch.equal``),

@@ -80,10 +80,11 @@ def exact_node_scores(
         copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
     clean_loss = _losses(config.metric, batch, clean_logits, clean_logits, 1)[0]
     scores = torch.zeros(graph.n_sources, dtype=probe.score_dtype, device=delta.device)
-    for chunk in torch.arange(graph.n_sources, device=delta.device).split(copies):
+    for start in range(0, graph.n_sources, copies):
+        chunk = range(start, min(start + copies, graph.n_sources))
         logits = _node_patched_logits(probe, batch, delta, chunk)
         losses = _losses(config.metric, batch, logits, clean_logits, len(chunk))
-        scores[chunk] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
+        scores[chunk.start : chunk.stop] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
     return scores
 
 
@@ -98,7 +99,7 @@ def _losses(
 
 
 def _node_patched_logits(
-    probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, sources: torch.Tensor
+    probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, sources: range
 ) -> torch.Tensor:
     """Return last-position logits ``[E*B, vocab]`` of E copies of the clean batch, copy e with source
     ``sources[e]``'s output shifted by ``delta[sources[e]]``."""
@@ -115,7 +116,7 @@ def _node_patched_logits(
         return hook
 
     by_module: dict[torch.nn.Module, tuple[list[int], list[int]]] = {}
-    for copy, source in enumerate(sources.tolist()):
+    for copy, source in enumerate(sources):
         module = _output_module(probe, graph, source)
         rows, copy_of = by_module.setdefault(module, ([], []))
         rows.append(source)
