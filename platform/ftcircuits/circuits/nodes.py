@@ -7,6 +7,8 @@ over examples, with the sign convention of the edge scores (``metrics``).
 - Gradient methods: an edge score is ``delta_u . dL/dx_v`` and every destination after ``u`` reads
   ``z_u``, so ``dL/dz_u = sum_v dL/dx_v`` and the node's first-order total effect ``delta_u . dL/dz_u``
   is exactly the sum of its outgoing edge scores (``outgoing_sums``): free, from the score matrix.
+  With ``eap-ig-activations`` the gradients are those of the node's own group's interpolation (the
+  input, a layer's heads, an MLP), so the sum is integrated gradients along that group's output.
 - ``exact``: the node's output is patched on its own (all its outgoing edges at once) and the loss
   change measured (``exact_node_scores``), not the sum of its exact edge scores (the metric is not
   additive over edges).
