@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 
 from ftcircuits.circuits.compare import score_agreement
-from ftcircuits.config.discovery import CircuitRunSettings
-from ftcircuits.config.pipeline import PIPELINE_CIRCUITS
+from ftcircuits.config.discovery import AnalysisConfig, CircuitRunConfig, CircuitRunSettings
+from ftcircuits.config.loading import load_config
+from ftcircuits.config.pipeline import PIPELINE_CIRCUITS, PipelineConfig
 from ftcircuits.integrity import check_png
 from ftcircuits.report.circuit_figures import ground_truth_agreement
 from ftcircuits.study.ground_truth import (
@@ -141,3 +142,10 @@ def test_the_figure_draws_agreement_and_both_jaccards(tmp_path, monkeypatch):
     ]  # fmt: skip
     np.testing.assert_array_equal(jaccard.lines[3].get_ydata(), [1.0, 0.25, 0.125])
     plt.close(drawn[0])
+
+
+def test_every_job_takes_ground_truth(tiny_run):
+    assert load_config(PipelineConfig, None, ["circuits.ground_truth=true"]).circuits.ground_truth is True
+    assert PipelineConfig().circuits.ground_truth is False  # off by default: exact patching is slow
+    for schema in (CircuitRunConfig, AnalysisConfig):
+        assert load_config(schema, None, [f"run={tiny_run}", "ground_truth=true"]).ground_truth is True
