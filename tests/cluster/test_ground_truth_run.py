@@ -9,7 +9,7 @@ import shutil
 import polars as pl
 import pytest
 
-from ftcircuits.circuits.compare import circuit_similarity, score_agreement
+from ftcircuits.circuits.compare import circuit_similarity, score_agreement, score_spearman
 from ftcircuits.circuits.io import read_circuit
 from ftcircuits.cluster.run_circuits import run_circuits
 from ftcircuits.config.discovery import CircuitRunConfig
@@ -46,7 +46,10 @@ def test_ground_truth_columns_are_the_agreement_of_the_circuits_on_disk(ray_clus
     exact_base = read_circuit(truth / keys[0])[0]
     for key, row in zip(keys, similarity.iter_rows(named=True), strict=True):
         exact = read_circuit(truth / key)[0]
-        agreement = score_agreement(read_circuit(method / key)[0], exact)
+        ours = read_circuit(method / key)[0]
+        agreement = score_agreement(ours, exact) | {
+            "abs_spearman": score_spearman(ours, exact, absolute=True)
+        }
         assert {k: row[f"truth_{k}"] for k in agreement} == agreement, key
         similar = circuit_similarity(exact_base, exact)
         assert (row["exact_node_jaccard_base"], row["exact_edge_jaccard_base"]) == (

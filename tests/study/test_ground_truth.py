@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ftcircuits.circuits.compare import score_agreement
+from ftcircuits.circuits.compare import score_agreement, score_spearman
 from ftcircuits.config.discovery import AnalysisConfig, CircuitRunConfig, CircuitRunSettings
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.pipeline import PIPELINE_CIRCUITS, PipelineConfig
@@ -51,12 +51,13 @@ def test_agreement_and_exact_jaccard_per_step(hand_built_circuit):
     scaled = exact_base.with_columns(pl.col("score") * 3)  # the method: the exact scores times 3 at the base
     flipped = exact_final.with_columns(-pl.col("score"))  # and of opposite sign at the final checkpoint
     table = agreement_over_steps([(0, scaled), (100, flipped)], [(100, exact_final), (0, exact_base)])
-    assert table.columns == ["step", "truth_pearson", "truth_spearman", "truth_top_overlap",
-                             "exact_node_jaccard_base", "exact_edge_jaccard_base",
+    assert table.columns == ["step", "truth_pearson", "truth_spearman", "truth_abs_spearman",
+                             "truth_top_overlap", "exact_node_jaccard_base", "exact_edge_jaccard_base",
                              "exact_abs_score_spearman_base"]  # fmt: skip
     assert table["step"].to_list() == [0, 100]
     assert table["truth_pearson"].to_list() == pytest.approx([1.0, -1.0])
     assert table["truth_spearman"].to_list() == pytest.approx([1.0, -1.0])
+    assert table["truth_abs_spearman"].to_list() == pytest.approx([1.0, 1.0])
     assert table["truth_top_overlap"].to_list() == [1.0, 1.0]  # |score| ranks the same edges first
     # exact circuits: base {input->logits, input->m0, m0->logits}, final shares input->logits only;
     # nodes {input, logits, m0} vs {input, logits, a1.h0}
@@ -69,7 +70,9 @@ def test_the_columns_are_score_agreement_of_each_steps_tables(hand_built_circuit
     method = [(0, hand_built_circuit(AFTER, None)), (5, hand_built_circuit(BEFORE, 1.0))]
     table = agreement_over_steps(method, exact, top=0.1)
     for (step, edges), (_, truth), row in zip(method, exact, table.iter_rows(named=True), strict=True):
-        expected = score_agreement(edges, truth, top=0.1)
+        expected = score_agreement(edges, truth, top=0.1) | {
+            "abs_spearman": score_spearman(edges, truth, absolute=True)
+        }
         assert row == pytest.approx(
             row | {"step": step} | {f"truth_{key}": value for key, value in expected.items()}
         )
@@ -84,6 +87,7 @@ def test_a_step_without_an_exact_circuit_is_refused(hand_built_circuit):
 def test_the_headline_holds_base_final_and_change():
     similarity = pl.DataFrame({
         "step": [100, 0, 200], "truth_pearson": [0.7, 0.75, 0.5], "truth_spearman": [0.6, 0.5, 0.25],
+        "truth_abs_spearman": [0.8, 0.875, 0.75],
         "truth_top_overlap": [0.5, 0.5, 0.375], "exact_node_jaccard_base": [0.9, 1.0, 0.625],
         "exact_edge_jaccard_base": [0.5, 1.0, 0.125],
     })  # fmt: skip
@@ -91,6 +95,8 @@ def test_the_headline_holds_base_final_and_change():
     assert headline == pytest.approx({
         "truth_pearson_at_base": 0.75, "truth_pearson_at_final": 0.5, "truth_pearson_change": -0.25,
         "truth_spearman_at_base": 0.5, "truth_spearman_at_final": 0.25, "truth_spearman_change": -0.25,
+        "truth_abs_spearman_at_base": 0.875, "truth_abs_spearman_at_final": 0.75,
+        "truth_abs_spearman_change": -0.125,
         "truth_top_overlap_at_base": 0.5, "truth_top_overlap_at_final": 0.375,
         "truth_top_overlap_change": -0.125,
         "exact_node_jaccard_final_vs_base": 0.625, "exact_edge_jaccard_final_vs_base": 0.125,
@@ -121,7 +127,7 @@ def test_missing_exact_circuits_name_the_command_that_computes_them(tmp_path):
 GROUND_TRUTH = pl.DataFrame({
     "step": [0, 100, 200], "node_jaccard_base": [1.0, 0.6, 0.5], "edge_jaccard_base": [1.0, 0.2, 0.125],
     "truth_pearson": [0.75, 0.5, 0.25], "truth_spearman": [0.5, 0.5, 0.25],
-    "truth_top_overlap": [0.5, 0.25, 0.0],
+    "truth_abs_spearman": [0.875, 0.75, 0.5], "truth_top_overlap": [0.5, 0.25, 0.0],
     "exact_node_jaccard_base": [1.0, 0.75, 0.625], "exact_edge_jaccard_base": [1.0, 0.25, 0.125],
 })  # fmt: skip
 
@@ -134,8 +140,9 @@ def test_the_figure_draws_agreement_and_both_jaccards(tmp_path, monkeypatch):
     path = ground_truth_agreement(GROUND_TRUTH.reverse(), tmp_path / "ground_truth.png")
     check_png(path, "")
     agree, jaccard = drawn[0].axes
-    assert [line.get_label() for line in agree.lines] == ["Pearson", "Spearman", "top-5% overlap"]
-    np.testing.assert_array_equal(agree.lines[2].get_ydata(), [0.5, 0.25, 0.0])  # sorted by step
+    labels = ["Pearson", "Spearman", "Spearman of |score|", "top-5% overlap"]
+    assert [line.get_label() for line in agree.lines] == labels
+    np.testing.assert_array_equal(agree.lines[3].get_ydata(), [0.5, 0.25, 0.0])  # sorted by step
     assert [line.get_label() for line in jaccard.lines] == [
         "node Jaccard vs base (method)", "node Jaccard vs base (exact)",
         "edge Jaccard vs base (method)", "edge Jaccard vs base (exact)",

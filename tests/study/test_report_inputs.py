@@ -187,7 +187,7 @@ def test_a_damaged_accuracy_cache_is_named_and_recomputed(tmp_path, capsys, dama
 GROUND_TRUTH_SIMILARITY = pl.DataFrame({
     "step": [0, 100, 200], "node_jaccard_base": [1.0, 0.6, 0.5], "edge_jaccard_base": [1.0, 0.2, 0.125],
     "truth_pearson": [0.75, 0.5, 0.25], "truth_spearman": [0.5, 0.5, 0.25],
-    "truth_top_overlap": [0.5, 0.25, 0.0],
+    "truth_abs_spearman": [0.875, 0.75, 0.5], "truth_top_overlap": [0.5, 0.25, 0.0],
     "exact_node_jaccard_base": [1.0, 0.75, 0.625], "exact_edge_jaccard_base": [1.0, 0.25, 0.125],
 })  # fmt: skip
 """The analysis' similarity table with the ground-truth columns (``analysis --set ground_truth=true``)."""
@@ -199,7 +199,10 @@ def test_the_report_states_the_agreement_and_the_verdict(outputs, tmp_path):
     headline |= ground_truth_headline(GROUND_TRUTH_SIMILARITY)
     section = ground_truth_section(outputs, headline)
     assert section.title == GROUND_TRUTH_TITLE
-    assert "Pearson 0.750 -> 0.250; Spearman 0.500 -> 0.250; top-5% overlap 0.500 -> 0.000" in section.text
+    assert (
+        "Pearson 0.750 -> 0.250; Spearman 0.500 -> 0.250; Spearman of |score| 0.875 -> 0.500; top-5% "
+        "overlap 0.500 -> 0.000"
+    ) in section.text
     assert "node Jaccard 0.625, edge Jaccard 0.125" in section.text
     assert "the exact circuits keep their nodes and rewire their edges too" in section.text
     assert [figure.path.name for figure in section.figures] == ["ground_truth.png"]

@@ -67,14 +67,16 @@ def similarity_over_steps(similarity: pl.DataFrame, path: Path) -> Path:
 
 
 def ground_truth_agreement(similarity: pl.DataFrame, path: Path) -> Path:
-    """Plot, per step, the method's agreement with exact patching (Pearson, Spearman, top-5% overlap;
-    left) and the node/edge Jaccard vs base of the method's circuits (solid) and the exact ones (dashed;
-    right), from the analysis' similarity table with its ground-truth columns."""
+    """Plot, per step, the method's agreement with exact patching (Pearson, Spearman of scores and of
+    |scores|, top-5% overlap; left) and the node/edge Jaccard vs base of the method's circuits (solid)
+    and the exact ones (dashed; right), from the analysis' similarity table with its ground-truth
+    columns."""
     df = similarity.sort("step")
     steps = _floats(df, "step")
     fig, (agree, jaccard) = plt.subplots(1, 2, figsize=(10, 4))
     for column, label, color in (("truth_pearson", "Pearson", "tab:purple"),
                                  ("truth_spearman", "Spearman", "tab:green"),
+                                 ("truth_abs_spearman", "Spearman of |score|", "tab:olive"),
                                  ("truth_top_overlap", "top-5% overlap", "tab:red")):  # fmt: skip
         agree.plot(steps, _floats(df, column), "-", color=color, marker="o", markersize=3, label=label)
     agree.set_title("method's edge scores vs exact patching")

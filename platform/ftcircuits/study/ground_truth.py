@@ -12,11 +12,11 @@ from pathlib import Path
 
 import polars as pl
 
-from ftcircuits.circuits.compare import AGREEMENT_TOP, circuit_similarity, score_agreement
+from ftcircuits.circuits.compare import AGREEMENT_TOP, circuit_similarity, score_agreement, score_spearman
 from ftcircuits.study.dynamics import checkpoint_circuits, read_summary
 from ftcircuits.study.over_run import SUMMARY_FILE
 
-AGREEMENT = ("pearson", "spearman", "top_overlap")  # score_agreement's keys: columns truth_<key>
+AGREEMENT = ("pearson", "spearman", "abs_spearman", "top_overlap")  # columns truth_<key>
 EXACT_SIMILARITY = ("node_jaccard", "edge_jaccard", "abs_score_spearman")  # columns exact_<key>_base
 
 
@@ -60,8 +60,9 @@ def agreement_over_steps(
 ) -> pl.DataFrame:
     """Return per step of ``method`` (step, edges; the first is the base) the agreement of its scores with
     the exact ones of the same step (``truth_pearson``, ``truth_spearman``, ``truth_top_overlap``:
-    ``circuits.compare.score_agreement``), and the exact circuit's node/edge Jaccard and |score| Spearman
-    against the exact circuit of the first step (``exact_node_jaccard_base``, ...)."""
+    ``circuits.compare.score_agreement``; ``truth_abs_spearman``: Spearman of |scores|), and the exact
+    circuit's node/edge Jaccard and |score| Spearman against the exact circuit of the first step
+    (``exact_node_jaccard_base``, ...)."""
     truth = dict(exact)
     missing = sorted({step for step, _ in method} - set(truth))
     if missing:
@@ -70,6 +71,8 @@ def agreement_over_steps(
     rows = []
     for step, edges in method:
         agreement = score_agreement(edges, truth[step], top)
+        # |score| ranks, the order selection uses: most edges score near zero, their signed ranks are noise
+        agreement["abs_spearman"] = score_spearman(edges, truth[step], absolute=True)
         similarity = circuit_similarity(base, truth[step])
         rows.append(
             {"step": step}

@@ -134,7 +134,8 @@ def not_computed(title: str, setting: str) -> ReportSection:
 
 
 GROUND_TRUTH_TITLE = "Ground truth: is the rewiring an artefact of attribution error?"
-AGREEMENT_LABELS = {"pearson": "Pearson", "spearman": "Spearman", "top_overlap": "top-5% overlap"}
+AGREEMENT_LABELS = {"pearson": "Pearson", "spearman": "Spearman", "abs_spearman": "Spearman of |score|",
+                    "top_overlap": "top-5% overlap"}  # fmt: skip
 REWIRING_GAP = 0.1  # exact circuits "keep nodes, rewire edges" when node Jaccard beats edge Jaccard by this
 
 
@@ -160,8 +161,9 @@ def ground_truth_section(outputs: StudyOutputs, headline: dict) -> ReportSection
         f"{h['node_jaccard_final_vs_base']:.3f}, {h['edge_jaccard_final_vs_base']:.3f}): {verdict} (node "
         f"minus edge Jaccard at least {REWIRING_GAP})."
     )
-    columns = ["step", "truth_pearson", "truth_spearman", "truth_top_overlap", "node_jaccard_base",
-               "exact_node_jaccard_base", "edge_jaccard_base", "exact_edge_jaccard_base"]  # fmt: skip
+    columns = ["step", "truth_pearson", "truth_spearman", "truth_abs_spearman", "truth_top_overlap",
+               "node_jaccard_base", "exact_node_jaccard_base", "edge_jaccard_base",
+               "exact_edge_jaccard_base"]  # fmt: skip
     return ReportSection(
         title=GROUND_TRUTH_TITLE, text=text,
         figures=[Figure(path=outputs.analysis / "ground_truth.png", caption="Left: the method's edge scores "
