@@ -1,10 +1,13 @@
 """Circuit dynamics of a fine-tuning run: similarity over steps, layer edge change, robustness, figures.
 
     python -m jobs.analyze --run runs/finetune-tiny [--set analysis.critical_k=3] [--run ANOTHER ...]
+                           [--set ground_truth=true]
 
 Reads the circuits of ``python -m jobs.circuits --run`` (same ``--set`` circuit settings) and writes
 parquet tables and PNG figures to ``<circuits>/analysis``; with several runs (e.g. seeds), each is
-analysed, then every headline number is summarised as mean ± std over them in ``--out``.
+analysed, then every headline number is summarised as mean ± std over them in ``--out``. With
+``ground_truth=true`` it also reads the exact circuits ``jobs.circuits --run ... --set ground_truth=true``
+found and adds the method's agreement with them to the similarity table, the headline and a figure.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 python -m jobs.circuits --model tiny --data runs/pipeline/data/addsub-100 [--set discovery.budget=0.05]
 python -m jobs.circuits --run runs/finetune-tiny [--set actors.count=2 --set robustness.enabled=false]
+                        [--set ground_truth=true]  (also every checkpoint's exact circuit: slow)
 """
 
 from __future__ import annotations

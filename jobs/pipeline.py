@@ -8,6 +8,8 @@ With no arguments it runs the embedded default (the shipped tiny model, a local 
 MLflow in ``<out>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another store). One LoRA run (the
 comparison's ``dynamics_arm``) gives both the accuracy after fine-tuning and the checkpoints whose circuits
 are studied, and is CircuitLoRA's reference run. Every stage is cached: a rerun skips what is done.
+``--set circuits.ground_truth=true`` also finds every checkpoint's circuit by exact patching (slow) and
+adds the method's agreement with it to the analysis and the report (is the rewiring an artefact?).
 
 The console shows the stage headers, one progress bar per long stage, the result tables and where the
 report and MLflow store are; everything else (Ray's workers, libraries' logs) goes to ``<out>/logs/``

@@ -17,7 +17,15 @@ from ftcircuits.config.pipeline import PipelineConfig
 from ftcircuits.integrity import DamagedFileError, check_png
 from ftcircuits.run_layout import finetune_rebuild, run_config_path
 from ftcircuits.study.accuracy import cached_accuracy
-from ftcircuits.study.report import StudyOutputs, render_study_report, report_rebuild
+from ftcircuits.study.ground_truth import ground_truth_headline
+from ftcircuits.study.report import (
+    GROUND_TRUTH_TITLE,
+    StudyOutputs,
+    ground_truth_section,
+    not_computed,
+    render_study_report,
+    report_rebuild,
+)
 from jobs import pipeline as pipeline_job
 
 
@@ -174,3 +182,37 @@ def test_a_damaged_accuracy_cache_is_named_and_recomputed(tmp_path, capsys, dama
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"warning: {path}: ") and line.endswith("; to rebuild it: recomputed now")
     assert json.loads(path.read_text()) == {"key": key, "accuracy": {"addsub-100": 0.5}}  # and rewritten
+
+
+GROUND_TRUTH_SIMILARITY = pl.DataFrame({
+    "step": [0, 100, 200], "node_jaccard_base": [1.0, 0.6, 0.5], "edge_jaccard_base": [1.0, 0.2, 0.125],
+    "truth_pearson": [0.75, 0.5, 0.25], "truth_spearman": [0.5, 0.5, 0.25],
+    "truth_abs_spearman": [0.875, 0.75, 0.5], "truth_top_overlap": [0.5, 0.25, 0.0],
+    "exact_node_jaccard_base": [1.0, 0.75, 0.625], "exact_edge_jaccard_base": [1.0, 0.25, 0.125],
+})  # fmt: skip
+"""The analysis' similarity table with the ground-truth columns (``analysis --set ground_truth=true``)."""
+
+
+def test_the_report_states_the_agreement_and_the_verdict(outputs, tmp_path):
+    GROUND_TRUTH_SIMILARITY.write_parquet(outputs.analysis / "similarity.parquet")
+    headline = json.loads((outputs.analysis / "headline.json").read_text())
+    headline |= ground_truth_headline(GROUND_TRUTH_SIMILARITY)
+    section = ground_truth_section(outputs, headline)
+    assert section.title == GROUND_TRUTH_TITLE
+    assert (
+        "Pearson 0.750 -> 0.250; Spearman 0.500 -> 0.250; Spearman of |score| 0.875 -> 0.500; top-5% "
+        "overlap 0.500 -> 0.000"
+    ) in section.text
+    assert "node Jaccard 0.625, edge Jaccard 0.125" in section.text
+    assert "the exact circuits keep their nodes and rewire their edges too" in section.text
+    assert [figure.path.name for figure in section.figures] == ["ground_truth.png"]
+    (outputs.analysis / "headline.json").write_text(json.dumps(headline))
+    png(outputs.analysis / "ground_truth.png")
+    report = render_study_report(outputs, tmp_path / "report.html")
+    assert report.read_text().count("<img") == len(ANALYSIS_FIGURES) + 3  # and the ground truth's
+
+
+def test_the_report_without_ground_truth_says_so(outputs):
+    headline = json.loads((outputs.analysis / "headline.json").read_text())
+    section = ground_truth_section(outputs, headline)
+    assert section == not_computed(GROUND_TRUTH_TITLE, "circuits.ground_truth=false")

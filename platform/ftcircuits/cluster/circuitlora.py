@@ -52,14 +52,16 @@ def reference_circuits(
     rebuild: bool = False,
 ) -> ReferenceCircuits:
     """Return the reference run (fine-tuned now from ``reference_preset`` unless given) and its checkpoints'
-    circuits under ``settings`` (computed on Ray unless already on disk; no robustness circuits)."""
+    circuits under ``settings`` (computed on Ray unless already on disk; no robustness or ground-truth
+    circuits)."""
     run = Path(reference_run or reference_preset.out).resolve()
     if reference_preset is not None:
         say(f"== reference run: fine-tuning into {run}")
         finetune(reference_preset)
     robustness = settings.robustness.model_copy(update={"enabled": False})
     say(f"== circuits of every checkpoint of {run}")
-    found = run_circuits(run, settings.model_copy(update={"robustness": robustness}), rebuild)
+    plain = settings.model_copy(update={"robustness": robustness, "ground_truth": False})  # nor exact ones
+    found = run_circuits(run, plain, rebuild)
     say(f"{found.computed} circuits computed: {found.directory}")
     return ReferenceCircuits(run, found.directory)
 

@@ -3,7 +3,7 @@ on Ray actors, cached on disk by what shapes them, tracked in MLflow (experiment
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +18,7 @@ from ftcircuits.study.over_run import (
     check_unit_data,
     circuits_dir,
     finished_circuit,
+    ground_truth_settings,
     run_inputs,
     run_units,
 )
@@ -26,18 +27,23 @@ from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 @dataclass(frozen=True)
 class RunCircuits:
-    """A run's circuits: where they are, one summary row per unit, and how many were computed now."""
+    """A run's circuits: where they are, one summary row per unit, and how many were computed now; with
+    ``ground_truth``, its checkpoints' exact circuits the same way."""
 
     directory: Path
     summary: pl.DataFrame = field(repr=False)  # key, model, step, ratio and every metric
     computed: int
+    ground_truth: RunCircuits | None = None
 
     def describe(self) -> str:
         """Return the summary table and counts a person reads at the end of the stage."""
         with result_tables(tbl_width_chars=200, fmt_str_lengths=40):
             table = str(self.summary)
         done = self.summary.height - self.computed
-        return f"{table}\n{self.computed} circuits computed, {done} already on disk: {self.directory}"
+        text = f"{table}\n{self.computed} circuits computed, {done} already on disk: {self.directory}"
+        if self.ground_truth is not None:
+            text += f"\nground truth (exact patching) of every checkpoint:\n{self.ground_truth.describe()}"
+        return text
 
 
 def circuits_logger(run: Path, settings: CircuitRunSettings, inputs: RunInputs) -> RunLogger:
@@ -51,36 +57,54 @@ def circuits_logger(run: Path, settings: CircuitRunSettings, inputs: RunInputs) 
     return RunLogger(uri, run_id)
 
 
+def ground_truth_of(settings: CircuitRunSettings) -> CircuitRunSettings | None:
+    """Return the settings of the exact circuits ``settings`` asks for besides its own (``ground_truth``),
+    or None: not asked, or the method is exact already (its circuits are the ground truth)."""
+    if not settings.ground_truth or settings.discovery.method == "exact":
+        return None
+    return ground_truth_settings(settings)
+
+
 def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False) -> RunCircuits:
     """Discover the circuits of ``run`` under ``settings`` that are not on disk yet, on Ray actors (joining
     or starting the cluster: ``cluster.connection.connect``), with progress; log every checkpoint's
-    metrics to MLflow. Bad runs, datasets and units are refused before Ray starts; ClusterError when the
-    cluster cannot hold the outputs. A damaged circuit on disk raises DamagedFileError naming it, or with
-    ``rebuild`` is redone (only it, with those not on disk)."""
+    metrics to MLflow. With ``ground_truth``, then every checkpoint's exact circuit the same way, in its own
+    directory (``over_run.ground_truth_settings``; metrics logged as ``exact_<metric>``). Bad runs, datasets
+    and units are refused before Ray starts; ClusterError when the cluster cannot hold the outputs. A
+    damaged circuit on disk raises DamagedFileError naming it, or with ``rebuild`` is redone (only it,
+    with those not on disk)."""
     inputs = run_inputs(run)
     robustness = settings.robustness
     training = robustness.enabled and "briefly-trained" in robustness.baselines
     with progress(robustness.brief_steps, "briefly-trained baseline", "step", disable=not training) as brief:
         units = run_units(run, settings, inputs, lambda step, loss: brief.update())
+    truth = ground_truth_of(settings)
+    stages = [(settings, units)] + ([(truth, run_units(run, truth, inputs))] if truth else [])
     check_unit_data(inputs.data, units, settings.discovery.split)  # damaged inputs stop it before Ray starts
-    out = circuits_dir(run, settings, inputs)
-    for unit in units:  # a damaged circuit on disk: DamagedFileError now, or with rebuild removed (redone)
-        finished_circuit(out, unit, rebuild)
+    for stage, stage_units in stages:  # a damaged circuit on disk: DamagedFileError now, or with rebuild
+        out = circuits_dir(run, stage, inputs)  # removed (redone)
+        for unit in stage_units:
+            finished_circuit(out, unit, rebuild)
     connect()
     check_shared_outputs(run)
     logger = circuits_logger(run, settings, inputs)
-    bar = progress(len(units), "circuits", "circuit")
+    bar = progress(sum(len(stage_units) for _, stage_units in stages), "circuits", "circuit")
+    found = []
+    for stage, stage_units in stages:
+        prefix = "exact_" if stage is truth else ""
 
-    def on_result(row: dict) -> None:
-        bar.set_postfix_str(f"{row['key']} faithfulness {row['faithfulness']:.2f}", refresh=False)
-        bar.update(1)
-        if row["step"] is not None:
-            for name in METRICS:
-                logger.metric(name, row[name], step=row["step"])
+        def on_result(row: dict, prefix: str = prefix) -> None:
+            label = f"{prefix.replace('_', ' ')}{row['key']}"
+            bar.set_postfix_str(f"{label} faithfulness {row['faithfulness']:.2f}", refresh=False)
+            bar.update(1)
+            if row["step"] is not None:
+                for name in METRICS:
+                    logger.metric(f"{prefix}{name}", row[name], step=row["step"])
 
-    out, rows, computed = circuits_over_run(run, settings, on_result, units, rebuild)
+        out, rows, computed = circuits_over_run(run, stage, on_result, stage_units, rebuild)
+        logger.artifact(out, f"{prefix}circuits")
+        summary = pl.DataFrame(rows).select("key", "model", "step", "ratio", *METRICS)
+        found.append(RunCircuits(out, summary, computed))
     bar.close()
-    logger.artifact(out, "circuits")
     logger.finish()
-    summary = pl.DataFrame(rows).select("key", "model", "step", "ratio", *METRICS)
-    return RunCircuits(out, summary, computed)
+    return found[0] if len(found) == 1 else replace(found[0], ground_truth=found[1])

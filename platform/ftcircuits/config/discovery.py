@@ -80,6 +80,12 @@ class CircuitRunSettings(Strict):
     discovery: DiscoverySettings = DiscoverySettings(examples=256, curve=True)
     robustness: RobustnessSettings = RobustnessSettings()
     actors: ActorSettings = ActorSettings()
+    ground_truth: bool = Field(
+        False,
+        description="also every checkpoint's circuit by exact patching (method=exact: each edge patched on "
+        "its own, slow), cached apart, so the analysis measures the method's agreement with it; changes "
+        "no circuit of the method (not in its cache key)",
+    )
 
     @model_validator(mode="after")
     def _robustness_needs_the_circuit_split(self) -> CircuitRunSettings:

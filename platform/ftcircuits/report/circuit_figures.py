@@ -66,6 +66,33 @@ def similarity_over_steps(similarity: pl.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def ground_truth_agreement(similarity: pl.DataFrame, path: Path) -> Path:
+    """Plot, per step, the method's agreement with exact patching (Pearson, Spearman of scores and of
+    |scores|, top-5% overlap; left) and the node/edge Jaccard vs base of the method's circuits (solid)
+    and the exact ones (dashed; right), from the analysis' similarity table with its ground-truth
+    columns."""
+    df = similarity.sort("step")
+    steps = _floats(df, "step")
+    fig, (agree, jaccard) = plt.subplots(1, 2, figsize=(10, 4))
+    for column, label, color in (("truth_pearson", "Pearson", "tab:purple"),
+                                 ("truth_spearman", "Spearman", "tab:green"),
+                                 ("truth_abs_spearman", "Spearman of |score|", "tab:olive"),
+                                 ("truth_top_overlap", "top-5% overlap", "tab:red")):  # fmt: skip
+        agree.plot(steps, _floats(df, column), "-", color=color, marker="o", markersize=3, label=label)
+    agree.set_title("method's edge scores vs exact patching")
+    for kind, color in (("node", "tab:blue"), ("edge", "tab:orange")):
+        for prefix, style, who in (("", "-", "method"), ("exact_", "--", "exact")):
+            jaccard.plot(steps, _floats(df, f"{prefix}{kind}_jaccard_base"), style, color=color, marker="o",
+                         markersize=3, label=f"{kind} Jaccard vs base ({who})")  # fmt: skip
+    jaccard.set_title("circuits vs the base circuit: method and exact")
+    for ax in (agree, jaccard):
+        ax.set_ylim(min(0.0, np.nanmin(ax.get_ylim())), 1.02)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def layer_score_bars(
     scores: pl.DataFrame,
     path: Path,

@@ -17,8 +17,8 @@ from ftcircuits.models.loader import model_skeleton
 from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
 from ftcircuits.run_layout import ANALYSIS_DIR
-from ftcircuits.study import dynamics
-from ftcircuits.study.over_run import circuits_dir, run_inputs
+from ftcircuits.study import dynamics, ground_truth
+from ftcircuits.study.over_run import circuits_dir, ground_truth_settings, run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -36,9 +36,11 @@ class RunAnalysis:
         parts = []
         with result_tables(tbl_width_chars=200):
             columns = ("node_jaccard_base", "edge_jaccard_base", "node_jaccard_prev", "edge_jaccard_prev")
-            parts.append(str(self.tables["similarity"].select(
-                "step", *columns, "abs_score_spearman_base", "accuracy"
-            )))  # fmt: skip
+            similarity = self.tables["similarity"]
+            parts.append(str(similarity.select("step", *columns, "abs_score_spearman_base", "accuracy")))
+            if "truth_pearson" in similarity.columns:
+                exact = ("exact_node_jaccard_base", "exact_edge_jaccard_base", "exact_faithfulness")
+                parts.append(str(similarity.select("step", pl.col("^truth_.*$"), *exact)))
             if "robustness" in self.tables:
                 parts.append(
                     str(self.tables["robustness"].pivot("model", index="ratio", values="edge_jaccard"))
@@ -88,14 +90,22 @@ def analysis_dir(run: Path, settings: CircuitRunSettings) -> Path:
 
 
 def dynamics_tables(
-    out: Path, settings: CircuitRunSettings, analysis: AnalysisSettings, layers: int, graph: Graph
-) -> tuple[dict[str, pl.DataFrame], int, int]:
-    """Return the dynamics tables of the circuits in ``out``, and the first and last checkpoint steps."""
+    out: Path, settings: CircuitRunSettings, analysis: AnalysisSettings, layers: int, graph: Graph,
+    truth: Path | None = None,
+) -> tuple[dict[str, pl.DataFrame], int, int]:  # fmt: skip
+    """Return the dynamics tables of the circuits in ``out``, and the first and last checkpoint steps; with
+    ``truth`` (the exact circuits' directory) the similarity table has the ground-truth columns
+    (``study.ground_truth``)."""
     summary = dynamics.read_summary(out)
     circuits = dynamics.checkpoint_circuits(out, summary)
     (first_step, base), (last_step, final) = circuits[0], circuits[-1]
+    similarity = dynamics.similarity_over_steps(circuits, summary)
+    if truth is not None:
+        exact, faithfulness = ground_truth.exact_checkpoint_circuits(truth, [step for step, _ in circuits])
+        agreement = ground_truth.agreement_over_steps(circuits, exact).join(faithfulness, on="step")
+        similarity = similarity.join(agreement, on="step", how="left")
     tables = {
-        "similarity": dynamics.similarity_over_steps(circuits, summary),
+        "similarity": similarity,
         "layer_scores": dynamics.layer_change(base, final, layers, analysis.critical_count(layers)),
         "edge_changes": dynamics.changed_circuit_edges(base, final),
         "similarity_by_budget": dynamics.similarity_by_budget(base, final, graph),
@@ -127,6 +137,8 @@ def dynamics_figures(
         labelled = tables["faithfulness_by_budget"].with_columns(circuit=pl.format("step {}", "step"))
         plots.append(figures.faithfulness_by_budget(labelled, analysis / "faithfulness_by_checkpoint.png",
                                                     "every checkpoint's circuit"))  # fmt: skip
+    if "truth_pearson" in tables["similarity"].columns:
+        plots.append(figures.ground_truth_agreement(tables["similarity"], analysis / "ground_truth.png"))
     if "robustness" in tables:
         plots.append(figures.robustness_curves(tables["robustness"], analysis / "robustness.png"))
     return plots
@@ -138,8 +150,9 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
     inputs = run_inputs(run)
     out = circuits_dir(run, settings, inputs)
     architecture = model_skeleton(inputs.base_model)[1]  # shapes only: no weights are read
+    truth = circuits_dir(run, ground_truth_settings(settings), inputs) if settings.ground_truth else None
     tables, first_step, last_step = dynamics_tables(
-        out, settings, analysis, architecture.layers, Graph.of(architecture)
+        out, settings, analysis, architecture.layers, Graph.of(architecture), truth
     )
     directory = out / ANALYSIS_DIR
     directory.mkdir(exist_ok=True)
@@ -149,6 +162,8 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
     plots = dynamics_figures(tables, directory, architecture.layers, architecture.heads,
                              f"step {first_step} -> {last_step}")  # fmt: skip
     headline = dynamics.headline_numbers(tables)
+    if truth is not None:
+        headline |= ground_truth.ground_truth_headline(tables["similarity"])
     with atomic_file(directory / dynamics.HEADLINE_FILE) as tmp:
         tmp.write_text(json.dumps(headline, indent=1))
     params = settings.model_dump(mode="json") | {

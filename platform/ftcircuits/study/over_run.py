@@ -31,7 +31,7 @@ from ftcircuits.circuits.io import (
     write_circuit,
 )
 from ftcircuits.circuits.settings import DiscoverySettings
-from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.config.discovery import CircuitRunSettings, RobustnessSettings
 from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import ModelSourceError, check_model_files, load_model, resolve_model_source
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
@@ -102,13 +102,27 @@ def circuit_key(settings: CircuitRunSettings) -> dict:
     """Return every setting that changes the circuit of some unit of a run: the whole discovery, and the
     baselines' seed and the briefly-trained baseline's training steps. Left out, because they only choose
     which units exist (each unit's key names what it is of): ``robustness.enabled``, ``baselines`` and
-    ``ratios``; and how the work is spread (``actors``), which changes no circuit."""
+    ``ratios``; how the work is spread (``actors``), which changes no circuit; and ``ground_truth``, whose
+    exact circuits are cached apart (``ground_truth_settings``)."""
     robustness = settings.robustness
     return {
         "discovery": settings.discovery.model_dump(mode="json"),
         "random_seed": robustness.random_seed,
         "brief_steps": robustness.brief_steps,
     }
+
+
+def ground_truth_settings(settings: CircuitRunSettings) -> CircuitRunSettings:
+    """Return the settings of a run's ground-truth circuits: ``settings``' discovery (items, sample,
+    intervention, metric, batch, selection, budget, curve) with ``method="exact"``, of every checkpoint and
+    no robustness unit, so they live in a ``<run>/circuits/<hash>`` of their own; ``settings`` itself when
+    its method is exact already (its circuits are their own ground truth)."""
+    if settings.discovery.method == "exact":
+        return settings
+    discovery = DiscoverySettings(**{**settings.discovery.model_dump(), "method": "exact"})
+    return CircuitRunSettings(
+        discovery=discovery, robustness=RobustnessSettings(enabled=False), actors=settings.actors
+    )
 
 
 def settings_hash(settings: CircuitRunSettings, inputs: RunInputs) -> str:

@@ -133,6 +133,47 @@ def not_computed(title: str, setting: str) -> ReportSection:
     return ReportSection(title=title, text=f"Not computed in this study ({setting}).")
 
 
+GROUND_TRUTH_TITLE = "Ground truth: is the rewiring an artefact of attribution error?"
+AGREEMENT_LABELS = {"pearson": "Pearson", "spearman": "Spearman", "abs_spearman": "Spearman of |score|",
+                    "top_overlap": "top-5% overlap"}  # fmt: skip
+REWIRING_GAP = 0.1  # exact circuits "keep nodes, rewire edges" when node Jaccard beats edge Jaccard by this
+
+
+def ground_truth_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
+    similarity = analysis_table(outputs, "similarity")
+    if "truth_pearson" not in similarity.columns or "exact_edge_jaccard_final_vs_base" not in headline:
+        return not_computed(GROUND_TRUTH_TITLE, "circuits.ground_truth=false")
+    h = headline
+    node, edge = h["exact_node_jaccard_final_vs_base"], h["exact_edge_jaccard_final_vs_base"]
+    verdict = (
+        "the exact circuits keep their nodes and rewire their edges too, so the headline is not an artefact "
+        "of attribution error" if node - edge >= REWIRING_GAP else
+        "the exact circuits do not show the headline's pattern, so it may be an artefact of attribution error"
+    )  # fmt: skip
+    agreement = "; ".join(
+        f"{label} {h[f'truth_{key}_at_base']:.3f} -> {h[f'truth_{key}_at_final']:.3f}"
+        for key, label in AGREEMENT_LABELS.items()
+    )
+    text = (
+        "Every checkpoint's circuit also found by exact patching (each edge patched on its own). The "
+        f"method's edge scores against the exact ones, base -> final checkpoint: {agreement}. Exact "
+        f"circuits, final vs base: node Jaccard {node:.3f}, edge Jaccard {edge:.3f} (the method's: "
+        f"{h['node_jaccard_final_vs_base']:.3f}, {h['edge_jaccard_final_vs_base']:.3f}): {verdict} (node "
+        f"minus edge Jaccard at least {REWIRING_GAP})."
+    )
+    columns = ["step", "truth_pearson", "truth_spearman", "truth_abs_spearman", "truth_top_overlap",
+               "node_jaccard_base", "exact_node_jaccard_base", "edge_jaccard_base",
+               "exact_edge_jaccard_base"]  # fmt: skip
+    return ReportSection(
+        title=GROUND_TRUTH_TITLE, text=text,
+        figures=[Figure(path=outputs.analysis / "ground_truth.png", caption="Left: the method's edge scores "
+                        "against exact patching's per checkpoint. Right: Jaccard against the base circuit, "
+                        "the method's circuits (solid) and the exact ones (dashed).")],
+        tables=[Table(rows=similarity.select(columns),
+                      caption="Agreement with exact patching, and Jaccard vs base of both circuits.")],
+    )  # fmt: skip
+
+
 def faithfulness_section(outputs: StudyOutputs) -> ReportSection:
     if not (outputs.analysis / "smallest_faithful_budget.parquet").is_file():
         return not_computed("Faithfulness against budget", "discovery.curve=false")
@@ -249,7 +290,8 @@ def render_study_report(outputs: StudyOutputs, out: Path) -> Path:
         title="How fine-tuning rewires circuits",
         subtitle=f"{record['model']}, {record['method']['name']} on {record['task']['name']}",
         sections=[accuracy_section(outputs), similarity_section(outputs, headline),
-                  faithfulness_section(outputs), robustness_section(outputs),
+                  ground_truth_section(outputs, headline), faithfulness_section(outputs),
+                  robustness_section(outputs),
                   critical_section(outputs, headline), methods_section(outputs)],
         appendix=appendix(outputs),
     )  # fmt: skip
