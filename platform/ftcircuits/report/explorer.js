@@ -170,10 +170,12 @@
       }
       ctx.stroke();
     };
-    for (const [width, list] of halos) path(list, WIDTHS[width] + 2.5, `rgba(${COLOURS.added},0.3)`);
+    // thousands of edges: thinner and fainter, so that the dense parts stay readable
+    const density = Math.min(1, Math.sqrt(1500 / Math.max(1, lines.edges.length)));
+    for (const [width, list] of halos) path(list, density * WIDTHS[width] + 2.5, `rgba(${COLOURS.added},0.3)`);
     for (const [key, list] of buckets) {
-      const sign = key.slice(0, 3), w = WIDTHS[Number(key.slice(3))];
-      path(list, w, `rgba(${COLOURS[sign]},${0.35 + 0.12 * Number(key.slice(3))})`);
+      const level = Number(key.slice(3)), alpha = (0.35 + 0.12 * level) * Math.max(0.35, density);
+      path(list, Math.max(0.4, density * WIDTHS[level]), `rgba(${COLOURS[key.slice(0, 3)]},${alpha.toFixed(3)})`);
     }
     const sel = state.selection;
     if (sel && sel.edge !== undefined && !state.aggregate) path([sel.edge], 3, "rgba(0,0,0,0.9)");

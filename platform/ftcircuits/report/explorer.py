@@ -67,13 +67,14 @@ class ExplorerData:
         if len(self.node_layer) != n_nodes or len(self.node_head) != n_nodes:
             raise ValueError("node_layer and node_head must have one entry per node name")
         if self.budget not in self.budgets:
-            raise ValueError(f"the circuit files' budget {self.budget} is not among the budgets {self.budgets}")
+            raise ValueError(f"the circuit files' budget {self.budget} is not among {self.budgets}")
         if not any(s.step is not None for s in self.snapshots):
             raise ValueError("the explorer needs at least one checkpoint snapshot (with a step)")
         for snap in self.snapshots:
             if len(snap.scores) != n_edges or len(snap.node_scores) != n_nodes:
-                raise ValueError(f"snapshot {snap.label}: scores of {len(snap.scores)} edges and "
-                                 f"{len(snap.node_scores)} nodes, the graph has {n_edges} and {n_nodes}")  # fmt: skip
+                sizes = f"{len(snap.scores)} edges and {len(snap.node_scores)} nodes"
+                graph = f"{n_edges} and {n_nodes}"
+                raise ValueError(f"snapshot {snap.label}: scores of {sizes}, the graph has {graph}")
             if sorted(snap.circuits) != sorted(self.budgets):
                 raise ValueError(f"snapshot {snap.label}: circuits at {sorted(snap.circuits)}, "
                                  f"budgets are {self.budgets}")  # fmt: skip
