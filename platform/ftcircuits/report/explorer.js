@@ -85,7 +85,8 @@
 
   // ---- drawing ----------------------------------------------------------------------------------------
   const COLOURS = { pos: "31,95,191", neg: "192,57,43", added: "21,160,74", removed: "230,126,34" };
-  const WIDTHS = [0.4, 0.8, 1.3, 2, 3, 4.5];
+  const WIDTHS = [0.6, 1, 1.5, 2, 3, 4.5];
+  const WIDE_LIMIT = 600, WIDE_WHEN_MANY = 200, CHUNK = 32;
   const views = { a: $("view-a"), b: $("view-b") };
   const geometry = {};
 
@@ -127,55 +128,79 @@
     const g = layout(width, height);
     geometry[name] = { ...g, si };
     const bi = state.budget, snap = snaps[si];
-    drawCritical(ctx, g);
-    drawRowLabels(ctx, g);
-
     const inRef = ref >= 0 ? members(ref, bi) : null, inShown = members(si, bi);
     const point = (n, part) => [g.x[n] + PART_SHIFT[part], g.y[n] + (part ? 3 : 0)];
-    let removed = 0;
-    if (inRef) { // edges of the compared circuit that this one lacks: thin dashes
-      ctx.save();
-      ctx.setLineDash([3, 3]); ctx.lineWidth = 1; ctx.strokeStyle = `rgba(${COLOURS.removed},0.7)`;
-      ctx.beginPath();
-      for (const e of snaps[ref].circuits[bi]) {
-        if (inShown[e]) continue;
-        removed++;
-        const [x0, y0] = point(nodeOf(SRC[e]), 0), [x1, y1] = point(nodeOf(DST[e]), PART[e]);
-        ctx.moveTo(x0, y0); ctx.lineTo(x1, y1);
-      }
-      ctx.stroke();
-      ctx.restore();
-    }
+    // A software-rendered canvas spends ~200 ms of CPU on thousands of long anti-aliased strokes, and far
+    // more on wide strokes in one long path. So beyond WIDE_LIMIT edges, the strongest WIDE_WHEN_MANY get
+    // widths (in short paths) and the rest are 1-pixel lines rasterised here into an image, shaded by |score|.
     const lines = edgeLines(si, bi);
     const top = state.aggregate ? Math.max(1e-12, ...lines.edges.map((k) => Math.abs(lines.value(k)))) : scale(bi);
-    const buckets = new Map(), halos = new Map();
-    let added = 0;
-    for (const e of lines.edges) {
-      const value = lines.value(e), width = widthBucket(value, top);
-      const key = `${value >= 0 ? "pos" : "neg"}${width}`;
-      if (!buckets.has(key)) buckets.set(key, []);
-      buckets.get(key).push(e);
-      if (!state.aggregate && inRef && !inRef[e]) {
-        if (!halos.has(width)) halos.set(width, []);
-        halos.get(width).push(e);
-        added++;
+    const many = lines.edges.length > WIDE_LIMIT;
+    const layer = many ? pixelLayer(canvas) : null;
+    if (layer) criticalRows(layer, g, ratio); else drawCritical(ctx, g);
+    const path = (list, w, style, dash) => {
+      ctx.lineWidth = w; ctx.strokeStyle = style; ctx.setLineDash(dash || []);
+      for (let i = 0; i < list.length; i += CHUNK) {
+        ctx.beginPath();
+        for (const e of list.slice(i, i + CHUNK)) {
+          const [s, d, part] = lines.ends(e);
+          const [x0, y0] = point(nodeOf(s), 0), [x1, y1] = point(nodeOf(d), part);
+          ctx.moveTo(x0, y0); ctx.lineTo(x1, y1);
+        }
+        ctx.stroke();
       }
-    }
-    const path = (list, w, style) => {
-      ctx.lineWidth = w; ctx.strokeStyle = style; ctx.beginPath();
+      ctx.setLineDash([]);
+    };
+    const hairlines = (list, colour, alpha) => {
+      if (!layer) { path(list, 1, `rgba(${colour},${alpha})`); return; }
+      const word = tint(colour, alpha);
       for (const e of list) {
         const [s, d, part] = lines.ends(e);
         const [x0, y0] = point(nodeOf(s), 0), [x1, y1] = point(nodeOf(d), part);
-        ctx.moveTo(x0, y0); ctx.lineTo(x1, y1);
+        plotLine(layer, x0 * ratio, y0 * ratio, x1 * ratio, y1 * ratio, word);
       }
-      ctx.stroke();
     };
-    // thousands of edges: thinner and fainter, so that the dense parts stay readable
-    const density = Math.min(1, Math.sqrt(1500 / Math.max(1, lines.edges.length)));
-    for (const [width, list] of halos) path(list, density * WIDTHS[width] + 2.5, `rgba(${COLOURS.added},0.3)`);
-    for (const [key, list] of buckets) {
-      const level = Number(key.slice(3)), alpha = (0.35 + 0.12 * level) * Math.max(0.35, density);
-      path(list, Math.max(0.4, density * WIDTHS[level]), `rgba(${COLOURS[key.slice(0, 3)]},${alpha.toFixed(3)})`);
+    let gone = [];
+    if (inRef && !state.aggregate) { // edges of the compared circuit that this one lacks: dashed, or
+      // with many edges an orange mark at their middle (drawn with the added ones' marks below)
+      gone = Array.from(snaps[ref].circuits[bi]).filter((e) => !inShown[e]);
+      if (!many) path(gone, 1, `rgba(${COLOURS.removed},0.75)`, [3, 3]);
+    }
+    const removed = gone.length;
+    let threshold = 0;
+    if (many) {
+      const magnitudes = Float32Array.from(lines.edges, (e) => Math.abs(lines.value(e))).sort();
+      threshold = magnitudes[magnitudes.length - WIDE_WHEN_MANY];
+    }
+    const buckets = new Map(), addedList = [];
+    for (const e of lines.edges) {
+      const value = lines.value(e), strong = Math.abs(value) >= threshold;
+      const level = strong ? widthBucket(value, top) : Math.min(2, Math.floor(3 * Math.sqrt(Math.abs(value) / threshold)));
+      const key = `${value >= 0 ? "pos" : "neg"}${strong ? "w" : "h"}${level}`;
+      if (!buckets.has(key)) buckets.set(key, []);
+      buckets.get(key).push(e);
+      if (!state.aggregate && inRef && !inRef[e]) addedList.push(e);
+    }
+    const added = addedList.length;
+    const order = Array.from(buckets.keys()).sort((a, b) => (a[3] === b[3] ? a[4] - b[4] : a[3] === "h" ? -1 : 1));
+    for (const key of order.filter((k) => k[3] === "h")) {
+      hairlines(buckets.get(key), COLOURS[key.slice(0, 3)], 0.12 + 0.14 * Number(key[4]));
+    }
+    if (layer) ctx.putImageData(layer.image, 0, 0);
+    drawRowLabels(ctx, g);
+    if (!many) path(addedList, 3.5, `rgba(${COLOURS.added},0.25)`); // a halo under each added edge
+    for (const key of order.filter((k) => k[3] === "w")) {
+      const level = Number(key[4]);
+      path(buckets.get(key), WIDTHS[level], `rgba(${COLOURS[key.slice(0, 3)]},${(0.4 + 0.1 * level).toFixed(2)})`);
+    }
+    if (many) { // thousands: a mark at the middle of each added (green) and removed (orange) edge
+      for (const [list, colour] of [[gone, COLOURS.removed], [addedList, COLOURS.added]]) {
+        ctx.fillStyle = `rgb(${colour})`;
+        for (const e of list) {
+          const [x0, y0] = point(SRC[e], 0), [x1, y1] = point(DST[e], PART[e]);
+          ctx.fillRect((x0 + x1) / 2 - 1.5, (y0 + y1) / 2 - 1.5, 3, 3);
+        }
+      }
     }
     const sel = state.selection;
     if (sel && sel.edge !== undefined && !state.aggregate) path([sel.edge], 3, "rgba(0,0,0,0.9)");
@@ -186,6 +211,45 @@
     figure.querySelector("figcaption").textContent = caption;
     canvas.dataset.drawnEdges = String(snap.circuits[bi].length);
     return { drawn: snap.circuits[bi].length, lines: lines.edges.length, added, removed };
+  }
+
+  // ---- 1-pixel lines into an image buffer (many edges) ------------------------------------------------
+  function pixelLayer(canvas) {
+    const w = canvas.width, h = canvas.height;
+    if (!canvas.layer || canvas.layer.width !== w || canvas.layer.height !== h) {
+      const image = new ImageData(w, h);
+      canvas.layer = { image, words: new Uint32Array(image.data.buffer), width: w, height: h };
+    }
+    canvas.layer.words.fill(0xffffffff); // white, opaque (RGBA bytes, little-endian words)
+    return canvas.layer;
+  }
+
+  function criticalRows(layer, g, ratio) {
+    if (!state.critical) return;
+    const [rule, variant] = state.critical.split("|");
+    const band = 0xff000000 | (209 << 16) | (245 << 8) | 255; // rgba(255,196,0,0.18) over white
+    for (const l of ((D.critical[rule] || {})[variant]) || []) {
+      const top = Math.max(0, Math.round((g.height - PAD.bottom - (2 * l + 2.5) * g.span) * ratio));
+      const bottom = Math.min(layer.height, Math.round(top + 2 * g.span * ratio));
+      layer.words.fill(band, top * layer.width, bottom * layer.width);
+    }
+  }
+
+  function plotLine(layer, x0, y0, x1, y1, word) {
+    // a DDA in 16.16 fixed point that sets every pixel it crosses (weak lines first, strong ones over them)
+    const { words, width, height } = layer;
+    const steps = Math.max(1, Math.ceil(Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0))));
+    const sx = Math.round(((x1 - x0) / steps) * 65536), sy = Math.round(((y1 - y0) / steps) * 65536);
+    let x = Math.round(x0 * 65536), y = Math.round(y0 * 65536);
+    for (let k = 0; k <= steps; k++, x += sx, y += sy) {
+      const px = x >> 16, py = y >> 16;
+      if (px >= 0 && py >= 0 && px < width && py < height) words[py * width + px] = word;
+    }
+  }
+
+  function tint(colour, alpha) { // the colour at ``alpha`` over white, as an opaque RGBA word
+    const [r, g, b] = colour.split(",").map((c) => Math.round(Number(c) * alpha + 255 * (1 - alpha)));
+    return 0xff000000 | (b << 16) | (g << 8) | r;
   }
 
   function drawCritical(ctx, g) {
@@ -343,7 +407,7 @@
   }
 
   const api = { ready: false, drawnEdges: 0, drawnEdgesA: null, addedEdges: 0, removedEdges: 0, state,
-                lastRenderMs: 0, renders: 0 };
+                lastRenderMs: 0, renders: 0, forceRaster: false };
 
   function render() {
     const started = performance.now();
@@ -377,6 +441,9 @@
       `${b.drawn.toLocaleString("en")} edges drawn of ${E.toLocaleString("en")} · edge Jaccard vs ` +
       `${snaps[state.reference].label} ${union ? (both / union).toFixed(3) : "–"}` + (extra ? ` · ${extra}` : "");
     renderPanel();
+    if (api.forceRaster) { // benchmarks: rasterise the canvases now, inside the timed handler
+      for (const name of state.side ? ["a", "b"] : ["b"]) views[name].querySelector("canvas").getContext("2d").getImageData(0, 0, 1, 1);
+    }
     api.lastRenderMs = performance.now() - started;
     api.renders++;
   }
@@ -459,6 +526,7 @@
   api.checkpoints = checkpoints.map((si) => snaps[si].step);
   window.explorer = api;
   render();
+  api.readyMs = performance.now(); // since the navigation started
   api.ready = true;
   document.body.dataset.ready = "true";
 })();
