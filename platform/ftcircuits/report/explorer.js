@@ -92,7 +92,7 @@
 
   function canvasSize(figure) {
     const width = Math.max(320, Math.floor(figure.clientWidth || 600));
-    const height = Math.max(360, Math.min(960, ROWS * 22));
+    const height = Math.max(360, Math.min(Math.max(ROWS * 22, 600), window.innerHeight - 170));
     return [width, height];
   }
 
@@ -188,7 +188,12 @@
     }
     if (layer) ctx.putImageData(layer.image, 0, 0);
     drawRowLabels(ctx, g);
-    if (!many) path(addedList, 3.5, `rgba(${COLOURS.added},0.25)`); // a halo under each added edge
+    if (!many) { // a light halo under each added edge, wider than the edge
+      for (let level = 0; level < WIDTHS.length; level++) {
+        const list = addedList.filter((e) => widthBucket(lines.value(e), top) === level);
+        if (list.length) path(list, WIDTHS[level] + 3, `rgba(${COLOURS.added},0.22)`);
+      }
+    }
     for (const key of order.filter((k) => k[3] === "w")) {
       const level = Number(key[4]);
       path(buckets.get(key), WIDTHS[level], `rgba(${COLOURS[key.slice(0, 3)]},${(0.4 + 0.1 * level).toFixed(2)})`);
@@ -511,6 +516,22 @@
   }));
   window.addEventListener("resize", () => render());
 
+  // ---- a view named in the address: #side&step=500&reference=0&budget=0.05&node=m3&critical=top-k|source
+  function openAt(params) {
+    const byStep = (value) => snaps.findIndex((s) => String(s.step) === value || s.label === value);
+    if (params.has("side")) { state.side = true; $("side").checked = true; }
+    if (params.has("aggregate")) { state.aggregate = true; $("aggregate").checked = true; }
+    if (byStep(params.get("step")) >= 0) state.shown = byStep(params.get("step"));
+    if (byStep(params.get("reference")) >= 0) state.reference = byStep(params.get("reference"));
+    const budget = D.budgets.indexOf(Number(params.get("budget")));
+    if (budget >= 0) state.budget = budget;
+    if (NODE.has(params.get("node"))) state.selection = { node: NODE.get(params.get("node")), view: "b" };
+    const critical = params.get("critical");
+    if (critical && Array.from(criticalSelect.options).some((o) => o.value === critical)) {
+      state.critical = critical; criticalSelect.value = critical;
+    }
+  }
+
   // ---- for tests and benchmarks ------------------------------------------------------------------------
   api.nodePoint = (name, view = "b") => {
     const g = geometry[view], i = NODE.get(name);
@@ -525,6 +546,7 @@
   });
   api.checkpoints = checkpoints.map((si) => snaps[si].step);
   window.explorer = api;
+  openAt(new URLSearchParams(location.hash.slice(1)));
   render();
   api.readyMs = performance.now(); // since the navigation started
   api.ready = true;
