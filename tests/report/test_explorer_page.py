@@ -84,6 +84,18 @@ def test_explorer_draws_and_lists_the_circuit_files(explorer_page, browser_ready
         assert len(rows) == expected.height
         assert page.locator("#panel th", has_text="exact").count() == 2  # ground truth beside each score
 
+        row = page.locator("#panel tr.edge-row").first  # an edge: its score and membership at every step
+        source, destination = rows[0]["source"], rows[0]["destination"]
+        row.click()
+        assert page.locator("#panel h2").text_content() == f"{source} → {destination}"
+        steps = page.locator("#panel tr.snapshot-row")
+        cells = [(steps.nth(i).get_attribute("data-score"), steps.nth(i).get_attribute("data-in-circuit"))
+                 for i in range(steps.count())]  # fmt: skip
+        same_edge = (pl.col("source") == source) & (pl.col("destination") == destination)
+        files = [_circuit(out, step).filter(same_edge) for step in STEPS]
+        expected = [(f["score"][0], str(int(f["in_circuit"][0]))) for f in files]
+        assert [(float(score), member) for score, member in cells] == expected
+
         page.check("#side")  # side by side: the base on the left, step 100 on the right
         assert page.evaluate("explorer.drawnEdgesA") == _circuit(out, 0)["in_circuit"].sum()
         assert opened.errors == []

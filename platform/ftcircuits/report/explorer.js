@@ -379,7 +379,8 @@
   function edgePanel(e) {
     const inCircuit = checkpoints.map((c) => members(c, state.budget)[e] === 1);
     const chart = lineChart([{ label: edgeName(e), values: checkpoints.map((c) => snaps[c].scores[e]) }], inCircuit);
-    const rows = snaps.map((s, si) => `<tr data-snapshot="${si}"><td>${esc(s.label)}</td>` +
+    const rows = snaps.map((s, si) => `<tr class="snapshot-row" data-snapshot="${si}" data-score="${s.scores[e]}" ` +
+      `data-in-circuit="${members(si, state.budget)[e]}"><td>${esc(s.label)}</td>` +
       `<td class="num">${fmt(s.scores[e])}</td>${hasExact ? `<td class="num">${s.exact ? fmt(s.exact[e]) : "–"}</td>` : ""}` +
       `<td>${members(si, state.budget)[e] ? "yes" : "no"}</td></tr>`);
     return `<h2>${esc(edgeName(e))}</h2><p>budget ${pct(D.budgets[state.budget])}; filled dots: in the circuit</p>` +
