@@ -28,8 +28,8 @@ def browser_ready():
 
 @pytest.fixture()
 def explorer_page(tmp_path):
-    out = write_synthetic_circuits(tmp_path / "circuits", GRAPH, STEPS, Selection(budget=0.05), seed=4)
-    exact = write_synthetic_circuits(tmp_path / "exact", GRAPH, STEPS, Selection(budget=0.05), seed=5)
+    out = write_synthetic_circuits(tmp_path / "circuits", GRAPH, STEPS, Selection(budget=0.15), seed=4)
+    exact = write_synthetic_circuits(tmp_path / "exact", GRAPH, STEPS, Selection(budget=0.15), seed=5)
     page = write_explorer(out, GRAPH, "synthetic run", tmp_path / "explorer.html", budgets=[0.01, 0.3],
                           ground_truth=exact)  # fmt: skip
     return page, out
@@ -39,11 +39,13 @@ def _circuit(out, step: int) -> pl.DataFrame:
     return read_circuit(out / f"step-{step:06d}", graph=GRAPH)[0]
 
 
-def _node_with_edges_both_ways(edges: pl.DataFrame) -> str:
-    """Return a head with incoming and outgoing circuit edges (the first in source order)."""
+def _busiest_node(edges: pl.DataFrame) -> str:
+    """Return the node (not input or logits) with the most circuit edges in and out, at least one each way."""
     circuit = edges.filter("in_circuit")
-    receivers = {d.split("<")[0] for d in circuit["destination"]}
-    return next(s for s in circuit["source"].unique(maintain_order=True) if s in receivers and s != "input")
+    incoming = circuit.group_by(node=pl.col("destination").str.split("<").list.first()).len("incoming")
+    outgoing = circuit.group_by(node=pl.col("source")).len("outgoing")
+    both = incoming.join(outgoing, on="node").with_columns(edges=pl.col("incoming") + pl.col("outgoing"))
+    return both.sort("edges", "node", descending=True)["node"][0]
 
 
 @pytest.mark.slow
@@ -66,9 +68,9 @@ def test_explorer_draws_and_lists_the_circuit_files(explorer_page, browser_ready
         page.select_option("#budget", label="30%")
         scores = circuit_mask(edges, GRAPH)[0]
         assert page.evaluate("explorer.drawnEdges") == select_circuit(scores, GRAPH, budget=0.3).sum().item()
-        page.select_option("#budget", label="5% (files)")
+        page.select_option("#budget", label="15% (files)")
 
-        node = _node_with_edges_both_ways(edges)
+        node = _busiest_node(edges)
         point = page.evaluate(f"explorer.nodePoint('{node}')")
         page.mouse.click(point["x"], point["y"])
         assert page.locator("#panel h2").text_content() == node
