@@ -3,6 +3,7 @@ their budget, the library's selection at the others, node scores, ground truth a
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -100,3 +101,22 @@ def test_page_embeds_its_data_safely(run_circuits):
     payload = page_payload(data)
     assert payload["edges"] == GRAPH.n_edges and payload["budgets"] == [0.1]
     assert "http://" not in page and "https://" not in page  # nothing fetched
+
+
+def _decoded(circuit: dict) -> np.ndarray:
+    if "indices" in circuit:
+        return np.frombuffer(base64.b64decode(circuit["indices"]), dtype="<u4")
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(circuit["bits"]), dtype=np.uint8), bitorder="little")
+    return np.flatnonzero(bits[: GRAPH.n_edges])
+
+
+def test_circuits_travel_as_indices_or_a_bitmask_whichever_is_smaller(run_circuits):
+    data = explorer_data(run_circuits, GRAPH, "synthetic", budgets=[0.02, 0.5])
+    payload = page_payload(data)
+    for snap, sent in zip(data.snapshots, payload["snapshots"], strict=True):
+        forms = [next(iter(c)) for c in sent["circuits"]]
+        sizes = [len(snap.circuits[b]) for b in data.budgets]
+        assert forms == ["indices" if 32 * n <= GRAPH.n_edges else "bits" for n in sizes]
+        assert forms[0] == "indices" and forms[-1] == "bits"  # 2% and 50% of the edges
+        for budget, circuit in zip(data.budgets, sent["circuits"], strict=True):
+            assert np.array_equal(_decoded(circuit), snap.circuits[budget])

@@ -25,9 +25,22 @@
   const N = D.nodes.length, E = D.edges, L = D.layers, H = D.heads;
   const SRC = u16(D.edgeSource), DST = u16(D.edgeDestination), PART = u8(D.edgePart);
   const NODE = new Map(D.nodes.map((name, i) => [name, i]));
+  function circuitIndices(circuit) { // sorted edge indices, from indices or a little-endian bitmask
+    if (circuit.indices !== undefined) return u32(circuit.indices);
+    const bits = bytes(circuit.bits);
+    let count = 0;
+    for (let i = 0; i < bits.length; i++) { let b = bits[i]; while (b) { b &= b - 1; count++; } }
+    const out = new Uint32Array(count);
+    let k = 0;
+    for (let i = 0; i < bits.length; i++) {
+      const b = bits[i];
+      if (b) for (let j = 0; j < 8; j++) if (b & (1 << j)) out[k++] = 8 * i + j;
+    }
+    return out;
+  }
   const snaps = D.snapshots.map((s) => ({
     label: s.label, step: s.step, scores: f32(s.scores), nodeScores: f32(s.nodeScores),
-    circuits: s.circuits.map(u32), exact: f32(s.exactScores), exactNodes: f32(s.exactNodeScores),
+    circuits: s.circuits.map(circuitIndices), exact: f32(s.exactScores), exactNodes: f32(s.exactNodeScores),
   }));
   const checkpoints = snaps.map((s, i) => (s.step === null ? -1 : i)).filter((i) => i >= 0);
   const similarity = new Map((D.similarity || []).map((row) => [row.step, row]));

@@ -84,6 +84,17 @@ def _b64(array: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
 
 
+def _circuit(indices: np.ndarray, n_edges: int) -> dict[str, str]:
+    """Return a circuit's edges as the smaller of sorted uint32 indices and a bitmask over every edge
+    (little bit order): beyond 1/32 of the edges the mask is smaller."""
+    indices = np.sort(indices)
+    if 32 * len(indices) <= n_edges:
+        return {"indices": _b64(indices, "<u4")}
+    mask = np.zeros(n_edges, dtype=bool)
+    mask[indices] = True
+    return {"bits": base64.b64encode(np.packbits(mask, bitorder="little").tobytes()).decode("ascii")}
+
+
 def _optional(array: np.ndarray | None, dtype: str) -> str | None:
     return None if array is None else _b64(array, dtype)
 
@@ -113,7 +124,7 @@ def page_payload(data: ExplorerData) -> dict:
                 "step": s.step,
                 "scores": _b64(s.scores, "<f4"),
                 "nodeScores": _b64(s.node_scores, "<f4"),
-                "circuits": [_b64(np.sort(s.circuits[b]), "<u4") for b in data.budgets],
+                "circuits": [_circuit(s.circuits[b], len(data.edge_source)) for b in data.budgets],
                 "exactScores": _optional(s.exact_scores, "<f4"),
                 "exactNodeScores": _optional(s.exact_node_scores, "<f4"),
             }
