@@ -19,7 +19,8 @@ import numpy as np
 from ftcircuits.paths import atomic_file
 
 ASSET_DIR = Path(__file__).resolve().parent
-SCRIPT = ASSET_DIR / "explorer.js"
+SCRIPTS = tuple(ASSET_DIR / f"{name}.js" for name in
+                ("explorer", "explorer_draw", "explorer_panel", "explorer_controls"))  # fmt: skip
 STYLE = ASSET_DIR / "explorer.css"
 PARTS = ("", "q", "k", "v")  # an edge's destination input: none (an MLP, the logits) or a head's q, k, v
 
@@ -139,6 +140,12 @@ def _script_json(payload: dict) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+def page_script() -> str:
+    """Return the page's script: its parts joined inside one function scope, in strict mode."""
+    parts = "\n".join(path.read_text() for path in SCRIPTS)
+    return f'(function () {{\n"use strict";\n{parts}}})();\n'
+
+
 def explorer_html(data: ExplorerData) -> str:
     """Return the explorer page: markup, the inline style and script, and the data as inline JSON."""
     title = html.escape(data.title)
@@ -176,7 +183,7 @@ def explorer_html(data: ExplorerData) -> str:
  circuit, <span class="added">ring: added</span>, <span class="removed">ring: removed</span>; shaded rows:
  critical layers.</footer>
 <script id="explorer-data" type="application/json">{_script_json(page_payload(data))}</script>
-<script>{SCRIPT.read_text()}</script>
+<script>{page_script()}</script>
 </body></html>
 """
 
