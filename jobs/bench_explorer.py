@@ -65,8 +65,9 @@ def benchmark(config: BenchExplorerConfig) -> list[str]:
     for kind, t in timings["interactions"].items():
         lines.append(
             f"  {kind:6s}: handler median {t['handler_ms']:.1f} ms (max {t['handler_max_ms']:.1f}), to next "
-            f"frame median {t['frame_ms']:.1f} ms (max {t['frame_max_ms']:.1f}), browser CPU median "
-            f"{t['browser_cpu_ms']:.0f} ms; {t['drawn']:,} edges drawn"
+            f"frame median {t['frame_ms']:.1f} ms (max {t['frame_max_ms']:.1f}); CPU mean: page renderer "
+            f"{t['page_cpu_ms']:.0f} ms, all browser processes {t['browser_cpu_ms']:.0f} ms; "
+            f"{t['drawn']:,} edges"
         )
     errors = timings["console_errors"] or "none"
     lines.append(f"  console errors: {errors}; load average now {os.getloadavg()[0]:.2f}")

@@ -135,7 +135,7 @@ class BenchExplorerConfig(Strict):
     checkpoints: int = Field(5, ge=2)
     budget: float = Field(0.05, gt=0, le=1, description="the circuit files' budget")
     prune: bool = Field(False, description="prune dead nodes (random scores leave many: fewer edges drawn)")
-    repeats: int = Field(5, ge=1, description="rounds of the interactions (median and largest time)")
+    repeats: int = Field(10, ge=1, description="rounds of the interactions (median and largest time)")
     seed: int = 0
     out: Path = Path("runs/bench-explorer")
 

@@ -47,8 +47,8 @@ function drawView(name, si, ref) {
   const inRef = ref >= 0 ? members(ref, bi) : null, inShown = members(si, bi);
   const point = (n, part) => [g.x[n] + PART_SHIFT[part], g.y[n] + (part ? 3 : 0)];
   // A software-rendered canvas spends ~200 ms of CPU on thousands of long anti-aliased strokes, and far
-  // more on wide strokes in one long path. So beyond WIDE_LIMIT edges, the strongest WIDE_WHEN_MANY get
-  // widths (in short paths) and the rest are 1-pixel lines rasterised here into an image, shaded by |score|.
+  // more on wide strokes in one long path. So beyond WIDE_LIMIT edges, every line is rasterised here into
+  // an image buffer (plotLine): the strongest WIDE_WHEN_MANY with widths, the rest 1 pixel, shaded by |score|.
   const lines = edgeLines(si, bi);
   const top = state.aggregate ? Math.max(1e-12, ...lines.edges.map((k) => Math.abs(lines.value(k)))) : scale(bi);
   const many = lines.edges.length > WIDE_LIMIT;
@@ -67,13 +67,15 @@ function drawView(name, si, ref) {
     }
     ctx.setLineDash([]);
   };
-  const hairlines = (list, colour, alpha) => {
-    if (!layer) { path(list, 1, `rgba(${colour},${alpha})`); return; }
-    const word = tint(colour, alpha);
+  const intoLayer = (list, word, thickness) => { // lines drawn into the image buffer, allocating nothing
+    const x = g.x, y = g.y;
     for (const e of list) {
-      const [s, d, part] = lines.ends(e);
-      const [x0, y0] = point(nodeOf(s), 0), [x1, y1] = point(nodeOf(d), part);
-      plotLine(layer, x0 * ratio, y0 * ratio, x1 * ratio, y1 * ratio, word);
+      let s, d, part;
+      if (state.aggregate) [s, d, part] = lines.ends(e);
+      else { s = SRC[e]; d = DST[e]; part = PART[e]; }
+      s = nodeOf(s); d = nodeOf(d);
+      const x1 = (x[d] + PART_SHIFT[part]) * ratio, y1 = (y[d] + (part ? 3 : 0)) * ratio;
+      plotLine(layer, x[s] * ratio, y[s] * ratio, x1, y1, word, thickness);
     }
   };
   let gone = [];
@@ -98,29 +100,33 @@ function drawView(name, si, ref) {
     if (!state.aggregate && inRef && !inRef[e]) addedList.push(e);
   }
   const added = addedList.length;
-  const order = Array.from(buckets.keys()).sort((a, b) => (a[3] === b[3] ? a[4] - b[4] : a[3] === "h" ? -1 : 1));
-  for (const key of order.filter((k) => k[3] === "h")) {
-    hairlines(buckets.get(key), COLOURS[key.slice(0, 3)], 0.12 + 0.14 * Number(key[4]));
-  }
-  if (layer) ctx.putImageData(layer.image, 0, 0);
-  drawRowLabels(ctx, g);
-  if (!many) { // a light halo under each added edge, wider than the edge
-    for (let level = 0; level < WIDTHS.length; level++) {
+  const order = Array.from(buckets.keys()).sort((a, b) => a[4] - b[4]);
+  const strongKeys = order.filter((k) => k[3] === "w"), weakKeys = order.filter((k) => k[3] === "h");
+  const alphaOf = (key) => (key[3] === "h" ? 0.12 + 0.14 * Number(key[4]) : 0.4 + 0.1 * Number(key[4]));
+  if (layer) { // weak lines first, strong ones over them, then the marks; labels and nodes on the canvas
+    for (const key of [...weakKeys, ...strongKeys]) {
+      const thickness = key[3] === "h" ? 1 : Math.max(1, Math.round(WIDTHS[Number(key[4])] * ratio));
+      intoLayer(buckets.get(key), tint(COLOURS[key.slice(0, 3)], alphaOf(key)), thickness);
+    }
+    const mark = Math.max(1, Math.round(1.5 * ratio));
+    for (const [list, colour] of [[gone, COLOURS.removed], [addedList, COLOURS.added]]) {
+      const word = tint(colour, 1);
+      for (const e of list) { // a mark at the middle of each removed (orange) and added (green) edge
+        const [x0, y0] = point(SRC[e], 0), [x1, y1] = point(DST[e], PART[e]);
+        fillSquare(layer, ((x0 + x1) / 2) * ratio, ((y0 + y1) / 2) * ratio, mark, word);
+      }
+    }
+    ctx.putImageData(layer.image, 0, 0);
+    drawRowLabels(ctx, g);
+  } else {
+    for (const key of weakKeys) path(buckets.get(key), 1, `rgba(${COLOURS[key.slice(0, 3)]},${alphaOf(key)})`);
+    drawRowLabels(ctx, g);
+    for (let level = 0; level < WIDTHS.length; level++) { // a light halo under each added edge
       const list = addedList.filter((e) => widthBucket(lines.value(e), top) === level);
       if (list.length) path(list, WIDTHS[level] + 3, `rgba(${COLOURS.added},0.22)`);
     }
-  }
-  for (const key of order.filter((k) => k[3] === "w")) {
-    const level = Number(key[4]);
-    path(buckets.get(key), WIDTHS[level], `rgba(${COLOURS[key.slice(0, 3)]},${(0.4 + 0.1 * level).toFixed(2)})`);
-  }
-  if (many) { // thousands: a mark at the middle of each added (green) and removed (orange) edge
-    for (const [list, colour] of [[gone, COLOURS.removed], [addedList, COLOURS.added]]) {
-      ctx.fillStyle = `rgb(${colour})`;
-      for (const e of list) {
-        const [x0, y0] = point(SRC[e], 0), [x1, y1] = point(DST[e], PART[e]);
-        ctx.fillRect((x0 + x1) / 2 - 1.5, (y0 + y1) / 2 - 1.5, 3, 3);
-      }
+    for (const key of strongKeys) {
+      path(buckets.get(key), WIDTHS[Number(key[4])], `rgba(${COLOURS[key.slice(0, 3)]},${alphaOf(key).toFixed(2)})`);
     }
   }
   const sel = state.selection;
@@ -156,16 +162,28 @@ function criticalRows(layer, g, ratio) {
   }
 }
 
-function plotLine(layer, x0, y0, x1, y1, word) {
-  // a DDA in 16.16 fixed point that sets every pixel it crosses (weak lines first, strong ones over them)
+function plotLine(layer, x0, y0, x1, y1, word, thickness = 1) {
+  // a DDA in 16.16 fixed point that sets every pixel it crosses, ``thickness`` parallel copies side by side
+  // (offset across the line's minor axis); the ends are clamped inside the image, so no pixel check is needed
   const { words, width, height } = layer;
-  const steps = Math.max(1, Math.ceil(Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0))));
-  const sx = Math.round(((x1 - x0) / steps) * 65536), sy = Math.round(((y1 - y0) / steps) * 65536);
-  let x = Math.round(x0 * 65536), y = Math.round(y0 * 65536);
-  for (let k = 0; k <= steps; k++, x += sx, y += sy) {
-    const px = x >> 16, py = y >> 16;
-    if (px >= 0 && py >= 0 && px < width && py < height) words[py * width + px] = word;
+  const steep = Math.abs(y1 - y0) > Math.abs(x1 - x0);
+  const right = width - 1.05, bottom = height - 1.05;
+  for (let t = 0; t < thickness; t++) {
+    const shift = t - (thickness - 1) / 2, dx = steep ? shift : 0, dy = steep ? 0 : shift;
+    const ax = Math.min(right, Math.max(0.05, x0 + dx)), ay = Math.min(bottom, Math.max(0.05, y0 + dy));
+    const bx = Math.min(right, Math.max(0.05, x1 + dx)), by = Math.min(bottom, Math.max(0.05, y1 + dy));
+    const steps = Math.max(1, Math.ceil(Math.max(Math.abs(bx - ax), Math.abs(by - ay))));
+    const sx = Math.round(((bx - ax) / steps) * 65536), sy = Math.round(((by - ay) / steps) * 65536);
+    let x = Math.round(ax * 65536), y = Math.round(ay * 65536);
+    for (let k = 0; k <= steps; k++, x += sx, y += sy) words[(y >> 16) * width + (x >> 16)] = word;
   }
+}
+
+function fillSquare(layer, cx, cy, half, word) {
+  const { words, width, height } = layer;
+  const left = Math.max(0, Math.round(cx - half)), right = Math.min(width - 1, Math.round(cx + half));
+  const top = Math.max(0, Math.round(cy - half)), bottom = Math.min(height - 1, Math.round(cy + half));
+  for (let y = top; y <= bottom; y++) words.fill(word, y * width + left, y * width + right + 1);
 }
 
 function tint(colour, alpha) { // the colour at ``alpha`` over white, as an opaque RGBA word

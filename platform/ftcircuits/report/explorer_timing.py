@@ -34,38 +34,43 @@ async ([kind, arg]) => {
 """
 
 
-def descendants_cpu_seconds(root: int | None = None) -> float:
-    """Return the CPU time (user + system) of every live descendant process of ``root`` (default: this one),
-    read from /proc (Linux): the browser's processes and Playwright's driver; 0 where /proc is missing."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+def descendants_cpu_seconds(root: int | None = None) -> dict[str, float]:
+    """Return the CPU time (user + system, s) of every live descendant process of ``root`` (default: this
+    one), read from /proc (Linux): ``page`` (the page's renderer processes) and ``all`` (with the browser,
+    GPU and UI processes and Playwright's driver); zeros where /proc is missing."""
     tick = os.sysconf("SC_CLK_TCK")
+    processes: dict[int, tuple[int, float, bool]] = {}
     for entry in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = entry.read_text().rsplit(")", 1)[1].split()
+            command = (entry.parent / "cmdline").read_bytes()
         except OSError:
             continue  # the process ended meanwhile
-        pid = int(entry.parent.name)
-        parents[pid], times[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
-    root = os.getpid() if root is None else root
-    found, frontier = set(), {root}
+        page = b"--type=renderer" in command and b"--top-chrome-webui" not in command
+        processes[int(entry.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, page)
+    found, frontier = set(), {os.getpid() if root is None else root}
     while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        frontier = {pid for pid, (parent, _, _) in processes.items() if parent in frontier} - found
         found |= frontier
-    return sum(times[pid] for pid in found)
+    return {
+        "page": sum(processes[pid][1] for pid in found if processes[pid][2]),
+        "all": sum(processes[pid][1] for pid in found),
+    }
 
 
 def _timed(evaluate, kind: str, arg: object) -> dict:
     before = descendants_cpu_seconds()
     result = evaluate(INTERACTION, [kind, arg])
-    return result | {"cpu": 1000 * (descendants_cpu_seconds() - before)}
+    after = descendants_cpu_seconds()
+    return result | {f"cpu_{k}": 1000 * (after[k] - before[k]) for k in after}
 
 
 def interaction_timings(page: Path, budget_index: int, node: str, repeats: int = 5) -> dict:
     """Return the page's load time (until ``explorer.ready``, ms) and, per interaction (slider move, budget
     change, node click, side-by-side toggle), the median and largest handler and to-next-frame times (ms),
-    the median CPU time of the browser's processes around it (ms, with the call's round trip) and the edges
-    drawn after it, over ``repeats`` rounds at the budget ``budget_index``."""
+    the mean CPU time around it (ms, with the call's round trip; /proc counts 10 ms ticks, so the mean) of the
+    page's renderer and of all the browser's processes, and the edges drawn after it, over ``repeats`` rounds
+    at the budget ``budget_index``."""
     with open_page(page) as opened:
         opened.page.wait_for_function("window.explorer && window.explorer.ready", timeout=120_000)
         evaluate = opened.page.evaluate
@@ -89,7 +94,8 @@ def interaction_timings(page: Path, budget_index: int, node: str, repeats: int =
             "handler_max_ms": max(r["handler"] for r in rounds),
             "frame_ms": statistics.median(r["frame"] for r in rounds),
             "frame_max_ms": max(r["frame"] for r in rounds),
-            "browser_cpu_ms": statistics.median(r["cpu"] for r in rounds),
+            "page_cpu_ms": statistics.mean(r["cpu_page"] for r in rounds),
+            "browser_cpu_ms": statistics.mean(r["cpu_all"] for r in rounds),
             "drawn": rounds[-1]["drawn"],
         }
         for kind, rounds in runs.items()
