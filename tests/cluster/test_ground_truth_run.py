@@ -4,6 +4,8 @@ puts the exact circuits in their own directory and leaves the method's where the
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import polars as pl
@@ -40,7 +42,10 @@ def test_ground_truth_columns_are_the_agreement_of_the_circuits_on_disk(ray_clus
     again = run_circuits(tiny_run, plain)  # the method's cache is the same without ground truth
     assert (again.directory, again.computed, again.ground_truth) == (method, 0, None)
 
-    analyze([*circuits_of_run_args(tiny_run, SETTINGS), *on])
+    analyze([*circuits_of_run_args(tiny_run, SETTINGS), *on, "--set", "analysis.explorer=true"])
+    page = (method / "analysis" / "explorer.html").read_text()
+    payload = json.loads(re.search(r'id="explorer-data"[^>]*>(.*?)</script>', page, re.S).group(1))
+    assert [s["exactScores"] is not None for s in payload["snapshots"]] == [True] * len(keys)
     similarity = pl.read_parquet(method / "analysis" / "similarity.parquet").sort("step")
     assert similarity["step"].to_list() == list(TINY_RUN_STEPS)
     exact_base = read_circuit(truth / keys[0])[0]

@@ -35,3 +35,12 @@ def test_bad_input_exits_with_one_clear_error_and_writes_nothing(tmp_path):
     assert result.returncode == 2
     assert "addsub range must be one of (100, 200, 300, 400, 500), got 150" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_bench_explorer_names_an_unknown_shape_before_any_work(tmp_path):
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "jobs.bench_explorer", "--set", "shape=pythia-9b", "--set", f"out={out}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown shapes ['pythia-9b']" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -89,9 +89,11 @@ def test_the_pipeline_writes_every_stage_and_one_mlflow_store(study):
     html = report.read_text()
     for title in ("Accuracy before and after fine-tuning", "Circuit similarity over fine-tuning steps",
                   "Faithfulness against budget", "Robustness to perturbed inputs",
-                  "Where the edges change: critical layers", "CircuitLoRA against LoRA"):  # fmt: skip
+                  "Where the edges change: critical layers", "Explore the circuits",
+                  "CircuitLoRA against LoRA"):  # fmt: skip
         assert f">{title}<" in html
     assert html.count("data:image/png;base64,") == 8
+    assert '<a href="explorer.html">' in html and (out / "explorer.html").is_file()  # on by default
     assert "lora_r: 4" in html or "lora_r&quot;: 4" in html or "'lora_r': 4" in html  # the exact configs
 
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"

@@ -90,6 +90,17 @@ def test_whole_inputs_render(outputs, tmp_path):
     assert report.read_text().count("<img") == len(ANALYSIS_FIGURES) + 2
 
 
+def test_the_report_links_the_explorer_copied_beside_it(outputs, tmp_path):
+    out = tmp_path / "site" / "report.html"
+    html = render_study_report(outputs, out).read_text()
+    assert "Not computed in this study (analysis.explorer=false)" in html
+    assert not (out.parent / "explorer.html").exists()
+    (outputs.analysis / "explorer.html").write_text("<!DOCTYPE html><title>the explorer</title>")
+    html = render_study_report(outputs, out).read_text()
+    assert '<a href="explorer.html">Open the circuit explorer</a>' in html
+    assert (out.parent / "explorer.html").read_text() == "<!DOCTYPE html><title>the explorer</title>"
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

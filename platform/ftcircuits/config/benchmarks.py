@@ -125,3 +125,21 @@ class BenchCircuitsConfig(Strict):
 
     run: Path = Path("runs/finetune-tiny")
     examples: int = Field(64, ge=1, description="pairs per circuit")
+
+
+class BenchExplorerConfig(Strict):
+    """``jobs.bench_explorer``: the circuit explorer page of a synthetic run over a model shape's graph
+    (random scores as real circuit files), its size and its interactions' times in headless Chromium."""
+
+    shape: str = Field("pythia-1.4b-deduped", description="the model shape whose graph the run has")
+    checkpoints: int = Field(5, ge=2)
+    budget: float = Field(0.05, gt=0, le=1, description="the circuit files' budget")
+    prune: bool = Field(False, description="prune dead nodes (random scores leave many: fewer edges drawn)")
+    repeats: int = Field(10, ge=1, description="rounds of the interactions (median and largest time)")
+    seed: int = 0
+    out: Path = Path("runs/bench-explorer")
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, shape: str) -> str:
+        return _known([shape])[0]

@@ -126,6 +126,9 @@ class AnalysisSettings(Strict):
     critical_k_share: float = Field(
         0.2, gt=0, lt=1, description="without critical_k: k = max(1, round(share * layers)), as CircuitLoRA"
     )
+    explorer: bool = Field(
+        False, description="also write the interactive circuit explorer (explorer.html) beside the tables"
+    )
 
     def critical_count(self, layers: int) -> int:
         """Return k of the top-k critical layers for a model of ``layers`` layers."""

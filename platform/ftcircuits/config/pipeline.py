@@ -38,7 +38,7 @@ class PipelineConfig(RebuildOption):
         PIPELINE_CIRCUITS,
         description="how the LoRA run's circuits are found (and the comparison's reference circuits)",
     )
-    analysis: AnalysisSettings = AnalysisSettings()
+    analysis: AnalysisSettings = AnalysisSettings(explorer=True)
     accuracy_examples: int | None = Field(
         500,
         ge=1,

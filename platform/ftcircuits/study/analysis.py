@@ -18,6 +18,7 @@ from ftcircuits.paths import atomic_file
 from ftcircuits.report import circuit_figures as figures
 from ftcircuits.run_layout import ANALYSIS_DIR
 from ftcircuits.study import dynamics, ground_truth
+from ftcircuits.study.explorer import EXPLORER_FILE, write_explorer
 from ftcircuits.study.over_run import circuits_dir, ground_truth_settings, run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
@@ -30,6 +31,7 @@ class RunAnalysis:
     tables: dict[str, pl.DataFrame] = field(repr=False)
     headline: dict = field(repr=False)
     figures: list[Path] = field(default_factory=list)
+    explorer: Path | None = None  # the interactive page, with analysis.explorer
 
     def describe(self) -> str:
         """Return the tables and headline a person reads at the end of the stage."""
@@ -51,6 +53,8 @@ class RunAnalysis:
                 parts.append(str(self.tables["smallest_faithful_budget"]))
         parts.append(headline_text(self.headline))
         parts.append(f"tables and figures: {self.directory} ({', '.join(p.name for p in self.figures)})")
+        if self.explorer is not None:
+            parts.append(f"circuit explorer: {self.explorer}")
         return "\n".join(parts)
 
 
@@ -166,6 +170,12 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
         headline |= ground_truth.ground_truth_headline(tables["similarity"])
     with atomic_file(directory / dynamics.HEADLINE_FILE) as tmp:
         tmp.write_text(json.dumps(headline, indent=1))
+    page = None
+    if analysis.explorer:
+        title = f"{Path(run).name}: {Path(inputs.base_model).name}, circuits over fine-tuning"
+        analysed = {"layer_scores": tables["layer_scores"], "similarity": tables["similarity"]}
+        page = write_explorer(out, Graph.of(architecture), title, directory / EXPLORER_FILE,
+                              ground_truth=truth, **analysed)  # fmt: skip
     params = settings.model_dump(mode="json") | {
         "run": str(run),
         "analysis": analysis.model_dump(mode="json"),
@@ -177,4 +187,4 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
             logger.metric(key, value, step=last_step)
     logger.artifact(directory, ANALYSIS_DIR)
     logger.finish()
-    return RunAnalysis(directory, tables, headline, plots)
+    return RunAnalysis(directory, tables, headline, plots, page)

@@ -14,6 +14,7 @@ from ftcircuits.config.comparison import CompareConfig
 from ftcircuits.config.loading import load_config
 from ftcircuits.config.pipeline import PipelineConfig
 from ftcircuits.integrity import check_png, read_json_with_keys, read_parquet_checked
+from ftcircuits.paths import atomic_file
 from ftcircuits.report.html import (
     Appendix,
     Figure,
@@ -25,6 +26,7 @@ from ftcircuits.report.html import (
 )
 from ftcircuits.run_layout import read_run_record
 from ftcircuits.study.dynamics import FAITHFUL_AT, HEADLINE_FILE, ROBUSTNESS_GAP
+from ftcircuits.study.explorer import EXPLORER_FILE
 from ftcircuits.tasks.spec import TaskSpec
 
 
@@ -232,6 +234,29 @@ def critical_section(outputs: StudyOutputs, headline: dict) -> ReportSection:
     )  # fmt: skip
 
 
+def explorer_section(outputs: StudyOutputs) -> ReportSection:
+    if not (outputs.analysis / EXPLORER_FILE).is_file():
+        return not_computed("Explore the circuits", "analysis.explorer=false")
+    text = (
+        f"[Open the circuit explorer]({EXPLORER_FILE}) (one offline page beside this report): every "
+        "checkpoint's circuit on a fixed layout, with a slider over the checkpoints, the analysis' budgets, "
+        "the edges and nodes added and removed against the base (or any checkpoint, side by side), the "
+        "critical layers of each layer-score variant, and each node's and edge's scores over the steps."
+    )
+    return ReportSection(title="Explore the circuits", text=text)
+
+
+def copy_explorer(outputs: StudyOutputs, out: Path) -> Path | None:
+    """Copy the analysis' explorer page beside the report at ``out`` (atomically); return its path, or None
+    when the analysis wrote none."""
+    page = outputs.analysis / EXPLORER_FILE
+    if not page.is_file():
+        return None
+    with atomic_file(Path(out).parent / EXPLORER_FILE) as tmp:
+        tmp.write_bytes(page.read_bytes())
+    return Path(out).parent / EXPLORER_FILE
+
+
 def methods_section(outputs: StudyOutputs) -> ReportSection:
     table = read_parquet_checked(
         outputs.comparison / "comparison.parquet", report_rebuild("comparison"), COMPARISON_SCHEMA
@@ -291,9 +316,10 @@ def render_study_report(outputs: StudyOutputs, out: Path) -> Path:
         subtitle=f"{record['model']}, {record['method']['name']} on {record['task']['name']}",
         sections=[accuracy_section(outputs), similarity_section(outputs, headline),
                   ground_truth_section(outputs, headline), faithfulness_section(outputs),
-                  robustness_section(outputs),
-                  critical_section(outputs, headline), methods_section(outputs)],
+                  robustness_section(outputs), critical_section(outputs, headline),
+                  explorer_section(outputs), methods_section(outputs)],
         appendix=appendix(outputs),
     )  # fmt: skip
     check_figures(outputs, report)
+    copy_explorer(outputs, out)
     return render_report(report, out)
