@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.circuits.io import circuit_exists, circuit_mask, read_circuit
+from ftcircuits.circuits.io import circuit_exists, circuit_mask, node_scores_of, read_circuit
 from ftcircuits.circuits.selection import select_circuit
 from ftcircuits.report.explorer import PARTS, ExplorerData, Snapshot, render_explorer
 from ftcircuits.study.dynamics import HEADLINE_BUDGETS, critical_by_variant, read_summary
@@ -27,7 +27,7 @@ _HEAD = re.compile(r"a(\d+)\.h(\d+)")
 def node_score_map(meta: dict, edges: pl.DataFrame) -> dict[str, float]:
     """Return a circuit's node scores by name (``circuits.io.node_scores_of``: the JSON's, or the gradient
     methods' row sums for older files); empty for an older exact circuit, whose node scores are unknown."""
-    table = node_score_map(meta, edges)
+    table = node_scores_of(meta, edges)
     return {} if table is None else dict(table.iter_rows())
 
 

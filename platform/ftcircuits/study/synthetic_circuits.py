@@ -11,6 +11,7 @@ import torch
 
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.io import edges_table, write_circuit
+from ftcircuits.circuits.nodes import node_score_names, outgoing_sums
 from ftcircuits.circuits.selection import Selection, select_circuit
 from ftcircuits.paths import atomic_file
 from ftcircuits.run_layout import checkpoint_name
@@ -57,6 +58,7 @@ def write_synthetic_circuits(
             "selection": {"method": selection.method, "budget": selection.budget, "prune": selection.prune},
             "unit": {"key": key, "model": "checkpoint", "step": step, "ratio": 0.0},
             "synthetic": {"seed": seed, "drift": drift},
+            "node_scores": node_score_names(outgoing_sums(matrix, graph), graph),  # as a gradient method's
         }
         write_circuit(out / key, edges_table(matrix, circuit, graph), meta)
         rows.append({"key": key, "weights": "synthetic", "model": "checkpoint", "step": step, "ratio": 0.0})
