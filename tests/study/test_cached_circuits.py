@@ -62,3 +62,23 @@ def test_a_json_without_the_metrics_is_damaged(out):
 def test_a_unit_with_a_file_deleted_is_to_do(out, which):
     circuit_files(out / UNIT.key)[which].unlink()
     assert finished_circuit(out, UNIT) is None
+
+
+def test_a_later_summary_over_fewer_units_keeps_the_other_units_rows_whose_circuits_are_on_disk(
+    out, hand_built_circuit
+):
+    from dataclasses import asdict
+
+    import polars as pl
+
+    from ftcircuits.study.over_run import SUMMARY_FILE, write_summary
+
+    robust = CircuitUnit("base-p0.30", "base", "base", None, 0.3)
+    gone = CircuitUnit("permuted-seed0-p0.30", "permuted-0", "permuted", None, 0.3)
+    write_circuit(out / robust.key, hand_built_circuit({("a0.h1", "logits"): 1.0}), {})
+    rows = {u.key: {**asdict(u), **dict.fromkeys(METRICS, 0.25)} for u in (UNIT, robust, gone)}
+    write_summary(out, list(rows.values()))  # the first run: every unit (gone's circuit is not on disk)
+    again = {**rows[UNIT.key], "faithfulness": 0.75}
+    write_summary(out, [again])  # a later run over the checkpoints only (CircuitLoRA's reference circuits)
+    summary = pl.read_parquet(out / SUMMARY_FILE)
+    assert summary.to_dicts() == [rows[robust.key], again]  # sorted by model: base, checkpoint

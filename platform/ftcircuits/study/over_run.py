@@ -32,7 +32,7 @@ from ftcircuits.circuits.io import (
 )
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.discovery import CircuitRunSettings, RobustnessSettings
-from ftcircuits.integrity import DamagedFileError
+from ftcircuits.integrity import DamagedFileError, read_parquet_checked
 from ftcircuits.models.loader import ModelSourceError, check_model_files, load_model, resolve_model_source
 from ftcircuits.models.swap import BASE, PERMUTED_PREFIX, RANDOM_PREFIX, SCALED_PREFIX, CheckpointWeights
 from ftcircuits.options import Baseline, ModelKind
@@ -296,9 +296,25 @@ class CircuitRunner:
 
 
 def write_summary(out: Path, rows: list[dict]) -> Path:
-    """Write the summary table of a run's circuits (one row per unit), sorted by model, step, ratio."""
-    frame = pl.DataFrame(rows).sort("model", "step", "ratio", nulls_last=True)
+    """Write the summary table of a run's circuits (one row per unit), sorted by model, step, ratio.
+
+    ``rows`` are the units of this call; the rows of other units already in the table whose circuits are
+    still on disk are kept (a later call over fewer units, as CircuitLoRA's reference circuits with
+    robustness off, shares the directory and must not drop the robustness rows). A damaged old table is
+    replaced."""
+    frame = pl.DataFrame(rows)
     path = Path(out) / SUMMARY_FILE
+    if path.is_file():
+        try:
+            old = read_parquet_checked(path, "", {"key": pl.String})
+        except DamagedFileError:
+            old = None
+        if old is not None:
+            kept = [
+                key for key in old["key"] if key not in set(frame["key"]) and circuit_exists(Path(out) / key)
+            ]
+            frame = pl.concat([frame, old.filter(pl.col("key").is_in(kept))], how="diagonal_relaxed")
+    frame = frame.sort("model", "step", "ratio", nulls_last=True)
     with atomic_file(path) as tmp:
         frame.write_parquet(tmp)
     return path
