@@ -22,11 +22,12 @@ others; OPT's flattened MLP input keeps every position).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.interventions import write_replacements
@@ -70,14 +71,35 @@ def exact_scores(
     # the unpatched loss along the same path as the copies' (float32 rounds a cached run differently)
     unpatched = clean_logits if prefix is None else _suffix_logits(probe, batch, prefix, probe.arch.layers, 1)
     clean_loss = _losses(config, batch, unpatched, clean_logits, 1)[0]
+    into_mlp = destinations % graph.destinations_per_layer == graph.destinations_per_layer - 1
     for layer in range(probe.arch.layers + 1):
-        into_layer = (layer_of == layer).nonzero()[:, 0]
-        for chunk in into_layer.split(copies) if len(into_layer) else ():
-            chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
-            logits = _patched_logits(probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix)
-            losses = _losses(config, batch, logits, clean_logits, len(chunk))
-            scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
+        for kind in (False, True):  # a chunk patches heads' inputs only or MLP inputs only
+            into_layer = ((layer_of == layer) & (into_mlp == kind)).nonzero()[:, 0]
+            for chunk in into_layer.split(copies) if len(into_layer) else ():
+                chunk_sources, chunk_destinations = sources[chunk], destinations[chunk]
+                logits = _patched_logits(
+                    probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix
+                )
+                losses = _losses(config, batch, logits, clean_logits, len(chunk))
+                scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
     return scores
+
+
+class _StackedLayer(DynamicLayer):
+    """A cache layer of stacked copies whose keys and values live in buffers that hold the prefix already:
+    an update writes the new positions after it (no concatenation, no repeated prefix per pass)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self.buffers, self.length = (keys, values), length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        for buffer, new in zip(self.buffers, (key_states, value_states), strict=True):
+            buffer[:, :, self.length :].copy_(new)
+        self.keys, self.values = self.buffers
+        return self.buffers
 
 
 @dataclass
@@ -86,15 +108,37 @@ class _Prefix:
 
     length: int
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [B, kv heads, length, d_head]
+    total: int  # positions in all
+    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # per layer
 
     def cache(self, from_layer: int, copies: int) -> DynamicCache:
         """Return a cache of the prefix, repeated ``copies`` times from ``from_layer`` on."""
-        return DynamicCache(
-            [
-                (k, v) if layer < from_layer else (k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1))
-                for layer, (k, v) in enumerate(self.keys_values)
-            ]
-        )
+        layers = []
+        for layer, (k, v) in enumerate(self.keys_values):
+            if layer < from_layer:
+                layers.append(DynamicLayer())
+                layers[-1].update(k, v)
+            else:
+                keys, values = self._buffers(layer, copies)
+                layers.append(_StackedLayer(keys, values, self.length))
+        cache = DynamicCache()
+        cache.layers = layers
+        return cache
+
+    def _buffers(self, layer: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``layer``'s key and value buffers of ``copies`` copies, the prefix filled in (one buffer
+        per layer, grown when a pass needs more copies; a smaller pass uses its first rows)."""
+        size = self.keys_values[layer][0].shape[0]
+        held = self.buffers.get(layer)
+        if held is None or held[0].shape[0] < copies * size:
+            held = tuple(
+                prefix.new_empty(copies * size, prefix.shape[1], self.total, prefix.shape[3])
+                for prefix in self.keys_values[layer]
+            )
+            for buffer, prefix in zip(held, self.keys_values[layer], strict=True):
+                buffer.view(copies, size, *buffer.shape[1:])[:, :, :, : self.length] = prefix
+            self.buffers[layer] = held
+        return held[0][: copies * size], held[1][: copies * size]
 
 
 def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
@@ -114,7 +158,7 @@ def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
     keys_values = [
         (layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone()) for layer in cache.layers
     ]
-    return _Prefix(length, keys_values)
+    return _Prefix(length, keys_values, batch.clean.input_ids.shape[1])
 
 
 def _losses(
