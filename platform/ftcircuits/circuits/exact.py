@@ -172,17 +172,20 @@ def _losses(
     return loss.view(copies, -1)
 
 
-def _repeat_batch(value, batch: int, copies: int):
+def _repeat_batch(value, batch: int, copies: int, memo: dict):
     """Return ``value`` with every tensor of two or more dimensions and leading size ``batch`` repeated
-    ``copies`` times along it (copy-major), looking into tuples, lists and dicts."""
+    ``copies`` times along it (copy-major), looking into tuples, lists and dicts; ``memo`` keeps each
+    tensor's repetition for the pass (the layers share their mask and rotary tables)."""
     if isinstance(value, torch.Tensor):
         if value.dim() >= 2 and value.shape[0] == batch:
-            return value.repeat(copies, *[1] * (value.dim() - 1))
+            if id(value) not in memo:
+                memo[id(value)] = value, value.repeat(copies, *[1] * (value.dim() - 1))
+            return memo[id(value)][1]
         return value
     if isinstance(value, tuple | list):
-        return type(value)(_repeat_batch(v, batch, copies) for v in value)
+        return type(value)(_repeat_batch(v, batch, copies, memo) for v in value)
     if isinstance(value, dict):
-        return {k: _repeat_batch(v, batch, copies) for k, v in value.items()}
+        return {k: _repeat_batch(v, batch, copies, memo) for k, v in value.items()}
     return value
 
 
@@ -202,7 +205,6 @@ def _patched_logits(
     length -= start
     delta = delta[:, :, start:]
     width = arch.d_model
-    stash: dict = {}
     pre, pre_kwargs, forward = [], [], []
     last = (batch.clean.last_index - start).repeat(count)
 
@@ -220,8 +222,15 @@ def _patched_logits(
         view[rows] += delta[source_rows].to(x.dtype)
         return x
 
+    memo: dict = {}
+
     def expand(module, args, kwargs):
-        return _repeat_batch(args, size, count), _repeat_batch(kwargs, size, count)
+        if count > 1:
+            return _repeat_batch(args, size, count, memo), _repeat_batch(kwargs, size, count, memo)
+        return None
+
+    def repeated(module, args, output: torch.Tensor) -> torch.Tensor:
+        return output.repeat(count, *[1] * (output.dim() - 1))
 
     if layer == arch.layers:  # logits: the final norm's input, expanded here
         everyone = torch.arange(count, device=sources.device)
@@ -235,31 +244,31 @@ def _patched_logits(
         for later in range(layer, arch.layers):
             pre_kwargs.append((probe.blocks[later], expand))
         offset = destinations - layer * graph.destinations_per_layer
-        mlp = offset == graph.destinations_per_layer - 1
-        if mlp.any():
-            mlp_copies, mlp_sources = mlp.nonzero()[:, 0], sources[mlp]
+        into_mlp = bool(offset[0] == graph.destinations_per_layer - 1)  # a chunk is of one kind
+        if into_mlp:
 
             def mlp_input(module, args):
-                x = added(args[0], mlp_copies, mlp_sources)
+                x = added(args[0], torch.arange(count, device=sources.device), sources)
                 return (last_positions(x) if layer == arch.layers - 1 else x, *args[1:])
 
             pre.append((probe.mlp_norms[layer], mlp_input))
-        if layer < arch.layers - 1 or not mlp.any():
+        elif arch.parallel_blocks:  # the MLP reads the layer's input, clean in every copy: run it once
+
+            def clean_mlp_input(module, args):
+                x = args[0][:size]
+                if layer == arch.layers - 1:
+                    x = x[torch.arange(size, device=x.device), last[:size]][:, None]
+                return (x, *args[1:])
+
+            pre.append((probe.mlp_norms[layer], clean_mlp_input))
+            forward.append((probe.mlp_outs[layer], repeated))
+        if layer < arch.layers - 1:
             pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
-        if not mlp.all():
-            pre.append((probe.attention_norms[layer], lambda m, args: stash.__setitem__("x", args[0])))
-            first = 0
-            for projection in probe.projections[layer]:
-                heads = projection.heads[0]
-                mine = ~mlp & (offset >= first) & (offset < first + len(projection.parts) * heads)
-                if mine.any():
-                    local = offset[mine] - first
-                    copies_of, parts, heads_of = mine.nonzero()[:, 0], local // heads, local % heads
-                    patch = _projection_patch(
-                        probe, layer, projection, copies_of, parts, heads_of, sources[mine]
-                    )
-                    forward.append((projection.module, partial(patch, delta=delta, stash=stash, count=count)))
-                first += len(projection.parts) * heads
+        elif not into_mlp and not arch.parallel_blocks:
+            pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
+        hooks = _attention_input_hooks(probe, layer, sources, offset if not into_mlp else None, delta, count)
+        forward += hooks[0]
+        pre += hooks[1]
     pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
     with module_hooks(forward, pre, pre_kwargs):
         if prefix is None:
@@ -282,26 +291,75 @@ def _suffix_logits(
     return logits[torch.arange(len(logits), device=logits.device), clean.last_index - start]
 
 
+def _attention_input_hooks(
+    probe: ModelProbe, layer: int, sources: torch.Tensor, offset: torch.Tensor | None, delta: torch.Tensor,
+    count: int,
+) -> tuple[list, list]:  # fmt: skip
+    """Return (forward, pre) hooks that run ``layer``'s attention norm and q/k/v projections once, on the
+    layer's input (clean in every copy), and repeat the projections' outputs to the ``count`` copies,
+    each copy's one patched head input recomputed there (``offset``: each copy's destination within the
+    layer; None: no head input is patched)."""
+    stash: dict = {}
+
+    def norm_input(module, args):
+        stash["x"] = args[0][: len(args[0]) // count]
+        return (stash["x"], *args[1:])
+
+    def norm_output(module, args, output):
+        stash["normed"] = output  # the attention reads only the shape of its input: no copies of it
+        return output.new_empty(()).expand(count * len(output), *output.shape[1:])
+
+    forward, pre = [(probe.attention_norms[layer], norm_output)], [(probe.attention_norms[layer], norm_input)]
+    first = 0
+    for projection in probe.projections[layer]:
+        heads = projection.heads[0]
+        patch = None
+        if offset is not None:
+            mine = (offset >= first) & (offset < first + len(projection.parts) * heads)
+            if mine.any():
+                local = offset[mine] - first
+                patch = _projection_patch(
+                    probe,
+                    layer,
+                    projection,
+                    mine.nonzero()[:, 0],
+                    local // heads,
+                    local % heads,
+                    sources[mine],
+                )
+        pre.append((projection.module, lambda m, args: (stash["normed"], *args[1:])))
+        forward.append((projection.module, partial(_repeated_output, patch=patch, delta=delta, stash=stash,
+                                                   count=count)))  # fmt: skip
+        first += len(projection.parts) * heads
+    return forward, pre
+
+
+def _repeated_output(module, inputs, output, *, patch, delta, stash, count):
+    """Return a projection's output repeated to the copies, patched by ``patch`` if any."""
+    output = output.repeat(count, *[1] * (output.dim() - 1))
+    if patch is not None:
+        patch(output, delta, stash["x"], count)
+    return output
+
+
 def _projection_patch(
     probe: ModelProbe, layer: int, projection, rows: torch.Tensor, parts: torch.Tensor, heads: torch.Tensor,
     sources: torch.Tensor,
 ):  # fmt: skip
-    """Return a forward hook (given ``delta``, ``stash`` and ``count``) that recomputes, for each copy in
-    ``rows``, its one patched head input: the head's q, k or v from ``norm(x + delta[source])``."""
+    """Return a function ``(output, delta, x, count)`` that writes into the repeated projection
+    ``output``, for each copy in ``rows``, its one patched head input: the head's q, k or v from
+    ``norm(x + delta[source])`` (``x``: the layer's input ``[B, T, d]``)."""
     norm = probe.attention_norms[layer]
 
-    def hook(module, inputs, output, *, delta, stash, count):
-        x = stash["x"]
-        size, length = x.shape[0] // count, x.shape[1]
-        patched = x.view(count, size, length, -1)[rows] + delta[sources].to(x.dtype)  # [n, B, T, d]
+    def patch(out, delta, x, count):
+        size, length = x.shape[0], x.shape[1]
+        patched = x + delta[sources].to(x.dtype)  # [n, B, T, d]
         weight = projection.weight()[parts, heads]  # [n, dh, d]
         values = torch.einsum("nbtd,nkd->nbtk", norm.forward(patched), weight)
         bias = projection.bias()
         if bias is not None:
             values = values + bias[parts, heads][:, None, None, :]
-        out = output.clone()
         split = projection.split_output(out.view(count, size, length, -1))  # [E, B, T, parts, heads, dh]
         split[rows, :, :, parts, heads] = values.to(out.dtype)
-        return out
 
-    return hook
+    return patch
