@@ -264,6 +264,9 @@ def _patched_logits(
             forward.append((probe.mlp_outs[layer], repeated))
         if layer < arch.layers - 1:
             pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
+            attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
+            if not _masks_by_own_positions(attention):
+                pre_kwargs.append((attention, partial(_last_query_only, last=last)))
         elif not into_mlp and not arch.parallel_blocks:
             pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
         hooks = _attention_input_hooks(probe, layer, sources, offset if not into_mlp else None, delta, count)
@@ -274,6 +277,78 @@ def _patched_logits(
         if prefix is None:
             return model_logits(probe.model, batch.clean)[:, 0]
         return _suffix_logits(probe, batch, prefix, layer, count)
+
+
+class _KeysValuesTaken(Exception):
+    """Raised by ``_TakeKeysValues`` once the attention has computed its keys and values."""
+
+
+class _TakeKeysValues:
+    """A cache for one attention call: takes the keys and values (through ``cache``'s update, if any) and
+    stops the call there (its queries, scores and output are not needed)."""
+
+    def __init__(self, cache) -> None:
+        self.cache, self.keys_values = cache, None
+
+    def update(self, keys, values, *args, **kwargs):
+        self.keys_values = (
+            (keys, values) if self.cache is None else self.cache.update(keys, values, *args, **kwargs)
+        )
+        raise _KeysValuesTaken
+
+
+class _GiveKeysValues:
+    """A cache that answers an attention's update with keys and values taken before."""
+
+    def __init__(self, keys_values) -> None:
+        self.keys_values = keys_values
+
+    def update(self, keys, values, *args, **kwargs):
+        return self.keys_values
+
+
+def _masks_by_own_positions(attention: torch.nn.Module) -> bool:
+    """Whether ``attention`` masks with its own causal buffer, indexed by the query count (GPT-Neo's local
+    windows): one query at each prompt's last position would read the wrong row of it."""
+    return isinstance(getattr(attention, "bias", None), torch.Tensor) and attention.bias.dtype == torch.bool
+
+
+def _last_query_only(module, args, kwargs, *, last: torch.Tensor):
+    """A pre-hook of the last layer's attention: only each copy's last position reaches the logits, so the
+    attention runs its one query there, on the keys and values of every position (taken by a first call
+    that stops once it has them). Its output ``[E*B, 1, d]`` broadcasts over the positions in the residual
+    sum, wrongly but harmlessly at the others."""
+    kwargs = dict(kwargs)
+    if args:
+        kwargs["hidden_states"], args = args[0], args[1:]
+    name = next(n for n in ("cache", "layer_past", "past_key_values") if n in kwargs)
+    take = _TakeKeysValues(kwargs[name])
+    try:
+        module.forward(*args, **{**kwargs, name: take})
+    except _KeysValuesTaken:
+        pass
+    if take.keys_values is None:  # the attention never asked its cache: leave the call as it is
+        return None
+    rows = torch.arange(len(last), device=last.device)
+
+    def at_last(value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[0] in (1, len(last)):
+            return value.expand(len(last), *value.shape[1:])[rows, last][:, None]
+        if isinstance(value, tuple | list):
+            return type(value)(at_last(v) for v in value)
+        return value
+
+    mask = kwargs.get("attention_mask")
+    if mask is not None:  # [N or 1, 1, queries, keys] -> each copy's last query's row
+        kwargs["attention_mask"] = mask.expand(len(last), *mask.shape[1:])[rows, :, last][:, :, None]
+    kwargs["hidden_states"] = at_last(kwargs["hidden_states"])
+    if "position_embeddings" in kwargs:
+        kwargs["position_embeddings"] = at_last(kwargs["position_embeddings"])
+    if kwargs.get("position_ids") is not None:
+        ids = kwargs["position_ids"]
+        kwargs["position_ids"] = ids.expand(len(last), ids.shape[-1])[rows, last][:, None]
+    kwargs[name] = _GiveKeysValues(take.keys_values)
+    return args, kwargs
 
 
 def _suffix_logits(
