@@ -165,6 +165,10 @@ def _losses(
     config: AttributionConfig, batch: PairBatch, logits: torch.Tensor, clean_logits: torch.Tensor, copies: int
 ) -> torch.Tensor:
     """Return the metric's loss per copy and example ``[copies, B]``."""
+    if config.metric in ("kl", "kl_vocab_mean"):  # per row over the vocabulary: the clean logits broadcast
+        return metric_loss(
+            config.metric, logits.view(copies, len(clean_logits), -1), clean_logits, batch.answers
+        )
     corrupted = None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(copies)
     loss = metric_loss(
         config.metric, logits, clean_logits.repeat(copies, 1), batch.answers.repeat(copies), corrupted
