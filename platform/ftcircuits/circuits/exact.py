@@ -268,12 +268,14 @@ def _patched_logits(
             forward.append((probe.mlp_outs[layer], repeated))
         if layer < arch.layers - 1:
             pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
-            attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
-            if not _masks_by_own_positions(attention):
-                pre_kwargs.append((attention, partial(_last_query_only, last=last)))
         elif not into_mlp and not arch.parallel_blocks:
             pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
-        hooks = _attention_input_hooks(probe, layer, sources, offset if not into_mlp else None, delta, count)
+        hooks = _attention_input_hooks(
+            probe, layer, sources, offset if not into_mlp else None, delta, count, last
+        )
+        attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
+        if not _masks_by_own_positions(attention):
+            pre_kwargs.append((attention, partial(_last_query_only, last=last)))
         forward += hooks[0]
         pre += hooks[1]
     pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
@@ -372,13 +374,20 @@ def _suffix_logits(
 
 def _attention_input_hooks(
     probe: ModelProbe, layer: int, sources: torch.Tensor, offset: torch.Tensor | None, delta: torch.Tensor,
-    count: int,
+    count: int, last: torch.Tensor,
 ) -> tuple[list, list]:  # fmt: skip
     """Return (forward, pre) hooks that run ``layer``'s attention norm and q/k/v projections once, on the
     layer's input (clean in every copy), and repeat the projections' outputs to the ``count`` copies,
     each copy's one patched head input recomputed there (``offset``: each copy's destination within the
-    layer; None: no head input is patched)."""
+    layer; None: no head input is patched).
+
+    A second call on one position (``_last_query_only``'s) gets the first call's outputs at each copy's
+    ``last`` position."""
     stash: dict = {}
+
+    def projection_input(module, args):
+        stash["second"] = args[0].shape[1] == 1 < stash["normed"].shape[1]
+        return (stash["normed"][:, :1] if stash["second"] else stash["normed"], *args[1:])
 
     def norm_input(module, args):
         stash["x"] = args[0][: len(args[0]) // count]
@@ -406,18 +415,22 @@ def _attention_input_hooks(
                     local % heads,
                     sources[mine],
                 )
-        pre.append((projection.module, lambda m, args: (stash["normed"], *args[1:])))
+        pre.append((projection.module, projection_input))
         forward.append((projection.module, partial(_repeated_output, patch=patch, delta=delta, stash=stash,
-                                                   count=count)))  # fmt: skip
+                                                   count=count, last=last)))  # fmt: skip
         first += len(projection.parts) * heads
     return forward, pre
 
 
-def _repeated_output(module, inputs, output, *, patch, delta, stash, count):
-    """Return a projection's output repeated to the copies, patched by ``patch`` if any."""
+def _repeated_output(module, inputs, output, *, patch, delta, stash, count, last):
+    """Return a projection's output repeated to the copies, patched by ``patch`` if any (in a second call,
+    the first call's at each copy's ``last`` position)."""
+    if stash["second"]:
+        return stash[module][torch.arange(len(last), device=last.device), last][:, None]
     output = output.repeat(count, *[1] * (output.dim() - 1))
     if patch is not None:
         patch(output, delta, stash["x"], count)
+    stash[module] = output
     return output
 
 
