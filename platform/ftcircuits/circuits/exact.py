@@ -22,14 +22,14 @@ others; OPT's flattened MLP input keeps every position).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from ftcircuits.circuits.attribution import AttributionConfig
+from ftcircuits.circuits.exact_attention import Prefix, last_query_only, masks_by_own_positions
 from ftcircuits.circuits.interventions import write_replacements
 from ftcircuits.circuits.memory import exact_copies
 from ftcircuits.circuits.metrics import metric_loss
@@ -85,63 +85,7 @@ def exact_scores(
     return scores
 
 
-class _StackedLayer(DynamicLayer):
-    """A cache layer of stacked copies whose keys and values live in buffers that hold the prefix already:
-    an update writes the new positions after it (no concatenation, no repeated prefix per pass)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        super().__init__()
-        self.buffers, self.length = (keys, values), length
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
-        self.device, self.is_initialized = keys.device, True
-
-    def update(self, key_states, value_states, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        for buffer, new in zip(self.buffers, (key_states, value_states), strict=True):
-            buffer[:, :, self.length :].copy_(new)
-        self.keys, self.values = self.buffers
-        return self.buffers
-
-
-@dataclass
-class _Prefix:
-    """The positions every copy shares with the clean run, and the clean keys and values there."""
-
-    length: int
-    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [B, kv heads, length, d_head]
-    total: int  # positions in all
-    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # per layer
-
-    def cache(self, from_layer: int, copies: int) -> DynamicCache:
-        """Return a cache of the prefix, repeated ``copies`` times from ``from_layer`` on."""
-        layers = []
-        for layer, (k, v) in enumerate(self.keys_values):
-            if layer < from_layer:
-                layers.append(DynamicLayer())
-                layers[-1].update(k, v)
-            else:
-                keys, values = self._buffers(layer, copies)
-                layers.append(_StackedLayer(keys, values, self.length))
-        cache = DynamicCache()
-        cache.layers = layers
-        return cache
-
-    def _buffers(self, layer: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``layer``'s key and value buffers of ``copies`` copies, the prefix filled in (one buffer
-        per layer, grown when a pass needs more copies; a smaller pass uses its first rows)."""
-        size = self.keys_values[layer][0].shape[0]
-        held = self.buffers.get(layer)
-        if held is None or held[0].shape[0] < copies * size:
-            held = tuple(
-                prefix.new_empty(copies * size, prefix.shape[1], self.total, prefix.shape[3])
-                for prefix in self.keys_values[layer]
-            )
-            for buffer, prefix in zip(held, self.keys_values[layer], strict=True):
-                buffer.view(copies, size, *buffer.shape[1:])[:, :, :, : self.length] = prefix
-            self.buffers[layer] = held
-        return held[0][: copies * size], held[1][: copies * size]
-
-
-def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
+def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> Prefix | None:
     """Return the clean run's keys and values before the first position where a clean and a corrupted
     prompt differ (and before every prompt's last token), or None when that is position 0."""
     differs = (batch.clean.input_ids != batch.corrupted_ids).any(dim=0).nonzero()
@@ -158,7 +102,7 @@ def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> _Prefix | None:
     keys_values = [
         (layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone()) for layer in cache.layers
     ]
-    return _Prefix(length, keys_values, batch.clean.input_ids.shape[1])
+    return Prefix(length, keys_values, batch.clean.input_ids.shape[1])
 
 
 def _losses(
@@ -193,39 +137,70 @@ def _repeat_batch(value, batch: int, copies: int, memo: dict):
     return value
 
 
+@dataclass(frozen=True)
+class _Copies:
+    """One pass's stacked copies of the batch (copy-major), copy e patching edge ``(sources[e], ...)``."""
+
+    count: int
+    size: int  # examples per copy
+    length: int  # positions that run
+    delta: torch.Tensor  # [n_sources, B, length, d]: each source's replaced minus clean output
+    sources: torch.Tensor  # [count]
+    last: torch.Tensor  # [count * B]: each row's last real position among those that run
+
+    def last_positions(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return each row's last real position ``[E*B, 1, d]`` of ``[E*B, T, d]`` (as it is if already
+        gathered, or flattened to ``[E*B*T, d]`` as OPT's MLP input is)."""
+        if hidden.dim() != 3 or hidden.shape[1] == 1:
+            return hidden
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.last][:, None]
+
+    def patched(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` (the copies' stacked destination input) with ``delta[source]`` added to each."""
+        x = x.clone()
+        x.view(self.count, self.size, self.length, -1).add_(self.delta[self.sources].to(x.dtype))
+        return x
+
+    def repeated(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        """A forward hook: ``output`` of one copy repeated to every copy."""
+        return output.repeat(self.count, *[1] * (output.dim() - 1))
+
+
 def _patched_logits(
     probe: ModelProbe, batch: PairBatch, delta: torch.Tensor, layer: int, sources: torch.Tensor,
-    destinations: torch.Tensor, prefix: _Prefix | None,
+    destinations: torch.Tensor, prefix: Prefix | None,
 ) -> torch.Tensor:  # fmt: skip
     """Return last-position logits ``[E*B, vocab]`` of E copies of the clean batch, copy e with edge
     ``(sources[e], destinations[e])`` patched; every destination is in ``layer`` (``layers``: logits).
 
     With a ``prefix``, only the positions after it run, on the prefix's clean keys and values.
     """
-    graph, arch = probe.graph, probe.arch
-    count = len(sources)
     start = 0 if prefix is None else prefix.length
     size, length = batch.clean.input_ids.shape
-    length -= start
-    delta = delta[:, :, start:]
-    width = arch.d_model
-    pre, pre_kwargs, forward = [], [], []
-    last = (batch.clean.last_index - start).repeat(count)
+    last = (batch.clean.last_index - start).repeat(len(sources))
+    copies = _Copies(len(sources), size, length - start, delta[:, :, start:], sources, last)
+    if layer == probe.arch.layers:  # logits: the final norm's input, expanded here
 
-    def last_positions(hidden: torch.Tensor) -> torch.Tensor:
-        """Return each copy's last real position ``[E*B, 1, d]`` of ``[E*B, T, d]`` (as it is if already
-        gathered, or flattened to ``[E*B*T, d]`` as OPT's MLP input is)."""
-        if hidden.dim() != 3 or hidden.shape[1] == 1:
-            return hidden
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+        def logits_input(module, args):
+            return (copies.patched(copies.repeated(module, args, args[0])), *args[1:])
 
-    def added(x: torch.Tensor, rows: torch.Tensor, source_rows: torch.Tensor) -> torch.Tensor:
-        """Return ``x`` (copies stacked) with ``delta[source]`` added to the copies ``rows``."""
-        x = x.clone()
-        view = x.view(count, size, length, width)
-        view[rows] += delta[source_rows].to(x.dtype)
-        return x
+        forward, pre, pre_kwargs = [], [(probe.final_norm, logits_input)], []
+    else:
+        forward, pre, pre_kwargs = _layer_hooks(probe, layer, destinations, copies)
+    pre.append((probe.unembed, lambda m, args: (copies.last_positions(args[0]), *args[1:])))
+    with module_hooks(forward, pre, pre_kwargs):
+        if prefix is None:
+            return model_logits(probe.model, batch.clean)[:, 0]
+        return _suffix_logits(probe, batch, prefix, layer, copies.count)
 
+
+def _layer_hooks(
+    probe: ModelProbe, layer: int, destinations: torch.Tensor, copies: _Copies
+) -> tuple[list, list, list]:
+    """Return the (forward, pre, pre-with-kwargs) hooks of copies patching edges into ``layer``: the copies
+    stack from ``layer`` on; there the attention's input runs once, and the MLP too in a parallel block
+    unless the copies patch it; the last layer runs at the last positions (its attention's one query)."""
+    graph, arch, count, size = probe.graph, probe.arch, copies.count, copies.size
     memo: dict = {}
 
     def expand(module, args, kwargs):
@@ -233,132 +208,40 @@ def _patched_logits(
             return _repeat_batch(args, size, count, memo), _repeat_batch(kwargs, size, count, memo)
         return None
 
-    def repeated(module, args, output: torch.Tensor) -> torch.Tensor:
-        return output.repeat(count, *[1] * (output.dim() - 1))
+    forward, pre, pre_kwargs = [], [], [(probe.blocks[later], expand) for later in range(layer, arch.layers)]
+    offset = destinations - layer * graph.destinations_per_layer
+    into_mlp = bool(offset[0] == graph.destinations_per_layer - 1)  # a chunk is of one kind
+    at_last = layer == arch.layers - 1
+    if into_mlp:
 
-    if layer == arch.layers:  # logits: the final norm's input, expanded here
-        everyone = torch.arange(count, device=sources.device)
+        def mlp_input(module, args):
+            x = copies.patched(args[0])
+            return (copies.last_positions(x) if at_last else x, *args[1:])
 
-        def logits_input(module, args):
-            x = args[0].repeat(count, *[1] * (args[0].dim() - 1))
-            return (added(x, everyone, sources), *args[1:])
+        pre.append((probe.mlp_norms[layer], mlp_input))
+    elif arch.parallel_blocks:  # the MLP reads the layer's input, clean in every copy: run it once
 
-        pre.append((probe.final_norm, logits_input))
-    else:
-        for later in range(layer, arch.layers):
-            pre_kwargs.append((probe.blocks[later], expand))
-        offset = destinations - layer * graph.destinations_per_layer
-        into_mlp = bool(offset[0] == graph.destinations_per_layer - 1)  # a chunk is of one kind
-        if into_mlp:
+        def clean_mlp_input(module, args):
+            x = args[0][:size]
+            if at_last:
+                x = x[torch.arange(size, device=x.device), copies.last[:size]][:, None]
+            return (x, *args[1:])
 
-            def mlp_input(module, args):
-                x = added(args[0], torch.arange(count, device=sources.device), sources)
-                return (last_positions(x) if layer == arch.layers - 1 else x, *args[1:])
-
-            pre.append((probe.mlp_norms[layer], mlp_input))
-        elif arch.parallel_blocks:  # the MLP reads the layer's input, clean in every copy: run it once
-
-            def clean_mlp_input(module, args):
-                x = args[0][:size]
-                if layer == arch.layers - 1:
-                    x = x[torch.arange(size, device=x.device), last[:size]][:, None]
-                return (x, *args[1:])
-
-            pre.append((probe.mlp_norms[layer], clean_mlp_input))
-            forward.append((probe.mlp_outs[layer], repeated))
-        if layer < arch.layers - 1:
-            pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
-        elif not into_mlp and not arch.parallel_blocks:
-            pre.append((probe.mlp_norms[-1], lambda m, args: (last_positions(args[0]), *args[1:])))
-        hooks = _attention_input_hooks(
-            probe, layer, sources, offset if not into_mlp else None, delta, count, last
-        )
-        attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
-        if not _masks_by_own_positions(attention):
-            pre_kwargs.append((attention, partial(_last_query_only, last=last)))
-        forward += hooks[0]
-        pre += hooks[1]
-    pre.append((probe.unembed, lambda m, args: (last_positions(args[0]), *args[1:])))
-    with module_hooks(forward, pre, pre_kwargs):
-        if prefix is None:
-            return model_logits(probe.model, batch.clean)[:, 0]
-        return _suffix_logits(probe, batch, prefix, layer, count)
-
-
-class _KeysValuesTaken(Exception):
-    """Raised by ``_TakeKeysValues`` once the attention has computed its keys and values."""
-
-
-class _TakeKeysValues:
-    """A cache for one attention call: takes the keys and values (through ``cache``'s update, if any) and
-    stops the call there (its queries, scores and output are not needed)."""
-
-    def __init__(self, cache) -> None:
-        self.cache, self.keys_values = cache, None
-
-    def update(self, keys, values, *args, **kwargs):
-        self.keys_values = (
-            (keys, values) if self.cache is None else self.cache.update(keys, values, *args, **kwargs)
-        )
-        raise _KeysValuesTaken
-
-
-class _GiveKeysValues:
-    """A cache that answers an attention's update with keys and values taken before."""
-
-    def __init__(self, keys_values) -> None:
-        self.keys_values = keys_values
-
-    def update(self, keys, values, *args, **kwargs):
-        return self.keys_values
-
-
-def _masks_by_own_positions(attention: torch.nn.Module) -> bool:
-    """Whether ``attention`` masks with its own causal buffer, indexed by the query count (GPT-Neo's local
-    windows): one query at each prompt's last position would read the wrong row of it."""
-    return isinstance(getattr(attention, "bias", None), torch.Tensor) and attention.bias.dtype == torch.bool
-
-
-def _last_query_only(module, args, kwargs, *, last: torch.Tensor):
-    """A pre-hook of the last layer's attention: only each copy's last position reaches the logits, so the
-    attention runs its one query there, on the keys and values of every position (taken by a first call
-    that stops once it has them). Its output ``[E*B, 1, d]`` broadcasts over the positions in the residual
-    sum, wrongly but harmlessly at the others."""
-    kwargs = dict(kwargs)
-    if args:
-        kwargs["hidden_states"], args = args[0], args[1:]
-    name = next(n for n in ("cache", "layer_past", "past_key_values") if n in kwargs)
-    take = _TakeKeysValues(kwargs[name])
-    try:
-        module.forward(*args, **{**kwargs, name: take})
-    except _KeysValuesTaken:
-        pass
-    if take.keys_values is None:  # the attention never asked its cache: leave the call as it is
-        return None
-    rows = torch.arange(len(last), device=last.device)
-
-    def at_last(value):
-        if isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[0] in (1, len(last)):
-            return value.expand(len(last), *value.shape[1:])[rows, last][:, None]
-        if isinstance(value, tuple | list):
-            return type(value)(at_last(v) for v in value)
-        return value
-
-    mask = kwargs.get("attention_mask")
-    if mask is not None:  # [N or 1, 1, queries, keys] -> each copy's last query's row
-        kwargs["attention_mask"] = mask.expand(len(last), *mask.shape[1:])[rows, :, last][:, :, None]
-    kwargs["hidden_states"] = at_last(kwargs["hidden_states"])
-    if "position_embeddings" in kwargs:
-        kwargs["position_embeddings"] = at_last(kwargs["position_embeddings"])
-    if kwargs.get("position_ids") is not None:
-        ids = kwargs["position_ids"]
-        kwargs["position_ids"] = ids.expand(len(last), ids.shape[-1])[rows, last][:, None]
-    kwargs[name] = _GiveKeysValues(take.keys_values)
-    return args, kwargs
+        pre.append((probe.mlp_norms[layer], clean_mlp_input))
+        forward.append((probe.mlp_outs[layer], copies.repeated))
+    if not at_last or not (into_mlp or arch.parallel_blocks):
+        pre.append((probe.mlp_norms[-1], lambda m, args: (copies.last_positions(args[0]), *args[1:])))
+    more_forward, more_pre = _attention_input_hooks(
+        probe, layer, copies.sources, offset if not into_mlp else None, copies.delta, count, copies.last
+    )
+    attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
+    if not masks_by_own_positions(attention):
+        pre_kwargs.append((attention, partial(last_query_only, last=copies.last)))
+    return forward + more_forward, pre + more_pre, pre_kwargs
 
 
 def _suffix_logits(
-    probe: ModelProbe, batch: PairBatch, prefix: _Prefix, layer: int, count: int
+    probe: ModelProbe, batch: PairBatch, prefix: Prefix, layer: int, count: int
 ) -> torch.Tensor:
     """Run the positions after ``prefix`` on its cache (repeated ``count`` times from ``layer`` on); return
     the logits at each prompt's last position."""
@@ -381,7 +264,7 @@ def _attention_input_hooks(
     each copy's one patched head input recomputed there (``offset``: each copy's destination within the
     layer; None: no head input is patched).
 
-    A second call on one position (``_last_query_only``'s) gets the first call's outputs at each copy's
+    A second call on one position (``last_query_only``'s) gets the first call's outputs at each copy's
     ``last`` position."""
     stash: dict = {}
 
