@@ -17,7 +17,11 @@ corrupted prompt differ is clean in every copy (causal attention): the copies ru
 after it, on the clean run's keys and values there (a key/value cache). Only each prompt's last
 position reaches the logits, so the last layer's MLP and the unembedding see only that position
 (the MLP's output broadcasts over the positions in the residual sum, wrongly but harmlessly at the
-others; OPT's flattened MLP input keeps every position).
+others; OPT's flattened MLP input keeps every position), and its attention runs one query per copy
+(``exact_attention.last_query_only``). A chunk patches heads' inputs only or MLP inputs only; at the
+destination layer the input is clean in every copy, so the attention norm and the q/k/v projections run
+once and their outputs repeat to the copies, each copy's one patched head input recomputed there; in a
+parallel block (GPT-NeoX) the MLP of a heads' chunk runs once too.
 """
 
 from __future__ import annotations
