@@ -1,12 +1,13 @@
 """Benchmark exact edge patching: edges stacked as copies of the batch against one pass per edge.
 
-    python -m jobs.bench_exact [--config FILE] [--batch 128] [--sample 200] [--threads 2] [--no-full]
+    python -m jobs.bench_exact [--config FILE] [--batch 128] [--sample 200] [--threads 2] [--copies N]
+        [--no-full]
 
 On the shipped tiny model and ``batch`` addsub prompt pairs: (a) stacked: ``exact_scores`` with as many
-copies per pass as the batch's memory plan holds; (b) per edge: the same with one copy per pass. Both
-score the same seeded sample of edges (one pass per edge over all of them takes long), in one process;
-then the stacked way scores every edge. Prints seconds, peak resident memory above each run's start,
-the speed-up and the largest difference between the two ways' scores. On a shared machine the wall time
+copies per pass as the batch's memory plan holds (or ``copies``); (b) per edge: the same with one copy
+per pass. Both score the same seeded sample of edges (one pass per edge over all of them takes long), in
+one process; then the stacked way scores every edge. Prints seconds, peak resident memory above each run's
+start, the speed-up and the largest difference between the two ways' scores. On a shared machine the wall time
 stretches with the load; the process's CPU time (all threads) is printed too.
 """
 
@@ -32,13 +33,13 @@ from jobs.cli import config_parser, flag_overrides, parse_config
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
-    for flag in ("--batch", "--sample", "--threads", "--seed"):
+    for flag in ("--batch", "--sample", "--threads", "--seed", "--copies"):
         parser.add_argument(flag, type=int)
     parser.add_argument("--no-full", dest="full", action="store_false", default=None,
                         help="skip the stacked run over every edge")  # fmt: skip
     args = parser.parse_args(argv)
     config = parse_config(
-        BenchExactConfig, args, flag_overrides(args, ("batch", "sample", "threads", "seed", "full"))
+        BenchExactConfig, args, flag_overrides(args, ("batch", "sample", "threads", "seed", "copies", "full"))
     )
     torch.set_num_threads(config.threads)
     for line in benchmark(config):
@@ -56,7 +57,7 @@ def benchmark(config: BenchExactConfig) -> list[str]:
     graph = probe.graph
     attribution = AttributionConfig(method="exact", metric="kl")
     size, length = batch.clean.input_ids.shape
-    copies = exact_copies(probe.arch, size, length, attribution.stacked, torch.float32)
+    copies = config.copies or exact_copies(probe.arch, size, length, attribution.stacked, torch.float32)
     mask = graph.edge_mask
     chosen = torch.randperm(graph.n_edges, generator=torch.Generator().manual_seed(config.seed))[
         : config.sample
@@ -78,7 +79,7 @@ def benchmark(config: BenchExactConfig) -> list[str]:
         cpu[way] = time.process_time() - start
         return seconds, peak
 
-    stacked_s, stacked_m = run("stacked", edges=sample)
+    stacked_s, stacked_m = run("stacked", edges=sample, copies=copies)
     single_s, single_m = run("per-edge", edges=sample, copies=1)
     gap = (results["stacked"] - results["per-edge"]).abs().max().item()
     lines = [
@@ -93,7 +94,7 @@ def benchmark(config: BenchExactConfig) -> list[str]:
         f"(CPU time {cpu['per-edge'] / cpu['stacked']:.2f}); largest score difference {gap:.2e}",
     ]
     if config.full:
-        full_s, full_m = run("full")
+        full_s, full_m = run("full", copies=copies)
         lines.append(
             f"  stacked, all {graph.n_edges} edges: {full_s:.2f} s (CPU {cpu['full']:.2f} s over "
             f"{torch.get_num_threads()} threads), peak {full_m / 2**20:.0f} MiB "

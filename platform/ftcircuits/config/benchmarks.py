@@ -61,6 +61,9 @@ class BenchExactConfig(Strict):
     batch: int = Field(128, ge=1, description="prompt pairs (addsub, range 100)")
     sample: int = Field(200, ge=1, description="edges both ways score (one pass per edge is slow)")
     full: bool = Field(True, description="also time the stacked way on every edge")
+    copies: int | None = Field(
+        None, ge=1, description="edges per stacked pass (default: the memory plan's, memory.exact_copies)"
+    )
     threads: int = Field(2, ge=1)
     seed: int = 0
 
