@@ -127,10 +127,12 @@ def test_a_rerun_reuses_every_cell_and_recomputes_nothing(compared, monkeypatch,
     assert "0 cells computed, 22 reused" in capsys.readouterr().out
 
 
-def test_without_exact_the_agreement_columns_are_empty(tiny_run, tmp_path):
-    config = small_config(tiny_run, tmp_path, "methods=[eap]", "interventions=[zero]")
+def test_one_checkpoint_without_exact_has_empty_agreement_columns(tiny_run, tmp_path):
+    config = small_config(tiny_run, tmp_path, "methods=[eap]", "interventions=[zero]", "checkpoints=[final]")
     result = compare_attribution(config)
-    assert result.table.select("method", "intervention", "pearson").rows() == [("eap", "zero", None)] * 2
+    assert result.table.select("checkpoint", "method", "intervention", "pearson").rows() == [
+        ("final", "eap", "zero", None)
+    ]
     assert result.notes == ["exact is not among the methods: no agreement columns"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +25,11 @@ class AttributionCompareConfig(Strict):
     discovery: DiscoverySettings = Field(
         DiscoverySettings(examples=128),
         description="shared by every cell; its method and intervention are each cell's own",
+    )
+    checkpoints: list[Literal["base", "final"]] = Field(
+        default_factory=lambda: ["base", "final"],
+        description="the run's step 0 (base) and its last checkpoint (final); one of them splits the work "
+        "over processes that share out's cells",
     )
     methods: list[AttributionMethod] = Field(
         default_factory=lambda: list(choices(AttributionMethod)),
@@ -83,7 +89,7 @@ class AttributionCompareConfig(Strict):
             )
         return run
 
-    @field_validator("methods", "interventions")
+    @field_validator("checkpoints", "methods", "interventions")
     @classmethod
     def _distinct(cls, values: list[str]) -> list[str]:
         if not values or len(set(values)) != len(values):

@@ -65,14 +65,16 @@ class Cell:
 
 
 def comparison_cells(config: AttributionCompareConfig, inputs: RunInputs) -> tuple[list[Cell], list[str]]:
-    """Return the cells of ``config`` (base then final; interventions, then methods, in the config's order)
-    and a note per (method, intervention) pair skipped because the method cannot take the intervention."""
+    """Return the cells of ``config`` (its checkpoints, base then final; interventions, then methods, in the
+    config's order) and a note per (method, intervention) pair skipped because the method cannot take the
+    intervention."""
     index = inputs.checkpoints.sort("step")
     ends = {"base": index.row(0, named=True), "final": index.row(-1, named=True)}
     pairs, notes = config.pairs()
     cells = [
         Cell(name, int(row["step"]), str(row["path"]), method, intervention)
         for name, row in ends.items()
+        if name in config.checkpoints
         for method, intervention in pairs
     ]
     return cells, notes
