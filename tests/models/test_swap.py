@@ -55,6 +55,8 @@ def test_swapped_checkpoint_equals_a_fresh_load_and_base_comes_back(
         expected = logits(load_model(str(checkpoint)).model, tokenizer)
         torch.testing.assert_close(logits(weights.model, tokenizer), expected)
         assert not torch.allclose(expected, base_logits)
+        # a merged adapter leaves no parameter frozen (PEFT freezes them; eap-ig-activations needs them)
+        assert all(param.requires_grad for param in weights.model.parameters())
     weights.swap_to("base")
     torch.testing.assert_close(logits(weights.model, tokenizer), base_logits)
     assert weights.model is model_before

@@ -40,6 +40,9 @@ class CheckpointWeights:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.base_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+        # merging an adapter freezes every parameter (PEFT); gradient-based scores that start inside the
+        # model (eap-ig-activations) need the loaded model's flags back
+        self.requires_grad = {name: p.requires_grad for name, p in loaded.model.named_parameters()}
         self.current: str | None = BASE
 
     @property
@@ -73,6 +76,8 @@ class CheckpointWeights:
                 raise ModelSourceError(
                     f"checkpoint {weights!r} has neither {ADAPTER_CONFIG} nor {CONFIG_NAME}"
                 )
+        for name, param in model.named_parameters():
+            param.requires_grad_(self.requires_grad[name])
         model.eval()
         self.current = weights
 
