@@ -43,6 +43,27 @@ from ftcircuits.encoding import model_logits
 from ftcircuits.models.hooks import module_hooks
 
 
+def clean_deltas(
+    probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return every source's ``z(replaced) - z(clean)`` ``[n_sources, B, T, d]`` (zero at padding) and the
+    clean run's last-position logits: what a copy patching one edge or one node adds, and its reference."""
+    delta = probe.source_buffer(batch.clean, probe.score_dtype)
+    write_replacements(probe, batch, delta, config.intervention, means)
+    clean_logits = probe.write_sources(
+        batch.clean, batch.clean.input_ids, lambda s, out: delta[s : s + len(out)].sub_(out)
+    )
+    delta.mul_(batch.clean.attention_mask[:, :, None].to(delta.dtype))
+    return delta, clean_logits
+
+
+def planned_copies(probe: ModelProbe, batch: PairBatch, config: AttributionConfig) -> int:
+    """Return how many copies of ``batch`` one stacked pass holds (``memory.exact_copies``)."""
+    size, length = batch.clean.input_ids.shape
+    dtype = next(probe.model.parameters()).dtype
+    return exact_copies(probe.arch, size, length, config.stacked, dtype)
+
+
 @torch.no_grad()
 def exact_scores(
     probe: ModelProbe, batch: PairBatch, config: AttributionConfig, means: torch.Tensor | None = None,
@@ -55,16 +76,8 @@ def exact_scores(
     (default: all; the others score 0).
     """
     graph = probe.graph
-    shape = batch.clean.input_ids.shape
-    delta = probe.source_buffer(batch.clean, probe.score_dtype)
-    write_replacements(probe, batch, delta, config.intervention, means)
-    clean_logits = probe.write_sources(
-        batch.clean, batch.clean.input_ids, lambda s, out: delta[s : s + len(out)].sub_(out)
-    )
-    delta.mul_(batch.clean.attention_mask[:, :, None].to(delta.dtype))
-    if copies is None:
-        dtype = next(probe.model.parameters()).dtype
-        copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
+    delta, clean_logits = clean_deltas(probe, batch, config, means)
+    copies = planned_copies(probe, batch, config) if copies is None else copies
     scores = torch.zeros(graph.n_sources, graph.n_destinations, dtype=probe.score_dtype, device=delta.device)
     scored = graph.edge_mask_on(delta.device)
     if edges is not None:
@@ -74,7 +87,7 @@ def exact_scores(
     prefix = _clean_prefix(probe, batch) if config.intervention == "patching" else None
     # the unpatched loss along the same path as the copies' (float32 rounds a cached run differently)
     unpatched = clean_logits if prefix is None else _suffix_logits(probe, batch, prefix, probe.arch.layers, 1)
-    clean_loss = _losses(config, batch, unpatched, clean_logits, 1)[0]
+    clean_loss = copy_losses(config, batch, unpatched, clean_logits, 1)[0]
     into_mlp = destinations % graph.destinations_per_layer == graph.destinations_per_layer - 1
     for layer in range(probe.arch.layers + 1):
         for kind in (False, True):  # a chunk patches heads' inputs only or MLP inputs only
@@ -84,7 +97,7 @@ def exact_scores(
                 logits = _patched_logits(
                     probe, batch, delta, layer, chunk_sources, chunk_destinations, prefix
                 )
-                losses = _losses(config, batch, logits, clean_logits, len(chunk))
+                losses = copy_losses(config, batch, logits, clean_logits, len(chunk))
                 scores[chunk_sources, chunk_destinations] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
     return scores
 
@@ -109,7 +122,7 @@ def _clean_prefix(probe: ModelProbe, batch: PairBatch) -> Prefix | None:
     return Prefix(length, keys_values, batch.clean.input_ids.shape[1])
 
 
-def _losses(
+def copy_losses(
     config: AttributionConfig, batch: PairBatch, logits: torch.Tensor, clean_logits: torch.Tensor, copies: int
 ) -> torch.Tensor:
     """Return the metric's loss per copy and example ``[copies, B]``."""

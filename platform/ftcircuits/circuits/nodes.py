@@ -30,10 +30,8 @@ import torch
 
 from ftcircuits.circuits.attribution import AttributionConfig
 from ftcircuits.circuits.evaluation import curve_of_circuits
+from ftcircuits.circuits.exact import clean_deltas, copy_losses, planned_copies
 from ftcircuits.circuits.graph import Graph
-from ftcircuits.circuits.interventions import write_replacements
-from ftcircuits.circuits.memory import exact_copies
-from ftcircuits.circuits.metrics import metric_loss
 from ftcircuits.circuits.pairs import PairBatch
 from ftcircuits.circuits.probe import ModelProbe
 from ftcircuits.circuits.selection import NodeIndex
@@ -70,34 +68,16 @@ def exact_node_scores(
     ``memory.exact_copies``; 1 is one pass per node).
     """
     graph = probe.graph
-    shape = batch.clean.input_ids.shape
-    delta = probe.source_buffer(batch.clean, probe.score_dtype)
-    write_replacements(probe, batch, delta, config.intervention, means)
-    clean_logits = probe.write_sources(
-        batch.clean, batch.clean.input_ids, lambda s, out: delta[s : s + len(out)].sub_(out)
-    )
-    delta.mul_(batch.clean.attention_mask[:, :, None].to(delta.dtype))
-    if copies is None:
-        dtype = next(probe.model.parameters()).dtype
-        copies = exact_copies(probe.arch, shape[0], shape[1], config.stacked, dtype)
-    clean_loss = _losses(config.metric, batch, clean_logits, clean_logits, 1)[0]
+    delta, clean_logits = clean_deltas(probe, batch, config, means)
+    copies = planned_copies(probe, batch, config) if copies is None else copies
+    clean_loss = copy_losses(config, batch, clean_logits, clean_logits, 1)[0]
     scores = torch.zeros(graph.n_sources, dtype=probe.score_dtype, device=delta.device)
     for start in range(0, graph.n_sources, copies):
         chunk = range(start, min(start + copies, graph.n_sources))
         logits = _node_patched_logits(probe, batch, delta, chunk)
-        losses = _losses(config.metric, batch, logits, clean_logits, len(chunk))
+        losses = copy_losses(config, batch, logits, clean_logits, len(chunk))
         scores[chunk.start : chunk.stop] = (losses - clean_loss).sum(dim=1).to(scores.dtype)
     return scores
-
-
-def _losses(
-    metric: Metric, batch: PairBatch, logits: torch.Tensor, clean_logits: torch.Tensor, copies: int
-) -> torch.Tensor:
-    """Return the metric's loss per copy and example ``[copies, B]``."""
-    corrupted = None if batch.corrupted_answers is None else batch.corrupted_answers.repeat(copies)
-    answers = batch.answers.repeat(copies)
-    loss = metric_loss(metric, logits, clean_logits.repeat(copies, 1), answers, corrupted)
-    return loss.view(copies, -1)
 
 
 def _node_patched_logits(
