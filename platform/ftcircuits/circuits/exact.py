@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from ftcircuits.circuits.attribution import AttributionConfig
-from ftcircuits.circuits.exact_attention import Prefix, last_query_only, masks_by_own_positions
+from ftcircuits.circuits.exact_attention import Prefix, last_query_only
 from ftcircuits.circuits.interventions import write_replacements
 from ftcircuits.circuits.memory import exact_copies
 from ftcircuits.circuits.metrics import metric_loss
@@ -251,8 +251,8 @@ def _layer_hooks(
     more_forward, more_pre = _attention_input_hooks(
         probe, layer, copies.sources, offset if not into_mlp else None, copies.delta, count, copies.last
     )
-    attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
-    if not masks_by_own_positions(attention):
+    if not arch.names.masks_by_query_count:
+        attention = probe.model.get_submodule(arch.names.attention.format(i=arch.layers - 1))
         pre_kwargs.append((attention, partial(last_query_only, last=copies.last)))
     return forward + more_forward, pre + more_pre, pre_kwargs
 

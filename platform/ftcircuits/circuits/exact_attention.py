@@ -101,12 +101,6 @@ class _GiveKeysValues:
         return self.keys_values
 
 
-def masks_by_own_positions(attention: torch.nn.Module) -> bool:
-    """Whether ``attention`` masks with its own causal buffer, indexed by the query count (GPT-Neo's local
-    windows): one query at each prompt's last position would read the wrong row of it."""
-    return isinstance(getattr(attention, "bias", None), torch.Tensor) and attention.bias.dtype == torch.bool
-
-
 def last_query_only(module, args, kwargs, *, last: torch.Tensor):
     """A pre-hook of the last layer's attention: only each copy's last position reaches the logits, so the
     attention runs its one query there, on the keys and values of every position (taken by a first call

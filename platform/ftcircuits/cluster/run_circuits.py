@@ -60,9 +60,8 @@ def circuits_logger(run: Path, settings: CircuitRunSettings, inputs: RunInputs) 
 def ground_truth_of(settings: CircuitRunSettings) -> CircuitRunSettings | None:
     """Return the settings of the exact circuits ``settings`` asks for besides its own (``ground_truth``),
     or None: not asked, or the method is exact already (its circuits are the ground truth)."""
-    if not settings.ground_truth or settings.discovery.method == "exact":
-        return None
-    return ground_truth_settings(settings)
+    truth = ground_truth_settings(settings) if settings.ground_truth else None
+    return None if truth is settings else truth
 
 
 def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False) -> RunCircuits:

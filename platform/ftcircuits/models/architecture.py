@@ -34,6 +34,9 @@ class ModuleNames:
     qkv_layout: str = "separate"  # "interleaved" (GPT-NeoX [H,3,dh]), "blocks" ([3,H,dh]), "separate"
     conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out]
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    # the attention masks with its own causal buffer, indexed by the query count (GPT-Neo's local windows),
+    # so it cannot run one query at a later position alone
+    masks_by_query_count: bool = False
 
     def linear_modules(self) -> tuple[str, ...]:
         """Return each layer's linear module names relative to the layer (LoRA targets)."""
@@ -138,6 +141,7 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             unembed="lm_head",
             attention_norm="transformer.h.{i}.ln_1",
             mlp_norm="transformer.h.{i}.ln_2",
+            masks_by_query_count=True,
         ),
     ),
     "opt": ArchitectureAdapter(
