@@ -27,7 +27,7 @@ from pathlib import Path
 import ray
 import torch
 
-from ftcircuits.cluster.comparison import compare_methods
+from ftcircuits.cluster.comparison import circuitlora_final_circuits, compare_methods
 from ftcircuits.cluster.connection import ClusterError, check_shared_outputs, connect
 from ftcircuits.cluster.run_circuits import run_circuits
 from ftcircuits.cluster.train import finetune
@@ -41,7 +41,7 @@ from ftcircuits.models.swap import CheckpointWeights
 from ftcircuits.report.figures import accuracy_bars
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.study.accuracy import accuracy_key, cached_accuracy, circuit_split_accuracy, task_datasets
-from ftcircuits.study.analysis import analyze_run
+from ftcircuits.study.analysis import analyze_run, run_explorer
 from ftcircuits.study.comparison import arm_config
 from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
@@ -147,6 +147,10 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str, logs: JobLogs 
     say(compare_methods(compare.model_copy(update={"reference_runs": reference})).describe())
 
     stage("report")
+    if config.analysis.explorer:  # the explorer sets the CircuitLoRA arms' final circuits beside the base
+        finals = circuitlora_final_circuits(compare, config.circuits, config.rebuild)
+        if finals:
+            run_explorer(run, config.circuits, analysis.tables, finals)
     outputs = StudyOutputs(
         pipeline=config, run=run, analysis=analysis.directory, comparison=Path(compare.out),
         accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",

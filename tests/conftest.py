@@ -472,3 +472,14 @@ def small_pipeline_args(root: Path, base_model: Path, out: str, circuits: dict) 
     }))  # fmt: skip
     return ["--set", f"out={out}", "--set", f"comparison={comparison}", "--set", f"tasks=[{SMALL_TASK}]",
             "--set", f"circuits={json.dumps(circuits)}"]  # fmt: skip
+
+
+@pytest.fixture()
+def browser_ready() -> None:
+    """Skip unless Playwright and the system's Chromium can drive a page (``report.browser.open_page``)."""
+    from ftcircuits.report.browser import PLAYWRIGHT_HINT
+    from ftcircuits.report.screenshot import INSTALL_HINT, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip(INSTALL_HINT)
+    pytest.importorskip("playwright", reason=PLAYWRIGHT_HINT)

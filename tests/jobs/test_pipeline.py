@@ -15,14 +15,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ftcircuits.circuits.io import read_circuit
 from ftcircuits.cluster.comparison_trials import VIEW_KEY
+from ftcircuits.report.browser import open_page
 from ftcircuits.report.screenshot import INSTALL_HINT, dump_dom, find_chromium
 from ftcircuits.run_layout import index_path
+from ftcircuits.study.explorer import EXPLORER_FILE
 from ftcircuits.tracking.mlflow_runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ui_path
 from ftcircuits.tracking.mlflow_ui import serve_ui
 from jobs import pipeline
@@ -115,7 +119,8 @@ def test_the_console_shows_stages_progress_and_results_and_the_logs_hold_the_res
     for header in ("== data and base accuracy", "== fine-tuning lora", "== circuits of every checkpoint (and",
                    "== circuit dynamics", "== CircuitLoRA against LoRA", "== report"):  # fmt: skip
         assert sum(line.startswith(header) for line in lines) == 1, header
-    bars = {"fine-tuning": "5/5", "circuits": "12/12", "comparison runs": "2/2"}
+    bars = {"fine-tuning": "5/5", "circuits": "12/12", "comparison runs": "2/2",
+            "CircuitLoRA's final circuits": "1/1"}  # fmt: skip
     for bar, total in bars.items():  # a bar per long stage (the reference circuits' too), its newest metric
         shown = [line for line in lines if line.startswith(f"{bar}:")]
         assert any(f"100%|##########| {total}" in line for line in shown), (bar, shown)
@@ -156,6 +161,30 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(study):
     assert 'data-figures="8"' in body and 'data-images-loaded="8"' in body
     widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dom)]
     assert len(widths) == 8 and min(widths) > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_explorer_sets_circuitloras_final_circuit_beside_the_base(study, browser_ready):
+    """The explorer beside the report, side by side in headless Chromium: the studied LoRA run's base on the
+    left, the CircuitLoRA arm's final checkpoint on the right, each drawn with its circuit file's edges."""
+    out = study[0]
+    compared = out / "comparison" / "addsub-100"
+    (analysis,) = (compared / "lora" / "seed-0").glob(f"circuits/*/analysis/{EXPLORER_FILE}")
+    base = read_circuit(analysis.parent.parent / "step-000000")[0]
+    (final,) = (compared / "circuitlora" / "seed-0").glob("circuits/*/step-000005.json")
+    tuned = read_circuit(final.with_name("step-000005"))[0]
+    assert (out / EXPLORER_FILE).read_bytes() == analysis.read_bytes()  # the report's copy is the newest
+    view = urlencode({"side": "", "step": "circuitlora, step 5", "reference": "0"})
+    with open_page(out / EXPLORER_FILE, fragment=view) as opened:
+        page = opened.page
+        page.wait_for_function("window.explorer && window.explorer.ready")
+        shown = page.locator("#shown option").all_text_contents()
+        assert shown == ["step 0", "step 2", "step 4", "step 5", "circuitlora, step 5"]
+        assert page.locator("#step-label").text_content() == "circuitlora, step 5"
+        assert page.evaluate("explorer.drawnEdgesA") == base["in_circuit"].sum()
+        assert page.evaluate("explorer.drawnEdges") == tuned["in_circuit"].sum()
+        assert opened.errors == []
 
 
 def page_text(dom: str) -> str:

@@ -9,29 +9,23 @@ import pytest
 from ftcircuits.circuits.graph import Graph
 from ftcircuits.circuits.io import circuit_mask, read_circuit
 from ftcircuits.circuits.selection import Selection, select_circuit
-from ftcircuits.report.browser import PLAYWRIGHT_HINT, open_page
-from ftcircuits.report.screenshot import INSTALL_HINT, find_chromium
+from ftcircuits.report.browser import open_page
 from ftcircuits.study.explorer import write_explorer
 from ftcircuits.study.synthetic_circuits import write_synthetic_circuits
 
 GRAPH = Graph(layers=6, heads=8, kv_heads=8, parallel_blocks=True)  # 3,580 edges, like the tiny model
 STEPS = [0, 100, 200, 300]
 READY = "window.explorer && window.explorer.ready"
-
-
-@pytest.fixture()
-def browser_ready():
-    if find_chromium() is None:
-        pytest.skip(INSTALL_HINT)
-    pytest.importorskip("playwright", reason=PLAYWRIGHT_HINT)
+OTHER = "circuitlora, step 300"  # another run's circuit, shown only side by side
 
 
 @pytest.fixture()
 def explorer_page(tmp_path):
     out = write_synthetic_circuits(tmp_path / "circuits", GRAPH, STEPS, Selection(budget=0.15), seed=4)
     exact = write_synthetic_circuits(tmp_path / "exact", GRAPH, STEPS, Selection(budget=0.15), seed=5)
+    other = write_synthetic_circuits(tmp_path / "other", GRAPH, [300], Selection(budget=0.15), seed=6)
     page = write_explorer(out, GRAPH, "synthetic run", tmp_path / "explorer.html", budgets=[0.01, 0.3],
-                          ground_truth=exact)  # fmt: skip
+                          ground_truth=exact, others={OTHER: other / "step-000300"})  # fmt: skip
     return page, out
 
 
@@ -94,10 +88,16 @@ def test_explorer_draws_and_lists_the_circuit_files(explorer_page, browser_ready
         cells = [(steps.nth(i).get_attribute("data-score"), steps.nth(i).get_attribute("data-in-circuit"))
                  for i in range(steps.count())]  # fmt: skip
         same_edge = (pl.col("source") == source) & (pl.col("destination") == destination)
-        files = [_circuit(out, step).filter(same_edge) for step in STEPS]
+        other = read_circuit(page_path.parent / "other" / "step-000300", graph=GRAPH)[0]
+        files = [_circuit(out, step).filter(same_edge) for step in STEPS] + [other.filter(same_edge)]
         expected = [(f["score"][0], str(int(f["in_circuit"][0]))) for f in files]
         assert [(float(score), member) for score, member in cells] == expected
 
         page.check("#side")  # side by side: the base on the left, step 100 on the right
         assert page.evaluate("explorer.drawnEdgesA") == _circuit(out, 0)["in_circuit"].sum()
+        page.select_option("#shown", label=OTHER)  # the base beside another run's final checkpoint
+        assert page.evaluate("explorer.drawnEdges") == other["in_circuit"].sum()
+        assert page.evaluate("explorer.drawnEdgesA") == _circuit(out, 0)["in_circuit"].sum()
+        assert page.locator("#step-label").text_content() == OTHER
+        assert page.evaluate("document.getElementById('step').classList.contains('elsewhere')")
         assert opened.errors == []

@@ -19,9 +19,11 @@ import polars as pl
 from ftcircuits.cluster.circuitlora import reference_circuits
 from ftcircuits.cluster.comparison_trials import ComparisonRuns, run_comparison
 from ftcircuits.cluster.connection import check_shared_outputs, connect
+from ftcircuits.cluster.run_circuits import final_checkpoint_circuit
 from ftcircuits.config.comparison import CompareConfig
+from ftcircuits.config.discovery import CircuitRunSettings
 from ftcircuits.config.loading import ConfigError
-from ftcircuits.console import say
+from ftcircuits.console import progress, say
 from ftcircuits.finetune.run_identity import check_run_schedule
 from ftcircuits.integrity import DamagedFileError
 from ftcircuits.models.loader import load_tokenizer, model_skeleton
@@ -177,3 +179,27 @@ def write_comparison(config: CompareConfig, runs: list[ComparedRun], mlflow_uri:
         tmp.write_text(json.dumps(learned, indent=1))
     figure = method_comparison(table, config.out / "comparison.png", f"{len(config.seeds)} seeds")
     return Comparison(table, markdown, config.out, figure, mlflow_uri)
+
+
+def circuitlora_final_circuits(
+    config: CompareConfig, settings: CircuitRunSettings, rebuild: bool = False
+) -> dict[str, Path]:
+    """Return ``"<arm>, step N"`` -> circuit file stem of each CircuitLoRA arm's final checkpoint at the
+    first task and seed (the pipeline's studied ones), found under ``settings``' discovery unless on disk
+    (``run_circuits.final_checkpoint_circuit``), with one progress bar: what the explorer sets beside the
+    studied run's base."""
+    task, seed = config.tasks[0], config.seeds[0]
+    arms = [arm for arm in config.arms if arm.circuitlora is not None]
+    finals = {}
+    with progress(len(arms), "CircuitLoRA's final circuits", "circuit", disable=not arms) as bar:
+        for arm in arms:
+
+            def on_result(row: dict, arm: str = arm.name) -> None:
+                bar.set_postfix_str(f"{arm} step {row['step']} faithfulness {row['faithfulness']:.2f}",
+                                    refresh=False)  # fmt: skip
+                bar.update(1)
+
+            run = Path(arm_config(config, arm, task, seed).out)
+            step, stem = final_checkpoint_circuit(run, settings, rebuild, on_result)
+            finals[f"{arm.name}, step {step}"] = stem
+    return finals

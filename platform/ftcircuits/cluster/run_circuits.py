@@ -3,14 +3,16 @@ on Ray actors, cached on disk by what shapes them, tracked in MLflow (experiment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
 
+from ftcircuits.circuits.io import circuit_files
 from ftcircuits.cluster.circuit_pool import circuits_over_run
 from ftcircuits.cluster.connection import check_shared_outputs, connect
-from ftcircuits.config.discovery import CircuitRunSettings
+from ftcircuits.config.discovery import CircuitRunSettings, RobustnessSettings
 from ftcircuits.console import progress, result_tables
 from ftcircuits.study.over_run import (
     METRICS,
@@ -107,3 +109,33 @@ def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False)
     bar.close()
     logger.finish()
     return found[0] if len(found) == 1 else replace(found[0], ground_truth=found[1])
+
+
+def final_checkpoint_circuit(
+    run: Path,
+    settings: CircuitRunSettings,
+    rebuild: bool = False,
+    on_result: Callable[[dict], None] | None = None,
+) -> tuple[int, Path]:
+    """Discover, unless it is on disk, the circuit of ``run``'s final checkpoint under ``settings``'
+    discovery (no robustness unit, no ground truth) on a Ray actor, calling ``on_result`` with its summary
+    row; return (its step, its circuit file stem). It is cached with ``run_circuits``' circuits of the same
+    settings (``<run>/circuits/<hash>``): e.g. a CircuitLoRA run's final circuit, set beside the studied
+    run's in the explorer. A damaged file on disk raises DamagedFileError naming it, or with ``rebuild`` is
+    redone. One computed now is logged to the run's MLflow store (experiment ``circuits``)."""
+    inputs = run_inputs(run)
+    alone = settings.model_copy(
+        update={"robustness": RobustnessSettings(enabled=False), "ground_truth": False}
+    )
+    final = run_units(run, alone, inputs)[-1]  # the checkpoint units, in step order
+    if finished_circuit(circuits_dir(run, alone, inputs), final, rebuild) is None:
+        connect()
+    out, (row,), computed = circuits_over_run(run, alone, on_result, [final], rebuild)
+    if computed:  # tracked like run_circuits' circuits: its metrics and files in the run's store
+        logger = circuits_logger(run, alone, inputs)
+        for name in METRICS:
+            logger.metric(name, row[name], step=final.step)
+        for path in circuit_files(out / final.key):
+            logger.artifact(path, "circuits")
+        logger.finish()
+    return int(final.step), out / final.key

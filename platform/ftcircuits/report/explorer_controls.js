@@ -35,6 +35,7 @@ function render() {
   document.body.dataset.drawnEdges = String(b.drawn);
   const k = checkpoints.indexOf(state.shown);
   if (k >= 0) slider.value = String(k);
+  slider.classList.toggle("elsewhere", k < 0); // another run's circuit is shown: no step of this run
   shownSelect.value = String(state.shown);
   referenceSelect.value = String(state.reference);
   budgetSelect.value = String(state.budget);

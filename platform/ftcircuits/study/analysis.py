@@ -5,6 +5,7 @@ logged to MLflow."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,24 @@ def dynamics_figures(
     return plots
 
 
+def run_explorer(
+    run: Path, settings: CircuitRunSettings, tables: dict[str, pl.DataFrame],
+    others: Mapping[str, Path] | None = None,
+) -> Path:  # fmt: skip
+    """Write (or rewrite) the explorer page of ``run``'s circuits under ``settings`` into their analysis
+    directory, with the analysis' ``tables`` (critical layers, accuracy and faithfulness per step), the
+    exact circuits with ``settings.ground_truth``, and ``others`` (label -> circuit file stem over the same
+    graph, e.g. a CircuitLoRA run's final checkpoint) to set side by side; return its path."""
+    inputs = run_inputs(run)
+    out = circuits_dir(run, settings, inputs)
+    truth = circuits_dir(run, ground_truth_settings(settings), inputs) if settings.ground_truth else None
+    title = f"{Path(run).name}: {Path(inputs.base_model).name}, circuits over fine-tuning"
+    graph = Graph.of(model_skeleton(inputs.base_model)[1])
+    return write_explorer(out, graph, title, out / ANALYSIS_DIR / EXPLORER_FILE, ground_truth=truth,
+                          layer_scores=tables["layer_scores"], similarity=tables["similarity"],
+                          others=others)  # fmt: skip
+
+
 def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSettings) -> RunAnalysis:
     """Analyse the circuits of ``run`` found under ``settings``: write every table, figure and the headline
     to ``<circuits>/analysis``, log them to MLflow (experiment ``analysis``), and return them."""
@@ -170,12 +189,7 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
         headline |= ground_truth.ground_truth_headline(tables["similarity"])
     with atomic_file(directory / dynamics.HEADLINE_FILE) as tmp:
         tmp.write_text(json.dumps(headline, indent=1))
-    page = None
-    if analysis.explorer:
-        title = f"{Path(run).name}: {Path(inputs.base_model).name}, circuits over fine-tuning"
-        analysed = {"layer_scores": tables["layer_scores"], "similarity": tables["similarity"]}
-        page = write_explorer(out, Graph.of(architecture), title, directory / EXPLORER_FILE,
-                              ground_truth=truth, **analysed)  # fmt: skip
+    page = run_explorer(run, settings, tables) if analysis.explorer else None
     params = settings.model_dump(mode="json") | {
         "run": str(run),
         "analysis": analysis.model_dump(mode="json"),
