@@ -7,7 +7,9 @@ dynamics, CircuitLoRA against LoRA, and an HTML report.
 With no arguments it runs the embedded default (the shipped tiny model, a local Ray of its own, SQLite
 MLflow in ``<out>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another store). One LoRA run (the
 comparison's ``dynamics_arm``) gives both the accuracy after fine-tuning and the checkpoints whose circuits
-are studied, and is CircuitLoRA's reference run. Every stage is cached: a rerun skips what is done.
+are studied, and is CircuitLoRA's reference run. The report stage also finds each CircuitLoRA arm's final
+circuit, which the circuit explorer sets beside the studied run's. Every stage is cached: a rerun skips
+what is done.
 ``--set circuits.ground_truth=true`` also finds every checkpoint's circuit by exact patching (slow) and
 adds the method's agreement with it to the analysis and the report (is the rewiring an artefact?).
 

@@ -241,7 +241,8 @@ def explorer_section(outputs: StudyOutputs) -> ReportSection:
         f"[Open the circuit explorer]({EXPLORER_FILE}) (one offline page beside this report): every "
         "checkpoint's circuit on a fixed layout, with a slider over the checkpoints, the analysis' budgets, "
         "the edges and nodes added and removed against the base (or any checkpoint, side by side), the "
-        "critical layers of each layer-score variant, and each node's and edge's scores over the steps."
+        "CircuitLoRA arms' final circuits to set beside them, the critical layers of each layer-score "
+        "variant, and each node's and edge's scores over the steps."
     )
     return ReportSection(title="Explore the circuits", text=text)
 
