@@ -7,7 +7,7 @@ import pytest
 
 from ftcircuits.circuits.settings import DiscoverySettings
 from ftcircuits.config.data import DataConfig
-from ftcircuits.config.discovery import AnalysisSettings, CircuitRunSettings
+from ftcircuits.config.discovery import AnalysisConfig, AnalysisSettings, CircuitRunSettings
 from ftcircuits.config.loading import ConfigError, load_config
 from ftcircuits.config.pipeline import PIPELINE_CIRCUITS, PipelineConfig
 from ftcircuits.finetune.settings import FinetuneConfig
@@ -76,6 +76,23 @@ def test_bad_circuit_settings_name_the_nested_field(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(PipelineConfig, None, overrides)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "schema,override,message",
+    [
+        (AnalysisConfig, "explorer=true", "explorer: unknown field; did you mean analysis.explorer?;"),
+        (PipelineConfig, "examples=64", "examples: unknown field; did you mean circuits.discovery.examples?"),
+        (PipelineConfig, "circuits.examples=64",
+         "circuits.examples: unknown field; did you mean circuits.discovery.examples?"),
+        (FinetuneConfig, "lr=0.1", "lr: unknown field; did you mean train.lr?"),
+        (FinetuneConfig, "train.learning_rate=1", "train.learning_rate: unknown field;"),  # none to name
+    ],
+)  # fmt: skip
+def test_an_unknown_field_names_where_the_schema_has_it(schema, override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(schema, None, [override])
+    assert message in f"{error.value};"  # the field's whole message
 
 
 def test_bad_files_are_named(tmp_path):

@@ -83,14 +83,46 @@ def with_section_defaults(schema: type[BaseModel], tree: dict, defaults: dict) -
     return out
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """Return one message naming every bad field and why."""
+def field_paths(
+    schema: type[BaseModel], name: str, prefix: str = "", within: tuple[type, ...] = ()
+) -> list[str]:
+    """Return the dotted path of every field called ``name`` in ``schema`` and its sections, at any depth
+    (``AnalysisConfig``, ``explorer``: ``["analysis.explorer"]``); a section within itself is not entered."""
+    paths = []
+    for field_name, field in schema.model_fields.items():
+        if field_name == name:
+            paths.append(prefix + field_name)
+        section = _section_schema(field.annotation)
+        if section is not None and section not in (*within, schema):
+            paths += field_paths(section, name, f"{prefix}{field_name}.", (*within, schema))
+    return paths
+
+
+def _section_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """Return the section schema at ``loc`` (field names from ``schema``), or None where it is not one."""
+    for part in loc:
+        field = schema.model_fields.get(str(part))
+        schema = _section_schema(field.annotation) if field is not None else None
+        if schema is None:
+            return None
+    return schema
+
+
+def describe_validation_error(error: ValidationError, schema: type[BaseModel] | None = None) -> str:
+    """Return one message naming every bad field and why; an unknown field that ``schema`` has in one of
+    its sections names where (``explorer: unknown field; did you mean analysis.explorer?``)."""
     lines = []
     for issue in error.errors():
         where = ".".join(str(p) for p in issue["loc"]) or "(top level)"
         message = issue["msg"].removeprefix("Value error, ")
         if issue["type"] == "extra_forbidden":
             message = "unknown field"
+            parent = _section_at(schema, issue["loc"][:-1]) if schema is not None else None
+            if parent is not None:
+                prefix = "".join(f"{part}." for part in issue["loc"][:-1])
+                found = [prefix + path for path in field_paths(parent, str(issue["loc"][-1]))]
+                if found:
+                    message += f"; did you mean {' or '.join(found)}?"
         lines.append(f"{where}: {message}")
     return "invalid config: " + "; ".join(lines)
 
@@ -138,7 +170,7 @@ def updated_config(config: Schema, *updates: dict, what: str = "config") -> Sche
     try:
         return type(config).model_validate(merged_tree(config.model_dump(mode="json"), *updates))
     except ValidationError as error:
-        raise ConfigError(f"{what}: {describe_validation_error(error)}") from None
+        raise ConfigError(f"{what}: {describe_validation_error(error, type(config))}") from None
 
 
 def load_config(schema: type[Schema], path: Path | None = None, overrides: list[str] = ()) -> Schema:
@@ -162,4 +194,4 @@ def load_config(schema: type[Schema], path: Path | None = None, overrides: list[
     try:
         return schema.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        raise ConfigError(describe_validation_error(error, schema)) from None
