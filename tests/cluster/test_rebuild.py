@@ -32,7 +32,9 @@ def test_a_damaged_circuit_stops_the_stage_and_rebuild_or_deleting_it_redoes_onl
     run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("circuits")))
     args = circuits_of_run_args(run, circuit_settings(4, 4, robustness=False, curve=False, actors=1))
     circuits_job.main(args)
-    assert "4 circuits computed, 0 already on disk" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "4 circuits computed, 0 already on disk" in printed.out
+    assert "circuits: 100%|##########| 4/4" in printed.err  # work to do: a progress bar
     (out,) = (run / "circuits").iterdir()
     edges, _ = circuit_files(out / "step-000003")
     first, _ = read_circuit(out / "step-000003")
@@ -61,3 +63,8 @@ def test_a_damaged_circuit_stops_the_stage_and_rebuild_or_deleting_it_redoes_onl
         assert "1 circuits computed, 3 already on disk" in capsys.readouterr().out
         assert redone(before, times(out)) == {f"{key}.edges.parquet", f"{key}.json"}
         read_circuit(out / key)
+
+    circuits_job.main(args)  # all on disk: the summary says so, and no bar is drawn
+    printed = capsys.readouterr()
+    assert "0 circuits computed, 4 already on disk" in printed.out
+    assert "circuits:" not in printed.out + printed.err

@@ -82,14 +82,15 @@ def run_circuits(run: Path, settings: CircuitRunSettings, rebuild: bool = False)
     truth = ground_truth_of(settings)
     stages = [(settings, units)] + ([(truth, run_units(run, truth, inputs))] if truth else [])
     check_unit_data(inputs.data, units, settings.discovery.split)  # damaged inputs stop it before Ray starts
-    for stage, stage_units in stages:  # a damaged circuit on disk: DamagedFileError now, or with rebuild
-        out = circuits_dir(run, stage, inputs)  # removed (redone)
-        for unit in stage_units:
-            finished_circuit(out, unit, rebuild)
+    todo = 0  # a damaged circuit on disk: DamagedFileError now, or with rebuild removed (redone)
+    for stage, stage_units in stages:
+        out = circuits_dir(run, stage, inputs)
+        todo += sum(finished_circuit(out, unit, rebuild) is None for unit in stage_units)
     connect()
     check_shared_outputs(run)
     logger = circuits_logger(run, settings, inputs)
-    bar = progress(sum(len(stage_units) for _, stage_units in stages), "circuits", "circuit")
+    total = sum(len(stage_units) for _, stage_units in stages)
+    bar = progress(total, "circuits", "circuit", disable=todo == 0)  # all on disk: the summary says so
     found = []
     for stage, stage_units in stages:
         prefix = "exact_" if stage is truth else ""
