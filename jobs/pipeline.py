@@ -43,7 +43,7 @@ from ftcircuits.models.swap import CheckpointWeights
 from ftcircuits.report.figures import accuracy_bars
 from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.study.accuracy import accuracy_key, cached_accuracy, circuit_split_accuracy, task_datasets
-from ftcircuits.study.analysis import analyze_run, run_explorer
+from ftcircuits.study.analysis import analyze_run, rewrite_explorer
 from ftcircuits.study.comparison import arm_config
 from ftcircuits.study.report import StudyOutputs, render_study_report
 from ftcircuits.tracking.mlflow_runs import tracking_uri
@@ -152,7 +152,7 @@ def run_study(config: PipelineConfig, out: Path, mlflow_uri: str, logs: JobLogs 
     if config.analysis.explorer:  # the explorer sets the CircuitLoRA arms' final circuits beside the base
         finals = circuitlora_final_circuits(compare, config.circuits, config.rebuild)
         if finals:
-            run_explorer(run, config.circuits, analysis.tables, finals)
+            rewrite_explorer(analysis, run, config.circuits, finals)
     outputs = StudyOutputs(
         pipeline=config, run=run, analysis=analysis.directory, comparison=Path(compare.out),
         accuracy=accuracy, accuracy_figure=out / "accuracy" / "accuracy.png",

@@ -175,6 +175,11 @@ def test_the_explorer_sets_circuitloras_final_circuit_beside_the_base(study, bro
     (final,) = (compared / "circuitlora" / "seed-0").glob("circuits/*/step-000005.json")
     tuned = read_circuit(final.with_name("step-000005"))[0]
     assert (out / EXPLORER_FILE).read_bytes() == analysis.read_bytes()  # the report's copy is the newest
+    client = MlflowClient(f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    analyses = client.get_experiment_by_name("analysis").experiment_id
+    (tracked,) = client.search_runs([analyses], max_results=1)  # the newest (a rerun test adds one)
+    logged = client.download_artifacts(tracked.info.run_id, f"analysis/{EXPLORER_FILE}", str(out.parent))
+    assert Path(logged).read_bytes() == analysis.read_bytes()  # so is the analysis run's
     view = urlencode({"side": "", "step": "circuitlora, step 5", "reference": "0"})
     with open_page(out / EXPLORER_FILE, fragment=view) as opened:
         page = opened.page

@@ -33,6 +33,7 @@ class RunAnalysis:
     headline: dict = field(repr=False)
     figures: list[Path] = field(default_factory=list)
     explorer: Path | None = None  # the interactive page, with analysis.explorer
+    mlflow: tuple[str, str] | None = None  # (tracking URI, run id) of its MLflow run
 
     def describe(self) -> str:
         """Return the tables and headline a person reads at the end of the stage."""
@@ -201,4 +202,16 @@ def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSetti
             logger.metric(key, value, step=last_step)
     logger.artifact(directory, ANALYSIS_DIR)
     logger.finish()
-    return RunAnalysis(directory, tables, headline, plots, page)
+    return RunAnalysis(directory, tables, headline, plots, page, (uri, run_id))
+
+
+def rewrite_explorer(
+    analysis: RunAnalysis, run: Path, settings: CircuitRunSettings, others: Mapping[str, Path]
+) -> Path:
+    """Rewrite the explorer page of ``analysis`` (``analyze_run`` of ``run`` under ``settings``) with
+    ``others`` set beside its checkpoints (``run_explorer``), and log it again to the analysis' MLflow run
+    in place of the first; return its path."""
+    page = run_explorer(run, settings, analysis.tables, others)
+    if analysis.mlflow is not None:
+        RunLogger(*analysis.mlflow).artifact(page, ANALYSIS_DIR)
+    return page
