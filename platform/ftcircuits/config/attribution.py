@@ -11,9 +11,9 @@ from pydantic import Field, field_validator, model_validator
 
 from ftcircuits.circuits.evaluation import DEFAULT_BUDGETS
 from ftcircuits.circuits.settings import DiscoverySettings
-from ftcircuits.integrity import DamagedFileError
+from ftcircuits.config.discovery import complete_run
 from ftcircuits.options import AttributionMethod, Intervention, choices
-from ftcircuits.run_layout import check_run, index_path, read_checkpoint_index
+from ftcircuits.run_layout import read_checkpoint_index
 from ftcircuits.schema import Strict
 
 
@@ -72,16 +72,9 @@ class AttributionCompareConfig(Strict):
     @field_validator("run")
     @classmethod
     def _run_has_base_and_final(cls, run: Path) -> Path:
-        if not index_path(run).is_file():
-            missing = index_path(run)
-            raise ValueError(f"no fine-tuning run at {str(run)!r} ({missing} missing; run jobs.finetune)")
-        try:
-            check_run(run)
-            steps = read_checkpoint_index(run)["step"].to_list()
-        except FileNotFoundError as error:
-            raise ValueError(f"incomplete fine-tuning run at {str(run)!r}: {error}") from None
-        except DamagedFileError:
-            return run  # not a config error: the stage names the damaged file, before any work
+        if not complete_run(run):
+            return run  # a damaged file: the stage names it, before any work
+        steps = read_checkpoint_index(run)["step"].to_list()
         if steps[0] != 0 or len(steps) < 2:
             raise ValueError(
                 f"the run at {str(run)!r} has checkpoints at steps {steps}: comparing base and final needs "

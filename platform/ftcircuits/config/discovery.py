@@ -22,6 +22,22 @@ def _dataset_exists(data: Path) -> Path:
     return data
 
 
+def complete_run(run: Path) -> bool:
+    """Check, for a config's validator, that ``run`` is a whole fine-tuning run (ValueError naming what is
+    missing); return False when one of its files is damaged, which is not a config error: the stage names
+    it, before any work."""
+    index = index_path(run)
+    if not index.is_file():
+        raise ValueError(f"no fine-tuning run at {str(run)!r} ({index} missing; run jobs.finetune)")
+    try:
+        check_run(run)
+    except FileNotFoundError as error:
+        raise ValueError(f"incomplete fine-tuning run at {str(run)!r}: {error}") from None
+    except DamagedFileError:
+        return False
+    return True
+
+
 class RebuildOption(Strict):
     """``rebuild``, for the jobs whose circuits stage is cached: ``jobs.circuits --run``, the pipeline, the
     dynamics, and the reference circuits of CircuitLoRA, the method comparison and the sweep."""
@@ -105,15 +121,7 @@ class CircuitRunConfig(CircuitRunSettings, RebuildOption):
     @field_validator("run")
     @classmethod
     def _run_is_complete(cls, run: Path) -> Path:
-        index = index_path(run)
-        if not index.is_file():
-            raise ValueError(f"no fine-tuning run at {str(run)!r} ({index} missing; run jobs.finetune)")
-        try:
-            check_run(run)
-        except FileNotFoundError as error:
-            raise ValueError(f"incomplete fine-tuning run at {str(run)!r}: {error}") from None
-        except DamagedFileError:
-            pass  # not a config error: the stage names the damaged file, before any work
+        complete_run(run)
         return run
 
 

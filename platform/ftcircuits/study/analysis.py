@@ -20,7 +20,7 @@ from ftcircuits.report import circuit_figures as figures
 from ftcircuits.run_layout import ANALYSIS_DIR
 from ftcircuits.study import dynamics, ground_truth
 from ftcircuits.study.explorer import EXPLORER_FILE, write_explorer
-from ftcircuits.study.over_run import circuits_dir, ground_truth_settings, run_inputs
+from ftcircuits.study.over_run import RunInputs, circuits_dir, ground_truth_settings, run_inputs
 from ftcircuits.tracking.mlflow_runs import RunLogger, create_run
 
 
@@ -150,6 +150,14 @@ def dynamics_figures(
     return plots
 
 
+def run_directories(run: Path, settings: CircuitRunSettings) -> tuple[RunInputs, Path, Path | None]:
+    """Return ``run``'s inputs (checked), the directory of its circuits under ``settings``, and that of their
+    exact circuits with ``settings.ground_truth`` (else None)."""
+    inputs = run_inputs(run)
+    truth = circuits_dir(run, ground_truth_settings(settings), inputs) if settings.ground_truth else None
+    return inputs, circuits_dir(run, settings, inputs), truth
+
+
 def run_explorer(
     run: Path, settings: CircuitRunSettings, tables: dict[str, pl.DataFrame],
     others: Mapping[str, Path] | None = None,
@@ -158,9 +166,7 @@ def run_explorer(
     directory, with the analysis' ``tables`` (critical layers, accuracy and faithfulness per step), the
     exact circuits with ``settings.ground_truth``, and ``others`` (label -> circuit file stem over the same
     graph, e.g. a CircuitLoRA run's final checkpoint) to set side by side; return its path."""
-    inputs = run_inputs(run)
-    out = circuits_dir(run, settings, inputs)
-    truth = circuits_dir(run, ground_truth_settings(settings), inputs) if settings.ground_truth else None
+    inputs, out, truth = run_directories(run, settings)
     title = f"{Path(run).name}: {Path(inputs.base_model).name}, circuits over fine-tuning"
     graph = Graph.of(model_skeleton(inputs.base_model)[1])
     return write_explorer(out, graph, title, out / ANALYSIS_DIR / EXPLORER_FILE, ground_truth=truth,
@@ -171,10 +177,8 @@ def run_explorer(
 def analyze_run(run: Path, settings: CircuitRunSettings, analysis: AnalysisSettings) -> RunAnalysis:
     """Analyse the circuits of ``run`` found under ``settings``: write every table, figure and the headline
     to ``<circuits>/analysis``, log them to MLflow (experiment ``analysis``), and return them."""
-    inputs = run_inputs(run)
-    out = circuits_dir(run, settings, inputs)
+    inputs, out, truth = run_directories(run, settings)
     architecture = model_skeleton(inputs.base_model)[1]  # shapes only: no weights are read
-    truth = circuits_dir(run, ground_truth_settings(settings), inputs) if settings.ground_truth else None
     tables, first_step, last_step = dynamics_tables(
         out, settings, analysis, architecture.layers, Graph.of(architecture), truth
     )
